@@ -21,6 +21,7 @@ so a hostile file cannot make us allocate more than its own size, loop for long,
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import struct
 import tempfile
@@ -109,7 +110,7 @@ class TensorInfo:
 
     @property
     def n_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     def dequantize(self) -> np.ndarray:
         """float32 array of `shape`, by the numpy golden."""

@@ -9,6 +9,7 @@ is recognised by name so that a file using it gets a clear "not supported yet" e
 from __future__ import annotations
 
 import enum
+import math
 
 import numpy as np
 
@@ -73,7 +74,7 @@ def row_nbytes(ggml_type: GGMLType, n_per_row: int) -> int:
 
 def tensor_nbytes(ggml_type: GGMLType, shape: tuple[int, ...]) -> int:
     """Bytes of a tensor of numpy shape `shape` (last axis = ggml ne[0], the contiguous one)."""
-    n_rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    n_rows = math.prod(shape[:-1])  # python ints: no overflow on hostile dims
     return n_rows * row_nbytes(ggml_type, shape[-1])
 
 

@@ -1,0 +1,63 @@
+"""Shared test setup: the `cuda` marker, seeded randomness, and where the offline data lives."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+
+def _find_shared() -> Path:
+    """The offline data folder: $QWHISPER_SHARED, else a `shared/` beside or inside the checkout."""
+    if os.environ.get("QWHISPER_SHARED"):
+        return Path(os.environ["QWHISPER_SHARED"])
+    repo = Path(__file__).resolve().parents[1]
+    for cand in (repo / "shared", repo.parent / "shared", Path("/work/shared")):
+        if (cand / "models").is_dir() or (cand / "data").is_dir():
+            return cand
+    return repo.parent / "shared"
+
+
+SHARED = _find_shared()
+SHARED_MODEL_Q5_1 = SHARED / "models" / "ggml-tiny.en-q5_1.bin"  # written by whisper.cpp's quantizer
+SPEECH_DIR = SHARED / "data" / "speech"
+LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (run scripts/gpu-check on the GPU machine)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    np.random.seed(0)
+    try:
+        import torch
+
+        torch.manual_seed(0)
+    except ImportError:
+        pass
+
+
+def need(path: Path) -> Path:
+    """Skip the test (with the reason) when offline data it reads is not on this machine."""
+    if not path.exists():
+        pytest.skip(f"{path} not present on this machine")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_q5_1() -> Path:
+    return need(SHARED_MODEL_Q5_1)
