@@ -1,0 +1,322 @@
+"""Whisper in torch, shaped like openai/whisper's model.py, on GGML weights.
+
+Read top to bottom, smallest parts first: precision policy and QLinear (the one quant-aware
+class), attention, residual block, encoder, decoder with a static KV cache, Whisper.
+Module attribute names are the GGML tensor names (= openai's state_dict names), so loading is a
+name lookup (loader.py). The numpy golden of the same math is model_ref.py.
+
+Precision policy
+* Activations run in the model's dtype: float32 on CPU; float16 on CUDA.
+* LayerNorm runs in float32 and casts back (openai's LayerNorm); SDPA's softmax accumulates
+  in float32 in every backend; logits are returned in float32.
+* Weights stay in their GGML type. QLinear dequantizes to the activation dtype on use
+  (quants/torch_ops.py; the CUDA path will swap in Triton kernels behind the same class).
+  With `cache_dequantized` set (the loader does so on CPU) the dequantized weight is kept
+  per layer: 4 bytes per weight in float32 (tiny ~150 MB, base ~290 MB, large-v3 ~6.2 GB),
+  against re-dequantizing every weight at every decoder step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .ggml_file import HParams
+from .quants import GGMLType, row_nbytes, torch_ops
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm (eps 1e-5) computed in float32 whatever the activation dtype."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
+                            self.eps).type(x.dtype)
+
+
+class Conv1d(nn.Conv1d):
+    """nn.Conv1d whose (dequantized float) weight and bias follow the input's dtype."""
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return super()._conv_forward(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+class QLinear(nn.Module):
+    """y = x @ W.T + b, with W kept as raw GGML bytes of any type (F32, F16, Q4_0 ... Q8_0).
+
+    weight: uint8 buffer (out_features, row_bytes): row r holds the blocks of W[r], so a slice of
+    rows is a slice of bytes. bias: float (out_features,) or None.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 ggml_type: GGMLType = GGMLType.F32):
+        super().__init__()
+        self.in_features, self.out_features, self.ggml_type = in_features, out_features, GGMLType(ggml_type)
+        self.register_buffer("weight", torch.empty(out_features, row_nbytes(self.ggml_type, in_features),
+                                                   dtype=torch.uint8))
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        self.cache_dequantized = False
+        self._dequantized: Tensor | None = None  # not a buffer: never saved, rebuilt on a device change
+
+    def dequantized(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """W as (out_features, in_features) of `dtype`, on the weight's device."""
+        w = self._dequantized
+        if w is not None and w.dtype == dtype and w.device == self.weight.device:
+            return w
+        w = torch_ops.dequantize(self.weight, self.ggml_type, (self.out_features, self.in_features), dtype)
+        self._dequantized = w if self.cache_dequantized else None
+        return w
+
+    def rows(self, index: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """W[index] (index.shape + (in_features,)): the embedding lookup of a tied embedding."""
+        if self.cache_dequantized:
+            return F.embedding(index, self.dequantized(dtype))
+        raw = self.weight[index.reshape(-1)]  # only the rows asked for are dequantized
+        w = torch_ops.dequantize(raw, self.ggml_type, (raw.shape[0], self.in_features), dtype)
+        return w.view(*index.shape, self.in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(x, self.dequantized(x.dtype), bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, ggml_type={self.ggml_type.name}")
+
+
+def _weight_type(types: Mapping[str, GGMLType] | None, name: str) -> GGMLType:
+    return GGMLType.F32 if types is None else types.get(f"{name}.weight", GGMLType.F32)
+
+
+# ------------------------------------------------------------------------------------------
+# attention and blocks
+# ------------------------------------------------------------------------------------------
+
+
+class MultiHeadAttention(nn.Module):
+    """openai's MultiHeadAttention on SDPA. Key has no bias.
+
+    The softmax scale is SDPA's default 1/sqrt(d_head); openai multiplies q and k by
+    d_head**-0.25 each, the same product (model_ref.py does that; the two differ by rounding only).
+    """
+
+    def __init__(self, n_state: int, n_head: int, name: str, types: Mapping[str, GGMLType] | None = None):
+        super().__init__()
+        self.n_head = n_head
+        self.query = QLinear(n_state, n_state, True, _weight_type(types, f"{name}.query"))
+        self.key = QLinear(n_state, n_state, False, _weight_type(types, f"{name}.key"))
+        self.value = QLinear(n_state, n_state, True, _weight_type(types, f"{name}.value"))
+        self.out = QLinear(n_state, n_state, True, _weight_type(types, f"{name}.out"))
+
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
+                positions: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C).
+
+        kv: precomputed (k, v), each (B, S, C): cross-attention over the audio features.
+        cache: static self-attention buffers (k_cache, v_cache), each (B, n_ctx, C); this call's
+        k, v are written at `positions` (T,) and the queries attend over the whole buffer
+        under `mask` (T, n_ctx) bool, True = may attend.
+        Neither: self-attention over x, no mask (the encoder).
+        """
+        q = self.query(x)
+        if kv is not None:
+            k, v = kv
+        else:
+            k, v = self.key(x), self.value(x)
+            if cache is not None:
+                k_cache, v_cache = cache
+                k_cache.index_copy_(1, positions, k)  # (B, n_ctx, C) rows positions <- (B, T, C)
+                v_cache.index_copy_(1, positions, v)
+                k, v = k_cache, v_cache
+        return self.out(self.qkv_attention(q, k, v, mask))
+
+    def kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-attention keys and values of audio features xa (B, S, C): each (B, S, C)."""
+        return self.key(xa), self.value(xa)
+
+    def qkv_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """q (B, T, C), k and v (B, S, C) -> (B, T, C) through SDPA over n_head heads."""
+        b, t, c = q.shape
+        s = k.shape[1]
+        d = c // self.n_head
+        q = q.view(b, t, self.n_head, d).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(b, s, self.n_head, d).transpose(1, 2)  # (B, H, S, D)
+        v = v.view(b, s, self.n_head, d).transpose(1, 2)  # (B, H, S, D)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
+        return out.transpose(1, 2).reshape(b, t, c)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm block: self-attention, [cross-attention], MLP (Linear 4x, GELU exact, Linear)."""
+
+    def __init__(self, n_state: int, n_head: int, cross_attention: bool, name: str,
+                 types: Mapping[str, GGMLType] | None = None):
+        super().__init__()
+        self.attn = MultiHeadAttention(n_state, n_head, f"{name}.attn", types)
+        self.attn_ln = LayerNorm(n_state)
+        self.cross_attn = MultiHeadAttention(n_state, n_head, f"{name}.cross_attn", types) if cross_attention else None
+        self.cross_attn_ln = LayerNorm(n_state) if cross_attention else None
+        n_mlp = 4 * n_state
+        self.mlp = nn.Sequential(QLinear(n_state, n_mlp, True, _weight_type(types, f"{name}.mlp.0")), nn.GELU(),
+                                 QLinear(n_mlp, n_state, True, _weight_type(types, f"{name}.mlp.2")))
+        self.mlp_ln = LayerNorm(n_state)
+
+    def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
+                positions: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); decoder blocks take cross_kv, mask, positions, cache (see MHA)."""
+        x = x + self.attn(self.attn_ln(x), mask=mask, positions=positions, cache=cache)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.cross_attn_ln(x), kv=cross_kv)
+        return x + self.mlp(self.mlp_ln(x))
+
+
+# ------------------------------------------------------------------------------------------
+# encoder
+# ------------------------------------------------------------------------------------------
+
+
+class AudioEncoder(nn.Module):
+    def __init__(self, n_mels: int, n_ctx: int, n_state: int, n_head: int, n_layer: int,
+                 types: Mapping[str, GGMLType] | None = None):
+        super().__init__()
+        self.conv1 = Conv1d(n_mels, n_state, kernel_size=3, padding=1)
+        self.conv2 = Conv1d(n_state, n_state, kernel_size=3, stride=2, padding=1)
+        self.register_buffer("positional_embedding", torch.empty(n_ctx, n_state))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(n_state, n_head, False, f"encoder.blocks.{i}", types) for i in range(n_layer))
+        self.ln_post = LayerNorm(n_state)
+
+    def stem(self, x: Tensor) -> Tensor:
+        """Conv front end: mel (B, n_mels, 2*n_ctx) -> (B, n_ctx, C) incl. positional embedding."""
+        x = F.gelu(self.conv1(x))  # (B, C, 2*n_ctx)
+        x = F.gelu(self.conv2(x))  # (B, C, n_ctx): stride 2
+        x = x.permute(0, 2, 1)
+        assert x.shape[1:] == self.positional_embedding.shape, "incorrect audio shape"
+        return x + self.positional_embedding.to(x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """mel (B, n_mels, 2*n_ctx) -> audio features (B, n_ctx, C)."""
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln_post(x)
+
+
+# ------------------------------------------------------------------------------------------
+# decoder and its static KV cache
+# ------------------------------------------------------------------------------------------
+
+
+class KVCache:
+    """The decoder's state for one batch of windows (gpt-fast style static cache).
+
+    self_k/self_v: per layer (B, n_text_ctx, C), preallocated; rows [0, offset) hold the tokens
+    decoded so far, written in place at [offset, offset + T) (static shapes for CUDA graphs).
+    cross_k/cross_v: per layer (B, n_audio_ctx, C), computed once from the audio features.
+    """
+
+    def __init__(self, self_k: list[Tensor], self_v: list[Tensor], cross_k: list[Tensor], cross_v: list[Tensor]):
+        self.self_k, self.self_v, self.cross_k, self.cross_v = self_k, self_v, cross_k, cross_v
+        self.offset = 0  # tokens already in the cache
+
+    @property
+    def batch_size(self) -> int:
+        return self.self_k[0].shape[0]
+
+    @torch.no_grad()
+    def reorder(self, indices: Tensor) -> None:
+        """Row b becomes a copy of row indices[b] (beam search: each beam follows its source), in place."""
+        indices = indices.to(device=self.self_k[0].device, dtype=torch.long)
+        if indices.shape != (self.batch_size,):
+            raise ValueError(f"reorder needs indices of shape ({self.batch_size},), got {tuple(indices.shape)}")
+        for bufs in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+            for buf in bufs:
+                buf.copy_(buf.index_select(0, indices))
+
+
+class TextDecoder(nn.Module):
+    def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int,
+                 types: Mapping[str, GGMLType] | None = None):
+        super().__init__()
+        self.n_ctx = n_ctx
+        # tied embedding: rows looked up for the input, x @ W.T for the logits
+        self.token_embedding = QLinear(n_state, n_vocab, False, _weight_type(types, "decoder.token_embedding"))
+        self.register_buffer("positional_embedding", torch.empty(n_ctx, n_state))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(n_state, n_head, True, f"decoder.blocks.{i}", types) for i in range(n_layer))
+        self.ln = LayerNorm(n_state)
+
+    def new_kv_cache(self, xa: Tensor) -> KVCache:
+        """Empty self-attention buffers and the cross K/V of audio features xa (B, n_audio_ctx, C)."""
+        b, _, c = xa.shape
+        self_k = [xa.new_zeros(b, self.n_ctx, c) for _ in self.blocks]
+        self_v = [xa.new_zeros(b, self.n_ctx, c) for _ in self.blocks]
+        cross = [block.cross_attn.kv(xa) for block in self.blocks]
+        return KVCache(self_k, self_v, [k for k, _ in cross], [v for _, v in cross])
+
+    def forward(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """tokens (B, T) at positions cache.offset.. -> logits (B, T, n_vocab) float32; advances the cache."""
+        b, t = tokens.shape
+        offset = cache.offset
+        if offset + t > self.n_ctx:
+            raise ValueError(f"{offset} + {t} tokens exceed the decoder context of {self.n_ctx}")
+        if b != cache.batch_size:
+            raise ValueError(f"tokens have batch {b} but the cache holds {cache.batch_size} rows")
+        pe = self.positional_embedding
+        dtype = cache.self_k[0].dtype
+        positions = torch.arange(offset, offset + t, device=tokens.device)  # (T,)
+        # query at position p sees cache rows 0..p (rows beyond are zeros or stale: masked)
+        mask = torch.arange(self.n_ctx, device=tokens.device)[None, :] <= positions[:, None]  # (T, n_ctx)
+        x = self.token_embedding.rows(tokens, dtype) + pe[offset : offset + t].to(dtype)  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cross_kv=(cache.cross_k[i], cache.cross_v[i]), mask=mask, positions=positions,
+                      cache=(cache.self_k[i], cache.self_v[i]))
+        x = self.ln(x)
+        cache.offset = offset + t
+        return (x @ self.token_embedding.dequantized(x.dtype).T).float()  # (B, T, n_vocab)
+
+
+# ------------------------------------------------------------------------------------------
+# the model
+# ------------------------------------------------------------------------------------------
+
+
+class Whisper(nn.Module):
+    """Encoder + decoder. `types`: GGML tensor name -> type of each QLinear weight (default F32)."""
+
+    def __init__(self, dims: HParams, types: Mapping[str, GGMLType] | None = None):
+        super().__init__()
+        self.dims = dims
+        self.encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head,
+                                    dims.n_audio_layer, types)
+        self.decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
+                                   dims.n_text_layer, types)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.token_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The activation dtype (that of the float parameters)."""
+        return self.decoder.positional_embedding.dtype
+
+    @torch.no_grad()
+    def embed_audio(self, mel: Tensor) -> Tensor:
+        """mel (B, n_mels, 2*n_audio_ctx) float32 -> audio features (B, n_audio_ctx, n_audio_state)."""
+        expected = (self.dims.n_mels, 2 * self.dims.n_audio_ctx)
+        if mel.ndim != 3 or tuple(mel.shape[1:]) != expected:
+            raise ValueError(f"mel must be (batch, {expected[0]}, {expected[1]}), got {tuple(mel.shape)}")
+        return self.encoder(mel.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def new_kv_cache(self, audio_features: Tensor) -> KVCache:
+        """A KVCache for len(audio_features) rows: static self-attn buffers + cross K/V of the audio."""
+        return self.decoder.new_kv_cache(audio_features.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def logits(self, tokens: Tensor, cache: KVCache) -> Tensor:
+        """tokens (B, T) -> logits (B, T, n_vocab) float32 of positions cache.offset..+T; advances cache.offset."""
+        return self.decoder(tokens.to(self.device), cache)
