@@ -96,8 +96,8 @@ def load_audio(source: AudioSource, sr: int = SAMPLE_RATE) -> np.ndarray:
     """
     try:
         import av
-    except ImportError as e:  # av is the `audio` extra
-        raise QWhisperError("decoding audio needs PyAV: pip install 'qwhisper[audio]'") from e
+    except ImportError as e:  # a dependency, imported late so the mel code works without it
+        raise QWhisperError("decoding audio needs PyAV: pip install av") from e
 
     target, name = _open_source(source)
     try:
