@@ -353,8 +353,10 @@ class _CT2Source(_Source):
         if spec != "WhisperSpec":
             raise ModelFormatError(f.name, f"this CTranslate2 model is a {spec!r}, not a Whisper model")
         (n_vars,) = ints("I", "number of variables")
-        if n_vars > f.size // 8:  # a variable record is at least 8 bytes
-            raise ModelFormatError(f.name, f"absurd number of variables {n_vars}", pos - 4)
+        min_record = 2 + 1 + 1 + 1 + 4  # name length, NUL, rank, dtype id, byte count
+        if n_vars * min_record > f.size - pos:  # also keeps a corrupt count from looping for long
+            raise ModelFormatError(f.name, f"truncated file: {n_vars} variables need at least "
+                                           f"{n_vars * min_record} bytes, {f.size - pos} left", pos - 4)
         for _ in range(n_vars):
             start = pos
             name = string("variable name")
