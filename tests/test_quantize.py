@@ -1,5 +1,7 @@
 """qwhisper quantize: whisper.cpp's tensor selection, header, and byte identity with its output."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,8 @@ def test_pywhispercpp_transcribes_our_quantized_files(tiny_en_f16, tmp_path, qty
     jfk = need(SPEECH_DIR / "jfk.wav")
     out = quantize_file(tiny_en_f16, tmp_path / f"tiny.en-{qtype}.bin", qtype)
     model = Model(str(out), n_threads=2, print_progress=False, print_realtime=False)
-    text = " ".join(s.text for s in model.transcribe(str(jfk))).lower()
+    text = " ".join(s.text for s in model.transcribe(str(jfk)))
+    text = " ".join(re.sub(r"[^a-z ]", " ", text.lower()).split())  # words only: q4_0 adds commas
     assert "ask not what your country can do for you" in text, text
 
 
