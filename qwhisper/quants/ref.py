@@ -18,14 +18,14 @@ against. It imports numpy only. It reproduces ggml-quants.c bit for bit:
   subnormals kept, NaN -> 0x7E00 (with sign) one way and a quiet NaN the other way.
 
 FMA: `x*id + 8.5f` (Q4_0, Q5_0) and `(x - min)*id + 0.5f` (Q4_1, Q5_1) are two roundings in the
-C source, and GCC contracts them into one fused multiply-add only when it may use FMA
-instructions (`-march=native`/`-mfma` with its default `-ffp-contract=fast`). The numbers then
-differ in a few blocks per million. We follow the source (no contraction): that is what ggml's
-portable builds (e.g. the pywhispercpp wheel), clang's default and gguf-py compute.
-`quantize(..., fused_multiply_add=True)` emulates a contracted build exactly (see _fma_f32);
-docs/quants.md records which one wrote /work/shared/models/ggml-tiny.en-q5_1.bin.
-Dequantization does not depend on it: d*q is exact in float32 (an 11-bit f16 mantissa times a
-q of at most 8 bits), so `d*q + m` rounds once whether fused or not.
+C source; GCC contracts them into one fused multiply-add when it may use FMA instructions
+(`-march=native`/x86-64-v3 with its default `-ffp-contract=fast`). We follow the source (no
+contraction), as ggml's portable builds (e.g. the pywhispercpp wheel), clang's default and gguf-py
+do; `quantize(..., fused_multiply_add=True)` emulates a contracted build exactly (see _fma_f32).
+Only Q4_0/Q5_0 can differ (1-4 blocks in 10^4 of f16-valued weights): for Q4_1/Q5_1 the product
+is >= 0 and adding 0.5 cannot cancel, so both give the same codes; Q8_0 has no add.
+Dequantization does not depend on it either: d*q is exact in float32 (an 11-bit f16 mantissa
+times a q of at most 8 bits), so `d*q + m` rounds once whether fused or not.
 
 Input policy (the C reference checks nothing): quantize() raises ValueError, naming the row and
 block, for NaN/Inf input and for blocks whose f16 scale (d, or the minimum m) overflows to inf;
@@ -461,12 +461,12 @@ def dequantize(raw: np.ndarray, ggml_type: GGMLType, shape: Sequence[int]) -> np
     """
     ggml_type = _as_type(ggml_type)
     shape = tuple(int(n) for n in shape)
+    if not shape or min(shape) < 0:
+        raise ValueError(f"{ggml_type.name} tensor shape must have at least one axis and no negative size, got {shape}")
     raw = _as_bytes(raw)
-    expected = tensor_nbytes(ggml_type, shape) if shape else BLOCK_SIZES[ggml_type][1]
+    expected = tensor_nbytes(ggml_type, shape)
     if raw.size != expected:
-        raise ValueError(
-            f"{ggml_type.name} tensor of shape {shape} needs {expected} bytes, got {raw.size}"
-        )
+        raise ValueError(f"{ggml_type.name} tensor of shape {shape} needs {expected} bytes, got {raw.size}")
     if ggml_type == GGMLType.F32:
         return dequantize_f32(raw).reshape(shape)
     if ggml_type == GGMLType.F16:
@@ -511,9 +511,7 @@ def quantize(x: np.ndarray, ggml_type: GGMLType, *, fused_multiply_add: bool = F
     if ggml_type == GGMLType.F16:
         return quantize_f16(x)
     if x.ndim == 0 or x.shape[-1] % QK:
-        raise ValueError(
-            f"{ggml_type.name} needs rows that are a multiple of {QK} weights, got shape {x.shape}"
-        )
+        raise ValueError(f"{ggml_type.name} needs rows that are a multiple of {QK} weights, got shape {x.shape}")
     blocks = x.reshape(-1, QK)
     finite = np.isfinite(blocks).all(axis=1)
     if not finite.all():
