@@ -408,7 +408,7 @@ class _CT2Source(_Source):
     def _derive_hparams(self) -> HParams:
         def n_layers(side: str) -> int:
             n = 0
-            while any(v.startswith(f"{side}/layer_{n}/") for v in self.vars):
+            while any(v.startswith(f"{side}/layer_{n}/") for v in [*self.vars, *self.aliases]):
                 n += 1
             return n
 
@@ -655,6 +655,10 @@ def open_source(src: PathLike | Sequence[PathLike]) -> _Source:
         elif path.name == "config.json":
             return _HFSource(path.parent)
         else:
+            with open(path, "rb") as f:
+                if f.read(4) == struct.pack("<I", MAGIC):
+                    raise ModelFormatError(path, "is already a whisper.cpp GGML model (use `qwhisper quantize` "
+                                                 "to change its type)")
             return _OpenAISource(path)
     parts = _ct2_parts(path)
     if parts:

@@ -381,6 +381,9 @@ def test_not_a_model_folder(tmp_path):
         convert(tmp_path / "missing", tmp_path / "out.bin")
     with pytest.raises(ModelFormatError, match="notes.txt.*PyTorch"):
         convert(tmp_path / "notes.txt", tmp_path / "out.bin")
+    (tmp_path / "ggml.bin").write_bytes(b"lmgg" + bytes(60))  # magic 0x67676d6c, little endian
+    with pytest.raises(ModelFormatError, match="already a whisper.cpp GGML model"):
+        convert(tmp_path / "ggml.bin", tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
 
 
