@@ -1,0 +1,468 @@
+"""Long-form transcription: openai/whisper's seek loop over 30-s windows, with a faster-whisper
+style API (`transcribe()` returns a lazy iterator of `Segment`s and a `TranscriptionInfo`).
+
+The loop (openai/whisper transcribe.py, split into named steps):
+  1. log-mel of the whole file once, on the model's device, padded with 30 s of zeros;
+  2. language: given, "en" for English-only models, else detected on the first 30 s;
+  3. at `seek` (in 10-ms mel frames): take a window of up to 3000 frames, encode it once, decode
+     it with the temperature fallback (a higher temperature when the text is too repetitive,
+     compression ratio > 2.4, or too unlikely, avg logprob < -1, unless it is silence);
+  4. skip the window when it is silence (P(no speech) > 0.6 and avg logprob < -1);
+  5. cut the tokens into segments at consecutive timestamp tokens <|a|><|b|>; advance `seek`
+     to the last complete segment's end, or past the window when it ends in a single
+     timestamp (nothing more said) or has no pair at all;
+  6. the text so far (after the last high-temperature window) is the next window's prompt.
+Segment times are clipped to the audio's duration; segments without text are dropped
+(openai keeps them with empty text), so `"".join(s.text for s in segments)` is the transcript.
+
+The CLI (`qwhisper transcribe`) is `add_arguments` + `run` at the end of this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio, log_mel_spectrogram_torch, pad_or_trim
+from .decoding import DecodingOptions, DecodingResult, DecodingTask, OptionError, detect_language
+from .tokenizer import LANGUAGES, Tokenizer, normalize_language
+
+DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
+
+
+@dataclass(frozen=True)
+class TranscribeOptions:
+    """Every option of a transcription: one object for the API and the CLI."""
+
+    task: str = "transcribe"  # or "translate" (to English; multilingual models)
+    language: str | None = None  # None: detect (multilingual) / English (.en models)
+    # temperatures tried in turn until a window's result passes the thresholds below
+    temperature: float | tuple[float, ...] = DEFAULT_TEMPERATURES
+    compression_ratio_threshold: float | None = 2.4  # above: too repetitive, retry hotter
+    logprob_threshold: float | None = -1.0  # avg logprob below: too unlikely, retry hotter
+    no_speech_threshold: float | None = 0.6  # P(no speech) above (and logprob low): silence
+    condition_on_previous_text: bool = True  # previous text is the next window's prompt
+    prompt_reset_on_temperature: float = 0.5  # ... unless decoded hotter than this
+    initial_prompt: str | None = None  # prompt of the first window (vocabulary, style)
+    word_timestamps: bool = False  # not implemented yet (cross-attention DTW)
+
+    # passed on to every window's DecodingOptions
+    beam_size: int | None = None
+    best_of: int | None = None
+    patience: float | None = None
+    length_penalty: float | None = None
+    suppress_tokens: str | tuple[int, ...] | None = "-1"
+    suppress_blank: bool = True
+    without_timestamps: bool = False
+    max_initial_timestamp: float | None = 1.0
+    sample_len: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        temps = (self.temperature,) if isinstance(self.temperature, (int, float)) else tuple(self.temperature)
+        if not temps or any(not t >= 0 for t in temps):
+            raise OptionError(f"temperature must be >= 0 (one value or a list), not {self.temperature!r}")
+        object.__setattr__(self, "temperature", tuple(float(t) for t in temps))
+        if isinstance(self.suppress_tokens, list):
+            object.__setattr__(self, "suppress_tokens", tuple(self.suppress_tokens))
+        if self.task not in ("transcribe", "translate"):
+            raise OptionError(f"task must be 'transcribe' or 'translate', not {self.task!r}")
+        try:
+            object.__setattr__(self, "language", normalize_language(self.language))
+        except ValueError as e:
+            raise OptionError(f"language: {e}") from None
+        if self.word_timestamps:
+            raise OptionError("word_timestamps is not implemented yet")
+
+    def decoding_options(self, temperature: float, language: str | None,
+                         prompt: Sequence[int] | None) -> DecodingOptions:
+        """This window's DecodingOptions: beam search only at T == 0, best_of only at T > 0."""
+        return DecodingOptions(
+            task=self.task, language=language, temperature=temperature, sample_len=self.sample_len,
+            best_of=self.best_of if temperature > 0 else None,
+            beam_size=self.beam_size if temperature == 0 else None,
+            patience=self.patience if temperature == 0 else None,
+            length_penalty=self.length_penalty, seed=self.seed, prompt=list(prompt) if prompt else None,
+            suppress_tokens=self.suppress_tokens, suppress_blank=self.suppress_blank,
+            without_timestamps=self.without_timestamps, max_initial_timestamp=self.max_initial_timestamp)
+
+
+@dataclass(frozen=True)
+class Segment:
+    id: int
+    seek: int  # mel frame (10 ms) where its window started
+    start: float  # seconds
+    end: float
+    text: str
+    tokens: list[int]  # text and timestamp tokens
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
+class TranscriptionInfo:
+    language: str
+    language_probability: float  # 1.0 when the language was given or the model is English-only
+    duration: float  # seconds of audio
+    options: TranscribeOptions
+    all_language_probs: list[tuple[str, float]] | None = None  # detected: most likely first
+
+
+# --- one window ----------------------------------------------------------------------------------
+
+def needs_fallback(result: DecodingResult, options: TranscribeOptions) -> bool:
+    """Retry hotter when the text is too repetitive or too unlikely -- but not for silence."""
+    too_repetitive = (options.compression_ratio_threshold is not None
+                      and result.compression_ratio > options.compression_ratio_threshold)
+    too_unlikely = (options.logprob_threshold is not None
+                    and result.avg_logprob < options.logprob_threshold)
+    silence = (options.no_speech_threshold is not None and too_unlikely
+               and result.no_speech_prob > options.no_speech_threshold)
+    return (too_repetitive or too_unlikely) and not silence
+
+
+def is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:
+    """The window is skipped: no speech likely, and the decoded text not convincing."""
+    if options.no_speech_threshold is None or result.no_speech_prob <= options.no_speech_threshold:
+        return False
+    return options.logprob_threshold is None or result.avg_logprob <= options.logprob_threshold
+
+
+def decode_with_fallback(decode_window: Callable[[DecodingOptions], DecodingResult],
+                         options: TranscribeOptions, language: str | None,
+                         prompt: Sequence[int]) -> DecodingResult:
+    result = None
+    for t in options.temperature:
+        result = decode_window(options.decoding_options(t, language, prompt))
+        if not needs_fallback(result, options):
+            break
+    return result
+
+
+@dataclass
+class WindowSplit:
+    pieces: list[tuple[float, float, list[int]]]  # (start, end in timestamp steps, tokens) ...
+    seek_advance: int  # mel frames to move `seek` by
+
+
+def split_window(tokens: Sequence[int], tokenizer: Tokenizer, segment_size: int,
+                 input_stride: int = 2) -> WindowSplit:
+    """Cut one window's tokens into segments (openai's rules); times as timestamp indices.
+
+    Two consecutive timestamps end one segment and start the next. If there is such a pair:
+    the pieces between pairs are segments; a single timestamp at the end means nothing more
+    is said in the window (advance past it), else the last, unfinished piece is dropped and
+    `seek` moves to the last complete segment's end. Without a pair, the whole window is one
+    segment ending at its last timestamp (or at the window's end).
+    input_stride: mel frames per timestamp step (3000 frames / 1500 encoder positions = 2).
+    """
+    tb = tokenizer.timestamp_begin
+    tokens = list(tokens)
+    is_ts = [t >= tb for t in tokens]
+    single_timestamp_ending = is_ts[-2:] == [False, True]
+    consecutive = [i + 1 for i in range(len(tokens) - 1) if is_ts[i] and is_ts[i + 1]]
+    window_steps = segment_size / input_stride  # the window's end in timestamp steps
+
+    def index(tok: int) -> int:
+        return tok - tb if tok >= tb else 0
+
+    if consecutive:
+        cuts = consecutive + ([len(tokens)] if single_timestamp_ending else [])
+        pieces, last = [], 0
+        for cut in cuts:
+            piece = tokens[last:cut]
+            pieces.append((index(piece[0]), index(piece[-1]), piece))
+            last = cut
+        if single_timestamp_ending:
+            advance = segment_size
+        else:
+            advance = index(tokens[last - 1]) * input_stride
+        return WindowSplit(pieces, advance)
+
+    timestamps = [t for t in tokens if t >= tb]
+    end = window_steps
+    if timestamps and timestamps[-1] != tb:
+        end = timestamps[-1] - tb  # no pair, but a final timestamp: the speech ends there
+    return WindowSplit([(0, end, tokens)], segment_size)
+
+
+# --- the seek loop -------------------------------------------------------------------------------
+
+class _Transcription:
+    """State of one file's seek loop; `segments()` is the generator transcribe() returns."""
+
+    def __init__(self, model, tokenizer: Tokenizer, mel: torch.Tensor, duration: float,
+                 options: TranscribeOptions, language: str, verbose: bool | None):
+        self.model = model
+        self.tokenizer = tokenizer.with_options(language=language, task=options.task)
+        self.mel = mel  # (n_mels, content_frames + N_FRAMES)
+        self.content_frames = mel.shape[-1] - N_FRAMES
+        self.duration = duration
+        self.options = options
+        self.language = language
+        self.verbose = verbose
+        self.input_stride = N_FRAMES // model.dims.n_audio_ctx  # 2 mel frames per timestamp step
+        self.time_precision = self.input_stride * HOP_LENGTH / SAMPLE_RATE  # 0.02 s
+        self.all_tokens: list[int] = []
+        self.prompt_reset_since = 0
+        if options.initial_prompt:
+            self.all_tokens = self.tokenizer.encode(" " + options.initial_prompt.strip())
+        self.n_segments = 0
+
+    def decode_window(self, seek: int) -> tuple[DecodingResult, int]:
+        """Decode the window at `seek`; returns the result and the window's size in frames."""
+        segment_size = min(N_FRAMES, self.content_frames - seek)
+        mel = pad_or_trim(self.mel[:, seek: seek + segment_size], N_FRAMES)[None]
+        audio_features = self.model.embed_audio(mel)  # once per window, for every temperature
+        prompt = self.all_tokens[self.prompt_reset_since:]
+
+        def run(options: DecodingOptions) -> DecodingResult:
+            return DecodingTask(self.model, self.tokenizer, options).run(audio_features)[0]
+
+        return decode_with_fallback(run, self.options, self.language, prompt), segment_size
+
+    def make_segments(self, seek: int, split: WindowSplit, result: DecodingResult) -> list[Segment]:
+        """Segments of one window, in seconds, without the empty ones."""
+        time_offset = seek * HOP_LENGTH / SAMPLE_RATE
+        segments = []
+        for start_idx, end_idx, tokens in split.pieces:
+            text = self.tokenizer.decode_text(tokens)
+            if start_idx == end_idx or not text.strip():
+                continue  # instantaneous or without words
+            start = min(time_offset + start_idx * self.time_precision, self.duration)
+            end = min(time_offset + end_idx * self.time_precision, self.duration)
+            segments.append(Segment(
+                id=self.n_segments, seek=seek, start=round(start, 3), end=round(end, 3), text=text,
+                tokens=list(tokens), temperature=result.temperature, avg_logprob=result.avg_logprob,
+                compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob))
+            self.n_segments += 1
+        return segments
+
+    def segments(self) -> Iterator[Segment]:
+        from tqdm import tqdm
+
+        show_progress = self.verbose is not False and sys.stderr.isatty()
+        seek = 0
+        with tqdm(total=self.content_frames, unit="frames", disable=not show_progress, file=sys.stderr) as bar:
+            while seek < self.content_frames:
+                previous_seek = seek
+                result, segment_size = self.decode_window(seek)
+                if is_silence(result, self.options):
+                    seek += segment_size
+                else:
+                    split = split_window(result.tokens, self.tokenizer, segment_size, self.input_stride)
+                    new = self.make_segments(seek, split, result)
+                    seek += split.seek_advance if split.seek_advance > 0 else segment_size
+                    for segment in new:
+                        self.all_tokens.extend(segment.tokens)
+                        if self.verbose:
+                            print(format_line(segment), flush=True)
+                        yield segment
+                    if (not self.options.condition_on_previous_text
+                            or result.temperature > self.options.prompt_reset_on_temperature):
+                        self.prompt_reset_since = len(self.all_tokens)
+                bar.update(min(self.content_frames, seek) - previous_seek)
+
+
+def format_line(segment: Segment) -> str:
+    """'[00:00.000 --> 00:05.000]  text' as openai's verbose output prints it."""
+    from .writers import format_timestamp
+
+    return f"[{format_timestamp(segment.start)} --> {format_timestamp(segment.end)}] {segment.text}"
+
+
+def _model_parts(model, tokenizer: Tokenizer | None, mel_filters) -> tuple[object, Tokenizer, object]:
+    """(torch model, tokenizer, mel filters) from a WhisperModel or a bare model + parts."""
+    if isinstance(model, WhisperModel):
+        return model.model, tokenizer or model.tokenizer, model.mel_filters if mel_filters is None else mel_filters
+    if tokenizer is None or mel_filters is None:
+        raise TypeError("transcribe() needs tokenizer= and mel_filters= with a bare model "
+                        "(or pass a WhisperModel)")
+    return model, tokenizer, mel_filters
+
+
+def _load_samples(audio) -> torch.Tensor:
+    if isinstance(audio, (str, os.PathLike)):
+        audio = load_audio(os.fspath(audio))
+    if isinstance(audio, np.ndarray):
+        audio = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    if not torch.is_tensor(audio) or audio.ndim != 1:
+        raise OptionError("audio must be a file path, '-', or a 1-D float32 array of 16 kHz samples")
+    return audio.to(torch.float32)
+
+
+@torch.no_grad()
+def transcribe(model, audio, options: TranscribeOptions | None = None, *, tokenizer: Tokenizer | None = None,
+               mel_filters=None, verbose: bool | None = None, **overrides) -> tuple[Iterator[Segment], TranscriptionInfo]:
+    """Transcribe a file (path, '-') or 16 kHz mono float32 samples.
+
+    model: a WhisperModel, or a qwhisper.model.Whisper with tokenizer= and mel_filters= given.
+    Keyword overrides replace TranscribeOptions fields (transcribe(m, "a.wav", language="de")).
+    verbose: True prints each segment as it is decoded; False turns the progress bar off too.
+    Returns (lazy segment iterator, info); decoding happens while iterating.
+    """
+    options = dataclasses.replace(options or TranscribeOptions(), **overrides)
+    model, tokenizer, mel_filters = _model_parts(model, tokenizer, mel_filters)
+    samples = _load_samples(audio)
+    duration = samples.shape[0] / SAMPLE_RATE
+    filters = torch.as_tensor(np.asarray(mel_filters, dtype=np.float32))
+    mel = log_mel_spectrogram_torch(samples.to(model.device), filters.to(model.device), padding=N_SAMPLES)
+
+    language, probability, all_probs = _choose_language(model, tokenizer, mel, options, verbose)
+    info = TranscriptionInfo(language=language, language_probability=probability, duration=duration,
+                             options=options, all_language_probs=all_probs)
+    return _Transcription(model, tokenizer, mel, duration, options, language, verbose).segments(), info
+
+
+def _choose_language(model, tokenizer: Tokenizer, mel: torch.Tensor, options: TranscribeOptions,
+                     verbose: bool | None) -> tuple[str, float, list[tuple[str, float]] | None]:
+    if not tokenizer.is_multilingual:
+        if options.language not in (None, "en"):
+            raise OptionError(f"language {options.language!r}: this model is English-only")
+        return "en", 1.0, None
+    if options.language is not None:
+        return options.language, 1.0, None
+    features = model.embed_audio(pad_or_trim(mel, N_FRAMES)[None])
+    _, probs = detect_language(model, features, tokenizer)
+    ranked = sorted(probs[0].items(), key=lambda kv: kv[1], reverse=True)
+    if verbose:
+        print(f"Detected language: {LANGUAGES[ranked[0][0]].title()} ({ranked[0][1]:.2f})", file=sys.stderr)
+    return ranked[0][0], ranked[0][1], ranked
+
+
+# --- the model facade ----------------------------------------------------------------------------
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' (or None) -> cuda if available, else cpu."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError("device 'cuda' requested but torch sees no CUDA GPU (use --device cpu)")
+    return device
+
+
+class WhisperModel:
+    """A loaded model with its tokenizer and mel filters: `WhisperModel("tiny.en").transcribe("a.wav")`.
+
+    model: a name ("tiny.en", "base-q5_1", resolved by qwhisper.models) or a GGML file path.
+    """
+
+    def __init__(self, model: str | os.PathLike = "tiny.en", device: str | torch.device = "auto"):
+        from .ggml_file import read_ggml
+        from .loader import load_model
+        from .models import resolve_model
+
+        self.path = Path(resolve_model(model))
+        ggml = read_ggml(self.path)
+        self.device = resolve_device(device)
+        self.model = load_model(ggml, self.device)
+        self.tokenizer = Tokenizer.from_ggml(ggml)
+        self.mel_filters = np.array(ggml.mel_filters, dtype=np.float32)
+        self.dims = ggml.hparams
+
+    @property
+    def is_multilingual(self) -> bool:
+        return self.tokenizer.is_multilingual
+
+    def transcribe(self, audio, options: TranscribeOptions | None = None, *, verbose: bool | None = None,
+                   **overrides) -> tuple[Iterator[Segment], TranscriptionInfo]:
+        return transcribe(self, audio, options, verbose=verbose, **overrides)
+
+    def __repr__(self) -> str:
+        return f"WhisperModel({str(self.path)!r}, device={str(self.device)!r})"
+
+
+def load_model(name: str | os.PathLike = "tiny.en", device: str | torch.device = "auto") -> WhisperModel:
+    return WhisperModel(name, device)
+
+
+# --- command line --------------------------------------------------------------------------------
+
+def _optional_float(s: str) -> float | None:
+    return None if s.lower() == "none" else float(s)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .models import DEFAULT_MODEL
+    from .writers import FORMATS
+
+    # fmt: off
+    parser.add_argument("audio", nargs="+", help="audio files to transcribe ('-' reads stdin)")
+    parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help="model name (tiny.en, base-q5_1, ...) or GGML file path")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    parser.add_argument("--language", "-l", default=None, help="spoken language (code or name); default: detect, English for .en models")
+    parser.add_argument("--task", default="transcribe", choices=["transcribe", "translate"], help="transcribe, or translate to English")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the first try")
+    parser.add_argument("--temperature-increment-on-fallback", type=_optional_float, default=0.2,
+                        help="temperature step of the fallback up to 1.0 ('none' disables the fallback)")
+    parser.add_argument("--beam-size", type=int, default=None, help="beams of beam search at temperature 0 (default greedy)")
+    parser.add_argument("--best-of", type=int, default=None, help="samples per window at temperature > 0")
+    parser.add_argument("--patience", type=float, default=None, help="beam search patience")
+    parser.add_argument("--initial-prompt", default=None, help="text given as the first window's prompt")
+    parser.add_argument("--no-condition-on-previous-text", dest="condition_on_previous_text", action="store_false",
+                        help="do not give the previous window's text as the prompt")
+    parser.add_argument("--compression-ratio-threshold", type=_optional_float, default=2.4, help="fallback above this gzip ratio")
+    parser.add_argument("--logprob-threshold", type=_optional_float, default=-1.0, help="fallback below this average log probability")
+    parser.add_argument("--no-speech-threshold", type=_optional_float, default=0.6, help="silence above this no-speech probability")
+    parser.add_argument("--suppress-tokens", default="-1", help="comma-separated token ids to suppress (-1: non-speech symbols)")
+    parser.add_argument("--without-timestamps", action="store_true", help="decode text only (one segment per window)")
+    parser.add_argument("--output-format", "-f", default="all", help=f"{', '.join(FORMATS)}, a comma list, or all")
+    parser.add_argument("--output-dir", "-o", default=".", help="directory for the output files")
+    parser.add_argument("--verbose", dest="verbose", action="store_true", default=True, help="print segments as they are decoded")
+    parser.add_argument("--quiet", "-q", dest="verbose", action="store_false", help="print nothing but errors")
+    # fmt: on
+
+
+def options_from_args(args: argparse.Namespace) -> TranscribeOptions:
+    t0, step = args.temperature, args.temperature_increment_on_fallback
+    temperatures = (t0,) if step is None or step <= 0 else tuple(np.arange(t0, 1.0 + 1e-6, step).round(6))
+    return TranscribeOptions(
+        task=args.task, language=args.language, temperature=temperatures or (t0,),
+        compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
+        no_speech_threshold=args.no_speech_threshold, condition_on_previous_text=args.condition_on_previous_text,
+        initial_prompt=args.initial_prompt, beam_size=args.beam_size, best_of=args.best_of,
+        patience=args.patience, suppress_tokens=args.suppress_tokens, without_timestamps=args.without_timestamps)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .audio import AudioError
+    from .writers import resolve_formats, write_result
+
+    options = options_from_args(args)
+    try:
+        resolve_formats(args.output_format)
+    except ValueError as e:
+        raise OptionError(f"--output-format: {e}") from None
+    model = WhisperModel(args.model, args.device)
+    failed = 0
+    for path in args.audio:
+        try:
+            segments, info = model.transcribe(path, options, verbose=args.verbose)
+            segments = list(segments)
+        except AudioError as e:
+            print(f"qwhisper transcribe: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        written = write_result(segments, path, args.output_dir, args.output_format, language=info.language)
+        if args.verbose:
+            print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+__all__ = [
+    "TranscribeOptions", "Segment", "TranscriptionInfo", "WindowSplit", "transcribe", "split_window",
+    "needs_fallback", "is_silence", "decode_with_fallback", "WhisperModel", "load_model", "resolve_device",
+    "add_arguments", "run", "options_from_args", "format_line",
+]
