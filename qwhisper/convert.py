@@ -733,6 +733,8 @@ def convert(src: PathLike | Sequence[PathLike], out_path: PathLike, ftype: str =
     if ftype not in FTYPES:
         raise QWhisperError(f"unknown ftype {ftype!r}; choose f16 or f32")
     gtype = FTYPES[ftype]
+    if Path(out_path).is_dir():
+        raise QWhisperError(f"{out_path}: the output is a folder; give a file name such as ggml-model.bin")
     source = open_source(src)
     tokens = read_vocab(vocab) if vocab is not None else source.vocab
     if tokens is None:

@@ -384,6 +384,10 @@ def test_not_a_model_folder(tmp_path):
     (tmp_path / "ggml.bin").write_bytes(b"lmgg" + bytes(60))  # magic 0x67676d6c, little endian
     with pytest.raises(ModelFormatError, match="already a whisper.cpp GGML model"):
         convert(tmp_path / "ggml.bin", tmp_path / "out.bin")
+    with pytest.raises(QWhisperError, match="output is a folder"):
+        convert(tmp_path / "ggml.bin", tmp_path)
+    with pytest.raises(QWhisperError, match="unknown ftype 'q5_1'"):
+        convert(tmp_path / "ggml.bin", tmp_path / "out.bin", ftype="q5_1")
     assert not (tmp_path / "out.bin").exists()
 
 
