@@ -1,0 +1,562 @@
+"""Triton kernels on raw ggml blocks: bit-exact dequantize, fused dequant-GEMV, and `linear`.
+
+Callers import this module lazily (only for CUDA tensors, or under TRITON_INTERPRET=1 in the
+tests): it imports triton at the top.
+
+Raw weights are the bytes of the GGML file, uint8: row n of an (N, K) tensor is K/32 consecutive
+blocks of 18, 20, 22, 24 or 34 bytes, so blocks are not 4-byte aligned. Every block size and
+every f16/u32 field offset is even, though: the kernels read d, m and qh through an int16 view
+of the same buffer and qs byte by byte (the compiler pairs neighbouring bytes into 16-bit loads).
+
+4/5-bit blocks are decoded as two tiles of 16: byte j of qs holds weight j (low nibble) and
+weight j+16 (high nibble), so a tile of qs bytes lines up with two contiguous runs of x,
+x[32b + j] and x[32b + 16 + j], and no shuffle is needed between weights and activations.
+
+Exactness (dequantize must equal quants.ref bit for bit):
+* q becomes a float without the int->float instruction (a quarter of the FMA rate): OR-ing an
+  integer v < 2^23 into the mantissa of 2^23 (bits 0x4B000000) gives the float 2^23 + v, and
+  subtracting 2^23 + zero_point is exact. The high nibble is not shifted down: (byte & 0xF0)
+  gives 16*q, and the 16 is folded into d or x as the exact factor 1/16.
+* d and m are f16 -> f32 conversions (exact); d*q is exact in float32 (11-bit mantissa times at
+  most 8 bits), so `d*q + m` rounds once whether the compiler contracts it into an FMA or not:
+  no inline PTX is needed to stop the contraction (tests/test_triton.py checks the premise for
+  every finite f16 d and every q).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from . import BLOCK_SIZES, QK, GGMLType, tensor_nbytes
+
+
+def _patch_interpreter_scalars() -> None:
+    """Let triton 3.6's CPU interpreter (TRITON_INTERPRET=1) run loops with run-time bounds.
+
+    The interpreter holds scalar kernel arguments as 1-element arrays and converts them to
+    Python ints with int(array), which numpy >= 2.4 refuses for arrays of ndim > 0
+    ("only 0-dimensional arrays can be converted to Python scalars"), so any
+    `for b in range(0, n, STEP)` with a run-time n fails. Wrap the interpreter's tensor
+    patching so __index__ reads the single element instead. Interpreter only; no effect on GPU.
+    """
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_qwhisper_fixed", False):
+        return
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patched._qwhisper_fixed = True
+    interpreter._patch_lang_tensor = patched
+
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    _patch_interpreter_scalars()
+
+# Byte layout of each block type, read by the kernels:
+#   TS: bytes per block; M_B: byte offset of the f16 minimum m (-1: none); QH_B: byte offset of the
+#   u32 fifth bits (-1: none); QS_B: byte offset of qs; BITS: 4, 5 or 8; ZERO: the zero point.
+#                 TS  M_B  QH_B QS_B BITS ZERO
+_LAYOUT = {
+    GGMLType.Q4_0: (18, -1, -1, 2, 4, 8),  # d | qs[16]                 w = d*(q-8)
+    GGMLType.Q4_1: (20, 2, -1, 4, 4, 0),  # d | m | qs[16]              w = d*q + m
+    GGMLType.Q5_0: (22, -1, 2, 6, 5, 16),  # d | qh:u32 | qs[16]        w = d*(q-16)
+    GGMLType.Q5_1: (24, 2, 4, 8, 5, 0),  # d | m | qh:u32 | qs[16]      w = d*q + m
+    GGMLType.Q8_0: (34, -1, -1, 2, 8, 0),  # d | qs: 32 x int8          w = d*q
+}
+for _t, (_ts, *_rest) in _LAYOUT.items():
+    assert _ts == BLOCK_SIZES[_t][1], _t  # the table agrees with ggml's block sizes
+
+_QK = tl.constexpr(QK)  # weights per block, as a compile-time constant for the kernels
+# float32 2^23; passed to the kernels as a run-time argument so that it sits in a register and
+# `(byte & 0xF) | magic` compiles to one LOP3 (an instruction takes a single 32-bit immediate).
+_MAGIC_BITS = 0x4B000000
+
+
+# ------------------------------------------------------------------------------------------
+# Block decoding, shared by every kernel (so the bit-exact dequantize test covers the GEMV's)
+# ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _ld(p, ok, EVEN: tl.constexpr):
+    """Load; masked (other=0) unless the caller proved every element in bounds (EVEN)."""
+    if EVEN:
+        return tl.load(p)
+    else:
+        return tl.load(p, mask=ok, other=0)
+
+
+@triton.jit
+def _f16_at(w16, byte_off, ok, EVEN: tl.constexpr):
+    """f16 field at an even byte offset (int16 view of the buffer) -> float32, exact."""
+    return _ld(w16 + byte_off // 2, ok, EVEN).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _qh_at(w16, byte_off, ok, EVEN: tl.constexpr):
+    """u32 fifth-bits field at an even byte offset -> int32 (bit j = bit 4 of weight j)."""
+    lo = _ld(w16 + byte_off // 2, ok, EVEN).to(tl.int32) & 0xFFFF
+    hi = _ld(w16 + byte_off // 2 + 1, ok, EVEN).to(tl.int32)
+    return lo | (hi << 16)
+
+
+@triton.jit
+def _decode_nibbles(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
+    """4/5-bit qs bytes (int32 0..255, byte j at position jj) -> (q_lo, q_hi16), float32, exact.
+
+    q_lo = q[j] - ZERO; q_hi16 = 16*(q[j+16] - ZERO) (the high nibble left in place, see above).
+    qh (same shape as qs or broadcastable, ignored unless BITS == 5): bit j -> bit 4 of q[j].
+    """
+    lo = (qs & 0xF) | magic
+    hi = (qs & 0xF0) | magic
+    if BITS == 5:
+        # bit j of qh -> bit 4 of the low nibble; bit j+16 -> bit 8 (bit 4 of q scaled by 16).
+        # (qh >> 8) is an arithmetic shift: its sign fill lands at bits >= 24 - j > 8, never read.
+        lo = lo | (((qh << 4) >> jj) & 0x10)
+        hi = hi | (((qh >> 8) >> jj) & 0x100)
+    q_lo = lo.to(tl.float32, bitcast=True) - (8388608.0 + ZERO)
+    q_hi16 = hi.to(tl.float32, bitcast=True) - (8388608.0 + 16 * ZERO)
+    return q_lo, q_hi16
+
+
+@triton.jit
+def _decode_int8(qs, magic):
+    """Q8_0 qs bytes (int32 0..255, two's complement int8) -> float32 q, exact.
+
+    byte ^ 0x80 = q + 128 in 0..255; OR-ed into 2^23 and then 2^23 + 128 subtracted.
+    """
+    return (qs ^ (magic | 0x80)).to(tl.float32, bitcast=True) - (8388608.0 + 128)
+
+
+# ------------------------------------------------------------------------------------------
+# Dequantize: raw blocks -> float tensor
+# ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dequantize_kernel(
+    w8, w16,  # the raw bytes, as uint8 and as an int16 view of the same memory
+    y_ptr,  # output, n_blocks*32 elements (float32/float16/bfloat16)
+    n_blocks, magic,
+    TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
+    BITS: tl.constexpr, ZERO: tl.constexpr,
+    NBLK: tl.constexpr,  # blocks per program (power of 2)
+):
+    blk = (tl.program_id(0).to(tl.int64) * NBLK + tl.arange(0, NBLK))[:, None]  # [NBLK, 1]
+    ok = blk < n_blocks
+    base = blk * TS  # byte offset of each block
+    d = _f16_at(w16, base, ok, False)
+    dt = y_ptr.dtype.element_ty
+    out = y_ptr + blk * _QK
+    if BITS == 8:
+        jj = tl.arange(0, 32)[None, :]
+        q = _decode_int8(_ld(w8 + base + QS_B + jj, ok, False).to(tl.int32), magic)
+        tl.store(out + jj, (q * d).to(dt), mask=ok)
+    else:
+        jj = tl.arange(0, 16)[None, :]
+        qs = _ld(w8 + base + QS_B + jj, ok, False).to(tl.int32)
+        qh = qs  # unused unless BITS == 5
+        if BITS == 5:
+            qh = _qh_at(w16, base + QH_B, ok, False)
+        q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+        w_lo = q_lo * d  # exact
+        w_hi = q_hi16 * (d * 0.0625)  # 16q * d/16: both factors exact powers-of-2 rescalings
+        if M_B >= 0:
+            m = _f16_at(w16, base + M_B, ok, False)
+            w_lo = w_lo + m  # one rounding (the product is exact)
+            w_hi = w_hi + m
+        tl.store(out + jj, w_lo.to(dt), mask=ok)
+        tl.store(out + 16 + jj, w_hi.to(dt), mask=ok)
+
+
+@triton.jit
+def _f16_to_kernel(w_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    """F16 bytes (int16 view) -> float32/float16/bfloat16: one exact widening, then one rounding."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < n
+    v = tl.load(w_ptr + offs, mask=ok).to(tl.float16, bitcast=True).to(tl.float32)
+    tl.store(y_ptr + offs, v.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+_DEQUANT_NBLK = 64  # blocks per program: 2048 outputs, 16 per thread at 4 warps
+_F16_BLOCK = 4096
+
+
+def _as_type(ggml_type) -> GGMLType:
+    return GGMLType(int(ggml_type))
+
+
+def _checked_bytes(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check raw (uint8, exactly the tensor's bytes) -> (uint8 view, int16 view) of it, 1-D."""
+    if raw.dtype != torch.uint8:
+        raise ValueError(f"raw {ggml_type.name} weights must be a uint8 tensor, got {raw.dtype}")
+    expected = tensor_nbytes(ggml_type, tuple(shape))
+    if raw.numel() != expected:
+        raise ValueError(f"{ggml_type.name} tensor of shape {tuple(shape)} needs {expected} bytes, got {raw.numel()}")
+    raw = raw.reshape(-1)
+    if not raw.is_contiguous() or raw.storage_offset() % 2:
+        raw = raw.clone()  # an odd byte offset into a larger buffer: copy to an aligned one
+    return raw, raw.view(torch.int16)
+
+
+def dequantize_into(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int], out: torch.Tensor) -> torch.Tensor:
+    """Dequantize raw bytes into `out` (contiguous, >= prod(shape) elements; its dtype is kept).
+
+    Returns out's first prod(shape) elements viewed as `shape`. Bit-exact with quants.ref in
+    float32; float16/bfloat16 outputs are those float32 values rounded once to nearest even.
+    """
+    ggml_type = _as_type(ggml_type)
+    shape = tuple(int(s) for s in shape)
+    n = 1
+    for s in shape:
+        n *= s
+    if not out.is_contiguous() or out.numel() < n:
+        raise ValueError(f"out must be contiguous with at least {n} elements, got {tuple(out.shape)}")
+    y = out.reshape(-1)[:n]
+    w8, w16 = _checked_bytes(raw, ggml_type, shape)
+    if n == 0:
+        return y.view(shape)
+    if ggml_type == GGMLType.F32:
+        src = w8 if w8.storage_offset() % 4 == 0 else w8.clone()
+        y.copy_(src.view(torch.float32))
+    elif ggml_type == GGMLType.F16:
+        _f16_to_kernel[(triton.cdiv(n, _F16_BLOCK),)](w16, y, n, BLOCK=_F16_BLOCK)
+    else:
+        n_blocks = n // QK
+        ts, m_b, qh_b, qs_b, bits, zero = _LAYOUT[ggml_type]
+        _dequantize_kernel[(triton.cdiv(n_blocks, _DEQUANT_NBLK),)](
+            w8, w16, y, n_blocks, _MAGIC_BITS,
+            TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero, NBLK=_DEQUANT_NBLK)
+    return y.view(shape)
+
+
+def dequantize(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Raw bytes (uint8, on the GPU) of one tensor -> a new tensor of `shape` and `dtype`.
+
+    float32 output equals quants.ref.dequantize bit for bit (NaN bit patterns aside: a NaN scale
+    gives a NaN weight in both, payloads may differ).
+    """
+    out = torch.empty(tuple(int(s) for s in shape), dtype=dtype, device=raw.device)
+    return dequantize_into(raw, ggml_type, shape, out)
+
+
+# ------------------------------------------------------------------------------------------
+# Fused dequant-GEMV for few rows: y = x @ W.T (+ bias), W read as raw blocks
+# ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _qgemv_kernel(
+    x_ptr,  # (M, K) activations, last axis contiguous, fp32/fp16/bf16
+    w8, w16,  # raw (N, K) blocks as uint8 and as an int16 view of the same memory
+    bias_ptr,  # (N,), or any pointer when HAS_BIAS is False
+    y_ptr,  # (M, N) output, contiguous, dtype of x
+    M, N, K, stride_xm, magic,
+    TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
+    BITS: tl.constexpr, ZERO: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # >= M, power of 2: all rows of x in one pass over W
+    BLOCK_N: tl.constexpr,  # rows of W per program; each x value loaded is used BLOCK_N times
+    NB: tl.constexpr,  # 32-weight blocks per row per loop step
+    EVEN_K: tl.constexpr,  # (K/32) % NB == 0: no bounds checks on the blocks
+    HAS_BIAS: tl.constexpr,
+):
+    # Tiles are 4-D [NB, BLOCK_M, BLOCK_N, QB] (QB = bytes of qs read per block: 16, or 32 for
+    # Q8_0): the compiler spreads lanes over (qs byte, block) and keeps rows in registers, and W
+    # tiles [NB, 1, BN, QB] and x tiles [NB, BM, 1, QB] then share one layout (no shuffles).
+    QB: tl.constexpr = 32 if BITS == 8 else 16
+    n_blk = K // _QK
+    pid = tl.program_id(0)
+    bb = tl.arange(0, NB)[:, None, None, None]
+    mm = tl.arange(0, BLOCK_M)[None, :, None, None]
+    nn = pid * BLOCK_N + tl.arange(0, BLOCK_N)[None, None, :, None]
+    jj = tl.arange(0, QB)[None, None, None, :]
+    # Rows past N and x rows past M are clamped rather than masked (the loads stay unpredicated;
+    # the store drops those results).
+    w_row = tl.minimum(nn, N - 1).to(tl.int64) * (n_blk * TS)  # [1, 1, BN, 1] byte offsets
+    x_row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm + jj  # [1, BM, 1, QB]
+    acc = tl.zeros([NB, BLOCK_M, BLOCK_N, QB], dtype=tl.float32)
+    for b0 in range(0, n_blk, NB):
+        blk = b0 + bb  # [NB, 1, 1, 1]
+        ok = blk < n_blk
+        base = w_row + blk * TS  # [NB, 1, BN, 1]
+        d = _f16_at(w16, base, ok, EVEN_K)
+        qs = _ld(w8 + base + QS_B + jj, ok, EVEN_K).to(tl.int32)  # [NB, 1, BN, QB]
+        xp = x_row + blk * _QK
+        # One x row: d is applied once per block and byte (d*(q.x)); several rows: each weight
+        # is dequantized once (q*d) and then used by every row (one FMA per weight and row).
+        if BITS == 8:
+            q = _decode_int8(qs, magic)
+            x = _ld(xp, ok, EVEN_K).to(tl.float32)
+            if BLOCK_M == 1:
+                acc += d * (q * x)
+            else:
+                acc += (q * d) * x
+        else:
+            qh = qs  # unused unless BITS == 5
+            if BITS == 5:
+                qh = _qh_at(w16, base + QH_B, ok, EVEN_K)
+            q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+            x_lo = _ld(xp, ok, EVEN_K).to(tl.float32)  # x[32b + j]
+            x_hi = _ld(xp + 16, ok, EVEN_K).to(tl.float32)  # x[32b + 16 + j]
+            if BLOCK_M == 1:
+                # d*(q_lo*x_lo + q_hi*x_hi), q_hi*x_hi = q_hi16*(x_hi/16): an exact rescaling
+                acc += d * (q_lo * x_lo + q_hi16 * (x_hi * 0.0625))
+                if M_B >= 0:
+                    acc += _f16_at(w16, base + M_B, ok, EVEN_K) * (x_lo + x_hi)
+            else:
+                w_lo = q_lo * d
+                w_hi = q_hi16 * (d * 0.0625)
+                if M_B >= 0:
+                    m = _f16_at(w16, base + M_B, ok, EVEN_K)
+                    w_lo += m
+                    w_hi += m
+                acc += w_lo * x_lo  # two statements: two FMAs into acc, not FMUL+FFMA+FADD
+                acc += w_hi * x_hi
+    y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
+    n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    m1 = tl.arange(0, BLOCK_M)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + n1, mask=n1 < N, other=0.0).to(tl.float32)[None, :]
+    out = y_ptr + (m1.to(tl.int64) * N)[:, None] + n1[None, :]
+    tl.store(out, y.to(y_ptr.dtype.element_ty), mask=(m1 < M)[:, None] & (n1 < N)[None, :])
+
+
+QMATMUL_MAX_M = 16  # rows of x the fused GEMV takes in one pass (decoder steps, beams)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def _gemv_config(m: int, n: int, k: int, ggml_type: GGMLType) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, NB, num_warps) for the fused GEMV.
+
+    BLOCK_M = M rounded up to a power of 2 (one pass over W serves every row of x).
+    NB (blocks per step): the largest power of 2 <= 16 that divides K/32 (no bounds checks), at
+      least 4; it spreads lanes over blocks of one row, so it also caps num_warps.
+    BLOCK_N: rows per program; x loaded once per step is reused by every row. Kept so that the
+      accumulators (NB*BLOCK_M*BLOCK_N*QB fp32) stay <= 32 per thread and the grid has >= 2
+      programs per SM (132 SMs on H100/H200) where N allows it.
+    """
+    qb = 32 if ggml_type == GGMLType.Q8_0 else 16
+    block_m = _next_pow2(m)
+    n_blk = k // QK
+    nb = 16
+    while nb > 4 and n_blk % nb:
+        nb //= 2
+    num_warps = 4 if nb >= 16 else 2
+    threads = 32 * num_warps
+    block_n = 8
+    while block_n > 1 and nb * block_m * block_n * qb > 32 * threads:
+        block_n //= 2
+    while block_n > 1 and triton.cdiv(n, block_n) < 2 * 132:
+        block_n //= 2
+    return block_m, block_n, nb, num_warps
+
+
+def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
+            bias: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Fused dequant-GEMV: x (M, K) @ W.T (+ bias) -> (M, N) in x's dtype, for 1 <= M <= 16.
+
+    raw: the (N, K) weight's ggml blocks (uint8, on x's device), read once; fp32 accumulation.
+    config: (BLOCK_M, BLOCK_N, NB, num_warps) overriding _gemv_config (benchmarks, tests).
+    """
+    ggml_type = _as_type(ggml_type)
+    if ggml_type not in _LAYOUT:
+        raise ValueError(f"qmatmul reads block types {[t.name for t in _LAYOUT]}, got {ggml_type.name}; use linear()")
+    n, k = (int(s) for s in shape)
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"x must be (M, {k}) for a weight of shape ({n}, {k}), got {tuple(x.shape)}")
+    m = x.shape[0]
+    if not 1 <= m <= QMATMUL_MAX_M:
+        raise ValueError(f"qmatmul takes 1..{QMATMUL_MAX_M} rows, got {m}; use linear()")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    w8, w16 = _checked_bytes(raw, ggml_type, (n, k))
+    if bias is not None and tuple(bias.shape) != (n,):
+        raise ValueError(f"bias must be ({n},), got {tuple(bias.shape)}")
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    block_m, block_n, nb, num_warps = config or _gemv_config(m, n, k, ggml_type)
+    ts, m_b, qh_b, qs_b, bits, zero = _LAYOUT[ggml_type]
+    _qgemv_kernel[(triton.cdiv(n, block_n),)](
+        x, w8, w16, bias if bias is not None else y, y, m, n, k, x.stride(0), _MAGIC_BITS,
+        TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
+        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0, HAS_BIAS=bias is not None,
+        num_warps=num_warps)
+    return y
+
+
+# ------------------------------------------------------------------------------------------
+# Many rows: fused dequant-GEMM on tensor cores (candidate (a), measured against (b) below)
+# ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _qgemm_kernel(
+    x_ptr, w8, w16, bias_ptr, y_ptr, M, N, K, stride_xm, magic,
+    TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
+    BITS: tl.constexpr, ZERO: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # rows of x per program (the MMA's N side: W is the A operand)
+    BLOCK_N: tl.constexpr,  # rows of W per program (the MMA's M side)
+    NB: tl.constexpr,  # 32-weight blocks per K step: BLOCK_K = 32*NB
+    GROUP_N: tl.constexpr,  # programs along N that run together and share x tiles in L2
+    HAS_BIAS: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_N * grid_m
+    first_n = (pid // width) * GROUP_N
+    size_n = min(grid_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % width) % size_n
+    pid_m = (pid % width) // size_n
+    n_blk = K // _QK
+    nn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    w_row = (tl.minimum(nn, N - 1).to(tl.int64) * (n_blk * TS))[:, None, None]  # [BN, 1, 1]
+    xm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    x_col = x_ptr + (tl.minimum(xm, M - 1).to(tl.int64) * stride_xm)[None, :]  # [1, BM]
+    bb = tl.arange(0, NB)[None, :, None]
+    kk = tl.arange(0, NB * _QK)[:, None]
+    dt = x_ptr.dtype.element_ty
+    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    for b0 in range(0, n_blk, NB):
+        blk = b0 + bb
+        ok = blk < n_blk
+        base = w_row + blk * TS  # [BN, NB, 1]
+        d = _f16_at(w16, base, ok, False)
+        if BITS == 8:
+            jj = tl.arange(0, 32)[None, None, :]
+            q = _decode_int8(_ld(w8 + base + QS_B + jj, ok, False).to(tl.int32), magic)
+            a = tl.reshape((q * d).to(dt), (BLOCK_N, NB * _QK))
+        else:
+            jj = tl.arange(0, 16)[None, None, :]
+            qs = _ld(w8 + base + QS_B + jj, ok, False).to(tl.int32)
+            qh = qs
+            if BITS == 5:
+                qh = _qh_at(w16, base + QH_B, ok, False)
+            q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+            w_lo = q_lo * d
+            w_hi = q_hi16 * (d * 0.0625)
+            if M_B >= 0:
+                m = _f16_at(w16, base + M_B, ok, False)
+                w_lo = w_lo + m
+                w_hi = w_hi + m
+            # [BN, NB, 16, 2(half)] -> [BN, NB, 2, 16] -> [BN, 32*NB]: weights in K order
+            t = tl.permute(tl.join(w_lo.to(dt), w_hi.to(dt)), (0, 1, 3, 2))
+            a = tl.reshape(t, (BLOCK_N, NB * _QK))
+        k_idx = kk + b0 * _QK
+        xt = tl.load(x_col + k_idx, mask=k_idx < K, other=0.0)  # [BK, BM]
+        acc = tl.dot(a, xt, acc)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + nn, mask=nn < N, other=0.0).to(tl.float32)[:, None]
+    out = y_ptr + (xm.to(tl.int64) * N)[None, :] + nn[:, None]
+    tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(nn < N)[:, None] & (xm < M)[None, :])
+
+
+def qgemm_fused(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
+                bias: torch.Tensor | None = None, config: tuple[int, int, int, int, int, int] | None = None) -> torch.Tensor:
+    """Fused dequant-GEMM on tensor cores: x (M, K) fp16/bf16 @ W.T (+ bias) -> (M, N).
+
+    W is dequantized tile by tile in registers (to x's dtype) and fed to tl.dot.
+    config: (BLOCK_M, BLOCK_N, NB, GROUP_N, num_warps, num_stages).
+    """
+    ggml_type = _as_type(ggml_type)
+    n, k = (int(s) for s in shape)
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"the tensor-core GEMM takes float16/bfloat16 x, got {x.dtype}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    m = x.shape[0]
+    w8, w16 = _checked_bytes(raw, ggml_type, (n, k))
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    block_m, block_n, nb, group_n, num_warps, num_stages = config or (128, 128, 2, 8, 8, 3)
+    ts, m_b, qh_b, qs_b, bits, zero = _LAYOUT[ggml_type]
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+    _qgemm_kernel[grid](
+        x, w8, w16, bias if bias is not None else y, y, m, n, k, x.stride(0), _MAGIC_BITS,
+        TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
+        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, GROUP_N=group_n, HAS_BIAS=bias is not None,
+        num_warps=num_warps, num_stages=num_stages)
+    return y
+
+
+# ------------------------------------------------------------------------------------------
+# Many rows: dequantize into a reusable buffer + cuBLAS (candidate (b))
+# ------------------------------------------------------------------------------------------
+
+_scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _scratch_buffer(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A buffer of >= n elements, one per (device, dtype), grown on demand and reused by every layer.
+
+    Safe while all work runs on one stream (each matmul reads it before the next dequantize
+    overwrites it, in stream order).
+    """
+    key = (device, dtype)
+    buf = _scratch.get(key)
+    if buf is None or buf.numel() < n:
+        buf = torch.empty(n, dtype=dtype, device=device)
+        _scratch[key] = buf
+    return buf
+
+
+def dequant_matmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
+                   bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K) @ W.T (+ bias): dequantize W into the scratch buffer in x's dtype, then F.linear."""
+    n, k = (int(s) for s in shape)
+    buf = _scratch_buffer(n * k, x.dtype, x.device)
+    wt = dequantize_into(raw, ggml_type, (n, k), buf)
+    return torch.nn.functional.linear(x, wt, None if bias is None else bias.to(x.dtype))
+
+
+# ------------------------------------------------------------------------------------------
+# Dispatcher
+# ------------------------------------------------------------------------------------------
+
+
+def _dense_view(raw: torch.Tensor, ggml_type: GGMLType, shape: tuple[int, int]) -> torch.Tensor:
+    """F16/F32 raw bytes -> a zero-copy (N, K) tensor view (copied only if misaligned)."""
+    dtype, size = (torch.float16, 2) if ggml_type == GGMLType.F16 else (torch.float32, 4)
+    nbytes = shape[0] * shape[1] * size
+    if raw.dtype != torch.uint8 or raw.numel() != nbytes:
+        raise ValueError(f"{ggml_type.name} tensor of shape {shape} needs {nbytes} uint8 bytes, got {raw.numel()} {raw.dtype}")
+    raw = raw.reshape(-1)
+    if raw.storage_offset() % size:
+        raw = raw.clone()
+    return raw.view(dtype).view(shape)
+
+
+def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ W.T + bias for a raw ggml weight W of `shape` (N, K); x (..., K) on the GPU.
+
+    Up to QMATMUL_MAX_M rows (decoder steps, beams): the fused GEMV over the raw blocks. More
+    rows: dequantize W into a reusable buffer and use cuBLAS (docs/kernels.md has the numbers
+    behind both choices). F16/F32 weights are used in place through cuBLAS.
+    """
+    ggml_type = _as_type(ggml_type)
+    n, k = (int(s) for s in shape)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    rows = x2.shape[0]
+    if ggml_type in (GGMLType.F16, GGMLType.F32):
+        w = _dense_view(raw, ggml_type, (n, k))
+        y = torch.nn.functional.linear(x2, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
+    elif 1 <= rows <= QMATMUL_MAX_M:
+        y = qmatmul(x2, raw, ggml_type, (n, k), bias)
+    else:
+        y = dequant_matmul(x2, raw, ggml_type, (n, k), bias)
+    return y.reshape(*lead, n)
+
+
+__all__ = ["dequantize", "dequantize_into", "qmatmul", "qgemm_fused", "dequant_matmul", "linear", "QMATMUL_MAX_M"]

@@ -1,0 +1,367 @@
+"""Triton kernels (quants/triton_ops.py) against the numpy golden (quants/ref.py).
+
+Two groups:
+
+* `test_interp_*`: the kernels on the CPU through Triton's interpreter (TRITON_INTERPRET=1), on
+  small irregular shapes. The interpreter must be switched on before triton is imported and
+  would then also turn every other module's kernels into interpreted ones, so these tests run
+  in a child pytest process (`test_interpreter_suite` starts it); they run in-process only when
+  TRITON_INTERPRET=1 is already set, as in that child.
+* `cuda`-marked tests: the compiled kernels on the GPU (scripts/gpu-check), on every tensor of
+  the real tiny.en q5_1 file and on re-quantized copies of it, and on real Whisper shapes.
+
+Tolerances for products (qmatmul, linear): the kernels accumulate in float32 in their own
+order, so the reference is computed in float64 from the golden float32 weights and the
+bound is the classic one for a K-term dot product, |y - ref| <= gamma_K * (|W| @ |x|) with
+gamma_K = K*u/(1 - K*u), u = 2^-24 (Higham, Accuracy and Stability, 3.1), doubled for the
+float32 conversions of d-scaled partial sums, plus one rounding of the output to its dtype
+(|ref| * 2^-11 for float16, 2^-8 for bfloat16). A relative tolerance on |ref| alone (llm.c's
+atol + |ref|*eps) fails spuriously where the sum cancels; |W| @ |x| does not.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qwhisper.quants import BLOCK_SIZES, QK, GGMLType, ref
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+ALL_TYPES = [GGMLType.F32, GGMLType.F16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0]
+BLOCK_TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0]
+U32 = 2.0**-24  # unit roundoff of float32
+OUT_EPS = {torch.float32: 0.0, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}  # half an ulp, relative
+
+interp = pytest.mark.skipif(not INTERPRETING, reason="runs in the interpreter child process (test_interpreter_suite)")
+cuda = pytest.mark.cuda
+
+
+def _ops():
+    from qwhisper.quants import triton_ops
+
+    return triton_ops
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs
+# ------------------------------------------------------------------------------------------
+
+# f16 bit patterns for the scales: zeros of both signs, smallest/largest subnormal, smallest
+# normal, one, largest finite, and their negatives. (Inf/NaN scales come with the random bytes.)
+EDGE_F16 = [0x0000, 0x8000, 0x0001, 0x8001, 0x03FF, 0x0400, 0x3C00, 0x7BFF, 0xFBFF, 0x83FF]
+
+
+def edge_raw(ggml_type: GGMLType, n_rows: int, n_per_row: int, seed: int) -> np.ndarray:
+    """Raw bytes of an (n_rows, n_per_row) tensor: random bytes, with edge scales and extreme
+    quants in the first blocks (d of EDGE_F16, qs all 0xFF / all 0x00, qh all ones / zeros)."""
+    rng = np.random.default_rng(seed)
+    block, size = BLOCK_SIZES[ggml_type]
+    n_blocks = n_rows * n_per_row // block
+    raw = rng.integers(0, 256, size=(n_blocks, size), dtype=np.uint8)
+    if ggml_type in (GGMLType.F32, GGMLType.F16):
+        return raw.reshape(-1)
+    for i, bits in enumerate(EDGE_F16[: n_blocks]):
+        raw[i, 0], raw[i, 1] = bits & 0xFF, bits >> 8
+        if ggml_type in (GGMLType.Q4_1, GGMLType.Q5_1):  # m: another edge value
+            other = EDGE_F16[(i + 3) % len(EDGE_F16)]
+            raw[i, 2], raw[i, 3] = other & 0xFF, other >> 8
+        qs_at = {GGMLType.Q4_0: 2, GGMLType.Q4_1: 4, GGMLType.Q5_0: 6, GGMLType.Q5_1: 8, GGMLType.Q8_0: 2}[ggml_type]
+        raw[i, qs_at:] = 0xFF if i % 2 == 0 else 0x00  # max nibbles / int8 -1 ; zeros
+        if ggml_type in (GGMLType.Q5_0, GGMLType.Q5_1):
+            raw[i, qs_at - 4 : qs_at] = 0xFF if i % 3 else 0x00
+    if ggml_type == GGMLType.Q8_0 and n_blocks > 1:
+        raw[1, 2:] = 0x80  # int8 -128
+    return raw.reshape(-1)
+
+
+def assert_bits_equal(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """Bit-for-bit float32 equality; NaNs must sit at the same places (payloads may differ)."""
+    got = np.asarray(got, dtype=np.float32)
+    nan_g, nan_w = np.isnan(got), np.isnan(want)
+    assert np.array_equal(nan_g, nan_w), f"{what}: NaN at different places"
+    g, w = got[~nan_g].view(np.uint32), want[~nan_w].view(np.uint32)
+    bad = np.flatnonzero(g != w)
+    assert bad.size == 0, (
+        f"{what}: {bad.size} of {g.size} values differ, first at {bad[0]}: "
+        f"got {got[~nan_g][bad[0]]!r} want {want[~nan_w][bad[0]]!r}"
+    )
+
+
+def check_product(y: torch.Tensor, x: torch.Tensor, w: np.ndarray, bias: np.ndarray | None, what: str,
+                  tensor_cores: bool = False) -> None:
+    """y (M, N) from the kernel vs x (M, K) @ w.T (+ bias) in float64, within the dot-product bound.
+
+    tensor_cores: products summed by MMA units or cuBLAS half-precision GEMMs, whose float32
+    accumulation is not IEEE round-to-nearest (and cuBLAS may reduce split-K partial sums in
+    float16): bound the error by 2^-9 * (|x| @ |W|) instead, still far below the O(1) relative
+    error of a wrong index or scale.
+    """
+    x64 = x.detach().double().cpu().numpy()
+    w64 = w.astype(np.float64)
+    want = x64 @ w64.T + (0 if bias is None else bias.astype(np.float64))
+    k = w.shape[1]
+    gamma = 2.0**-9 if tensor_cores else 2 * k * U32 / (1 - k * U32)
+    tol = gamma * (np.abs(x64) @ np.abs(w64).T) + OUT_EPS[y.dtype] * np.abs(want) + 1e-30
+    got = y.detach().double().cpu().numpy()
+    err = np.abs(got - want)
+    assert np.isfinite(got).all(), f"{what}: non-finite output"
+    worst = np.unravel_index(np.argmax(err - tol), err.shape)
+    assert (err <= tol).all(), f"{what}: |err| {err[worst]:.3g} > tol {tol[worst]:.3g} at {worst} (want {want[worst]:.6g})"
+
+
+def random_weights(ggml_type: GGMLType, n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(raw bytes, golden float32 (n, k)) of random normal weights quantized by the golden."""
+    rng = np.random.default_rng(seed)
+    raw = ref.quantize(rng.standard_normal((n, k)).astype(np.float32), ggml_type)
+    return raw, ref.dequantize(raw, ggml_type, (n, k))
+
+
+# ------------------------------------------------------------------------------------------
+# CPU, no interpreter
+# ------------------------------------------------------------------------------------------
+
+
+def test_scaled_quants_are_exact_products():
+    """The premise that makes FMA contraction harmless: for every finite f16 d and every q a
+    block can hold (Q4: -8..15, Q5: -16..31, Q8: -128..127), d*q is exact in float32, so
+    d*q + m is rounded once whether fused or not; and d/16 (used for the high nibble) is exact."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    d = ref.fp16_bits_to_fp32(bits)
+    d = d[np.isfinite(d)]
+    q = np.arange(-128, 128, dtype=np.float32)
+    prod32 = (d[:, None] * q[None, :]).astype(np.float64)
+    prod64 = d.astype(np.float64)[:, None] * q.astype(np.float64)[None, :]
+    assert np.array_equal(prod32, prod64)
+    assert np.array_equal((d * np.float32(0.0625)).astype(np.float64) * 16, d.astype(np.float64))
+
+
+def test_interpreter_suite():
+    """Run the interpreter tests of this file in a child process with TRITON_INTERPRET=1."""
+    if INTERPRETING:
+        pytest.skip("already in the interpreter process")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-k", "interp and not suite",
+           "-p", "no:cacheprovider", "-x"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[1])
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"interpreter tests failed:\n{tail}"
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary, tail  # they ran, none skipped
+
+
+# ------------------------------------------------------------------------------------------
+# Interpreter (CPU tensors)
+# ------------------------------------------------------------------------------------------
+
+
+@interp
+@pytest.mark.parametrize("ggml_type", ALL_TYPES, ids=lambda t: t.name)
+def test_interp_dequantize_bit_exact(ggml_type):
+    ops = _ops()
+    for seed, shape in enumerate([(3, 96), (1, 32), (10, 64)]):  # 10 rows: every edge scale once
+        raw = edge_raw(ggml_type, *shape, seed=seed)
+        want = ref.dequantize(raw, ggml_type, shape)
+        got = ops.dequantize(torch.from_numpy(raw.copy()), ggml_type, shape)
+        assert got.dtype == torch.float32 and tuple(got.shape) == shape
+        assert_bits_equal(got.numpy(), want, f"{ggml_type.name} {shape}")
+    # float16 output: the float32 values rounded once to nearest even (what torch's .half() does)
+    raw, want = random_weights(ggml_type, 5, 64, seed=7)
+    got16 = ops.dequantize(torch.from_numpy(raw.copy()), ggml_type, (5, 64), dtype=torch.float16)
+    assert torch.equal(got16.view(torch.int16), torch.from_numpy(want).half().view(torch.int16))
+
+
+@interp
+@pytest.mark.parametrize("ggml_type", BLOCK_TYPES, ids=lambda t: t.name)
+def test_interp_qmatmul(ggml_type):
+    ops = _ops()
+    rng = np.random.default_rng(1)
+    # (N, K, config): the heuristic's choice; rows not a multiple of BLOCK_N (clamped rows);
+    # blocks not a multiple of NB (masked K steps); several x rows (the per-weight dequant path)
+    cases = [(37, 96, None), (13, 160, (1, 4, 4, 1)), (9, 256, (1, 2, 8, 1)), (5, 64, (4, 2, 4, 1))]
+    for n, k, config in cases:
+        raw, w = random_weights(ggml_type, n, k, seed=n)
+        bias = rng.standard_normal(n).astype(np.float32)
+        for m in (1, 3):
+            if config is not None and config[0] < m:
+                continue
+            x = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32))
+            y = ops.qmatmul(x, torch.from_numpy(raw.copy()), ggml_type, (n, k), torch.from_numpy(bias), config=config)
+            assert y.shape == (m, n) and y.dtype == torch.float32
+            check_product(y, x, w, bias, f"{ggml_type.name} M={m} N={n} K={k} config={config}")
+    # float16 activations in, float16 out
+    raw, w = random_weights(ggml_type, 11, 96, seed=3)
+    x = torch.from_numpy(rng.standard_normal((2, 96)).astype(np.float32)).half()
+    y = ops.qmatmul(x, torch.from_numpy(raw.copy()), ggml_type, (11, 96))
+    assert y.dtype == torch.float16
+    check_product(y, x, w, None, f"{ggml_type.name} fp16")
+
+
+@interp
+@pytest.mark.parametrize("ggml_type", BLOCK_TYPES, ids=lambda t: t.name)
+def test_interp_linear_dispatch(ggml_type):
+    """linear() on (..., K) input: the GEMV for few rows, dequantize + matmul for many."""
+    ops = _ops()
+    rng = np.random.default_rng(2)
+    n, k = 24, 64
+    raw, w = random_weights(ggml_type, n, k, seed=5)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for lead in [(1,), (2, 3), (20,)]:  # 1 and 6 rows: fused GEMV; 20 rows: dequantize + matmul
+        x = torch.from_numpy(rng.standard_normal((*lead, k)).astype(np.float32))
+        y = ops.linear(x, torch.from_numpy(raw.copy()), ggml_type, (n, k), torch.from_numpy(bias))
+        assert tuple(y.shape) == (*lead, n)
+        check_product(y.reshape(-1, n), x.reshape(-1, k), w, bias, f"{ggml_type.name} lead={lead}")
+
+
+@interp
+def test_interp_linear_dense_weights():
+    ops = _ops()
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((7, 64)).astype(np.float32)
+    x = torch.from_numpy(rng.standard_normal((3, 64)).astype(np.float32))
+    for t in (GGMLType.F16, GGMLType.F32):
+        raw = ref.quantize(w, t)
+        y = ops.linear(x, torch.from_numpy(raw.copy()), t, (7, 64))
+        check_product(y, x, ref.dequantize(raw, t, (7, 64)), None, t.name)
+
+
+@interp
+@pytest.mark.parametrize("ggml_type", BLOCK_TYPES, ids=lambda t: t.name)
+def test_interp_qgemm_fused(ggml_type):
+    """Tensor-core GEMM: W dequantized to float16 in registers, so the reference uses the
+    float16-rounded golden weights (what dequantize + cuBLAS would multiply too)."""
+    ops = _ops()
+    rng = np.random.default_rng(6)
+    n, k, m = 40, 96, 20
+    raw, w = random_weights(ggml_type, n, k, seed=9)
+    x = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32)).half()
+    bias = rng.standard_normal(n).astype(np.float32)
+    y = ops.qgemm_fused(x, torch.from_numpy(raw.copy()), ggml_type, (n, k), torch.from_numpy(bias), config=(16, 16, 2, 2, 4, 2))
+    check_product(y, x, w.astype(np.float16).astype(np.float32), bias, f"{ggml_type.name} fused GEMM", tensor_cores=True)
+
+
+@interp
+def test_interp_errors():
+    ops = _ops()
+    raw, _ = random_weights(GGMLType.Q5_1, 4, 64, seed=0)
+    t = torch.from_numpy(raw.copy())
+    with pytest.raises(ValueError, match=r"Q5_1 tensor of shape \(4, 96\) needs 288 bytes, got 192"):
+        ops.dequantize(t, GGMLType.Q5_1, (4, 96))
+    with pytest.raises(ValueError, match="must be a uint8 tensor"):
+        ops.dequantize(t.view(torch.int16), GGMLType.Q5_1, (4, 64))
+    with pytest.raises(ValueError, match="1..16 rows, got 17"):
+        ops.qmatmul(torch.zeros(17, 64), t, GGMLType.Q5_1, (4, 64))
+    with pytest.raises(ValueError, match=r"x must be \(M, 64\)"):
+        ops.qmatmul(torch.zeros(2, 32), t, GGMLType.Q5_1, (4, 64))
+    with pytest.raises(ValueError, match="reads block types"):
+        ops.qmatmul(torch.zeros(2, 64), t, GGMLType.F16, (4, 64))
+    # a view at an odd byte offset is copied to an aligned buffer, not misread
+    buf = torch.zeros(raw.size + 1, dtype=torch.uint8)
+    buf[1:] = t
+    assert_bits_equal(ops.dequantize(buf[1:], GGMLType.Q5_1, (4, 64)).numpy(), ref.dequantize(raw, GGMLType.Q5_1, (4, 64)), "odd offset")
+
+
+# ------------------------------------------------------------------------------------------
+# GPU (scripts/gpu-check)
+# ------------------------------------------------------------------------------------------
+
+gpu = pytest.mark.skipif(INTERPRETING or not torch.cuda.is_available(), reason="needs an NVIDIA GPU (compiled kernels)")
+
+
+@pytest.fixture(scope="module")
+def real_tensors(shared_q5_1):
+    """Every tensor of the real tiny.en q5_1 file: [(name, type, shape, raw bytes)]."""
+    from qwhisper.ggml_file import read_ggml
+
+    f = read_ggml(shared_q5_1)
+    return [(name, t.ggml_type, t.shape, np.asarray(t.data)) for name, t in f.tensors.items()]
+
+
+@pytest.fixture(scope="module")
+def requantized(real_tensors):
+    """The file's 2-D weights re-quantized by the golden to every other type: [(name, type, shape, raw)]."""
+    out = []
+    for name, t, shape, raw in real_tensors:
+        if len(shape) != 2 or shape[-1] % QK:
+            continue
+        w = ref.dequantize(raw, t, shape)
+        for other in (GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.F16):
+            out.append((name, other, shape, ref.quantize(w, other)))
+    return out
+
+
+@cuda
+@gpu
+def test_cuda_dequantize_real_file_bit_exact(real_tensors, requantized):
+    ops = _ops()
+    seen = set()
+    for name, t, shape, raw in real_tensors + requantized:
+        want = ref.dequantize(raw, t, shape)
+        raw_d = torch.from_numpy(raw.copy()).cuda()
+        got = ops.dequantize(raw_d, t, shape)
+        assert_bits_equal(got.cpu().numpy(), want, f"{name} as {t.name}")
+        for dt in (torch.float16, torch.bfloat16):  # one rounding of the exact float32 values
+            got_h = ops.dequantize(raw_d, t, shape, dtype=dt).cpu()
+            assert torch.equal(got_h.view(torch.int16), torch.from_numpy(want).to(dt).view(torch.int16)), f"{name} {t.name} {dt}"
+        seen.add(t)
+    assert seen == set(ALL_TYPES), seen  # the file has F32, F16, Q5_1; re-quantizing adds the rest
+
+
+@cuda
+@gpu
+@pytest.mark.parametrize("ggml_type", ALL_TYPES, ids=lambda t: t.name)
+def test_cuda_dequantize_edge_blocks(ggml_type):
+    ops = _ops()
+    for seed, shape in enumerate([(10, 64), (7, 4096), (3, 96)]):
+        raw = edge_raw(ggml_type, *shape, seed=100 + seed)
+        got = ops.dequantize(torch.from_numpy(raw.copy()).cuda(), ggml_type, shape)
+        assert_bits_equal(got.cpu().numpy(), ref.dequantize(raw, ggml_type, shape), f"{ggml_type.name} {shape}")
+
+
+# Whisper shapes: (N, K) of tiny/small/large-v3 attention, MLP in/out, and the vocab projection
+REAL_SHAPES = [(384, 384), (1536, 384), (384, 1536), (51864, 384), (768, 768), (1280, 5120), (51866, 1280)]
+
+
+@cuda
+@gpu
+@pytest.mark.parametrize("ggml_type", BLOCK_TYPES, ids=lambda t: t.name)
+def test_cuda_qmatmul_real_shapes(ggml_type):
+    ops = _ops()
+    rng = np.random.default_rng(11)
+    for n, k in REAL_SHAPES:
+        raw, w = random_weights(ggml_type, n, k, seed=n + k)
+        raw_d = torch.from_numpy(raw).cuda()
+        bias = rng.standard_normal(n).astype(np.float32)
+        for m, dt in [(1, torch.float16), (1, torch.float32), (5, torch.bfloat16), (16, torch.float16), (3, torch.float32)]:
+            x = torch.from_numpy(rng.standard_normal((m, k)).astype(np.float32)).to(dt).cuda()
+            y = ops.qmatmul(x, raw_d, ggml_type, (n, k), torch.from_numpy(bias).cuda())
+            assert y.dtype == dt
+            check_product(y, x, w, bias, f"{ggml_type.name} M={m} {dt} N={n} K={k}")
+
+
+@cuda
+@gpu
+@pytest.mark.parametrize("ggml_type", BLOCK_TYPES, ids=lambda t: t.name)
+def test_cuda_linear_many_rows(ggml_type):
+    """Encoder-sized inputs (1500 rows) through linear() and the fused tensor-core GEMM."""
+    ops = _ops()
+    rng = np.random.default_rng(12)
+    for n, k in [(384, 384), (1536, 384), (1280, 5120)]:
+        raw, w = random_weights(ggml_type, n, k, seed=n)
+        w16 = w.astype(np.float16).astype(np.float32)  # both paths multiply float16 weights
+        raw_d = torch.from_numpy(raw).cuda()
+        x = torch.from_numpy(rng.standard_normal((1500, k)).astype(np.float32)).half().cuda()
+        bias = rng.standard_normal(n).astype(np.float32)
+        y = ops.linear(x.view(3, 500, k), raw_d, ggml_type, (n, k), torch.from_numpy(bias).cuda())
+        assert tuple(y.shape) == (3, 500, n)
+        check_product(y.view(1500, n), x, w16, bias.astype(np.float16).astype(np.float32),
+                      f"linear {ggml_type.name} {n}x{k}", tensor_cores=True)
+        y2 = ops.qgemm_fused(x, raw_d, ggml_type, (n, k))
+        check_product(y2, x, w16, None, f"fused GEMM {ggml_type.name} {n}x{k}", tensor_cores=True)
