@@ -463,8 +463,10 @@ class DecodingTask:
         tokens = list(self.sot_sequence)
         if self.options.prefix:
             prefix = self._encode_text(self.options.prefix)
+            # openai keeps the last n_ctx // 2 - sample_len tokens; at the default sample_len
+            # (n_ctx // 2) that is 0, where its `prefix[-0:]` keeps the whole prefix: so do we
             max_prefix_len = self.n_ctx // 2 - self.sample_len
-            tokens += prefix[-max_prefix_len:] if max_prefix_len > 0 else []
+            tokens += prefix[-max_prefix_len:] if max_prefix_len > 0 else prefix
         if self.options.prompt:
             prompt = self._encode_text(self.options.prompt)
             tokens = [self.tokenizer.sot_prev] + prompt[-(self.n_ctx // 2 - 1):] + tokens
