@@ -1,0 +1,340 @@
+"""Kernel benchmark: y = x @ W.T for raw ggml weights W on the GPU, at Whisper's shapes.
+
+    python benchmarks/bench_qmatmul.py [--out DIR] [--append benchmarks/README.md] [--jobs 8] [--tune]
+
+Prints the device, versions, the two ceilings measured on this card (device-to-device copy
+bandwidth, counting bytes read + written; bf16/fp16 8192^3 matmul rate on random data), then for
+every weight type x shape x M the time of each way to compute the product:
+
+  gemv        qmatmul: fused dequant-GEMV on CUDA cores, reads the raw blocks once (M <= 16)
+  tc          qgemm_fused: fused dequant-GEMM on tensor cores (tl.dot), BLOCK_M 16 (M <= 16) or 128
+  deq+cublas  dequantize into a reusable buffer of x's dtype, then torch.nn.functional.linear
+  cublas-f16  F.linear on a weight already held in float16: the reference a 16-bit model pays
+
+Times are medians of triton.testing.do_bench (L2 flushed before every call, so weights come from
+device memory as in a real decode step). GB/s counts the weight bytes as stored (the quantized
+size for q types) over the time; "% copy" relates that to the measured copy bandwidth.
+Shapes (N, K): attention (d, d), MLP in (4d, d), MLP out (d, 4d), vocabulary (V, d) for
+d = 384 (tiny), 768 (small), 1280 (large-v3). M = 1 (greedy step), 5 (beams), 16, 1500 (encoder).
+
+--jobs N compiles every kernel variant first in N processes (the Triton cache is shared), so the
+timing run does not wait on serial compiles. --tune sweeps the GEMV's (BLOCK_N, NB, warps) and
+the tensor-core kernel's tiles on representative shapes and prints the best of each.
+Writes bench_qmatmul_full.md (every row), bench_qmatmul.md (the summary appended to --append)
+and bench_qmatmul.json under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qwhisper.quants import GGMLType, tensor_nbytes  # noqa: E402
+
+MODELS = {"tiny": (384, 51864), "small": (768, 51865), "large-v3": (1280, 51866)}  # (d, vocab)
+TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.F16]
+MS = [1, 5, 16, 1500]
+TC_SMALL_M = (16, 64, 4, 8, 4, 3)  # tensor-core kernel for M <= 16: BLOCK_M 16, BLOCK_N 64, BLOCK_K 128
+TC_LARGE_M = (128, 128, 2, 8, 8, 3)  # M = 1500: 128x128 tiles, BLOCK_K 64, 8 warps, 3 stages
+
+
+def shapes() -> list[tuple[str, str, int, int]]:
+    out = []
+    for model, (d, vocab) in MODELS.items():
+        out += [(model, "attn", d, d), (model, "mlp.in", 4 * d, d), (model, "mlp.out", d, 4 * d), (model, "vocab", vocab, d)]
+    return out
+
+
+def commit() -> str:
+    if os.environ.get("QWHISPER_COMMIT"):
+        return os.environ["QWHISPER_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def raw_weight(t: GGMLType, n: int, k: int, device: str) -> torch.Tensor:
+    """Raw bytes of a random (n, k) weight: quantized on the GPU-free golden would take minutes for
+    the vocabulary matrices, so random bytes with a sane f16 scale field stand in (timing only)."""
+    g = torch.Generator().manual_seed(n * 7 + k)
+    nbytes = tensor_nbytes(t, (n, k))
+    raw = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=g)
+    if t == GGMLType.F16:
+        raw = torch.randn(n * k, generator=g).half().view(torch.uint8)
+    else:
+        import numpy as np
+
+        # d (and m) fields: the f16 scales of real weights, so no inf/NaN reaches the products
+        size = {GGMLType.Q4_0: 18, GGMLType.Q4_1: 20, GGMLType.Q5_0: 22, GGMLType.Q5_1: 24, GGMLType.Q8_0: 34}[t]
+        blocks = raw.view(-1, size)
+        scales = torch.from_numpy((np.random.default_rng(n).random(blocks.shape[0]) * 0.01 + 1e-3).astype(np.float16).view(np.uint8).reshape(-1, 2))
+        blocks[:, 0:2] = scales
+        if t in (GGMLType.Q4_1, GGMLType.Q5_1):
+            blocks[:, 2:4] = scales
+    return raw.to(device)
+
+
+def providers(t: GGMLType, m: int) -> list[str]:
+    if t == GGMLType.F16:
+        return ["cublas-f16"]
+    if m <= 16:
+        return ["gemv", "tc", "deq+cublas", "cublas-f16"]
+    return ["tc", "deq+cublas", "cublas-f16"]
+
+
+def make_fn(prov: str, t: GGMLType, x: torch.Tensor, raw: torch.Tensor, n: int, k: int, config=None):
+    from qwhisper.quants import triton_ops as T
+
+    m = x.shape[0]
+    if prov == "gemv":
+        return lambda: T.qmatmul(x, raw, t, (n, k), config=config)
+    if prov == "tc":
+        cfg = config or (TC_SMALL_M if m <= 16 else TC_LARGE_M)
+        return lambda: T.qgemm_fused(x, raw, t, (n, k), config=cfg)
+    if prov == "deq+cublas":
+        return lambda: T.dequant_matmul(x, raw, t, (n, k))
+    if prov == "cublas-f16":
+        w = T.dequantize(raw, t, (n, k), dtype=torch.float16) if t != GGMLType.F16 else T._dense_view(raw, t, (n, k))
+        return lambda: torch.nn.functional.linear(x, w)
+    raise ValueError(prov)
+
+
+def gemv_tune_configs(m: int) -> list[tuple[int, int, int, int]]:
+    """GEMV tiles to sweep: (BLOCK_M, BLOCK_N, NB, num_warps), at most 64 fp32 accumulators a thread."""
+    bm = 1 << max(0, (m - 1).bit_length())
+    cands = [(8, 16, 4), (16, 16, 4), (4, 16, 4), (8, 8, 2), (16, 8, 2), (4, 32, 4), (2, 16, 4), (2, 8, 2), (1, 16, 4)]
+    return [(bm, bn, nb, nw) for bn, nb, nw in cands if bm * bn * nb * 16 <= 64 * 32 * nw]
+
+
+TC_TUNE = [(16, 64, 4, 8, 4, 3), (16, 128, 4, 8, 4, 3), (16, 64, 2, 8, 4, 4), (128, 128, 2, 8, 8, 3), (128, 128, 4, 8, 8, 3),
+           (128, 64, 2, 8, 4, 4), (64, 128, 2, 8, 4, 4), (128, 256, 2, 8, 8, 3)]
+
+
+def tasks(tune: bool) -> list[tuple]:
+    """(type, n, k, m, provider, config) for every measurement, the warm-up's work list."""
+    out = []
+    for t in TYPES:
+        for model, name, n, k in shapes():
+            for m in MS:
+                for prov in providers(t, m):
+                    out.append((t, n, k, m, prov, None))
+    if tune:
+        for t in TYPES[:-1]:
+            for n, k in [(1280, 1280), (5120, 1280), (1280, 5120), (51866, 1280)]:
+                for m in (1, 5):
+                    for cfg in gemv_tune_configs(m):
+                        out.append((t, n, k, m, "gemv", cfg))
+                for m, cfgs in [(16, TC_TUNE[:3]), (1500, TC_TUNE[3:])]:
+                    for cfg in cfgs:
+                        out.append((t, n, k, m, "tc", cfg))
+    return out
+
+
+def _warm(chunk: list[tuple]) -> int:
+    """Compile (and run once) each task's kernel in this process; returns how many ran."""
+    done = 0
+    for t, n, k, m, prov, cfg in chunk:
+        if prov == "cublas-f16":
+            continue
+        x = torch.randn(m, k, device="cuda").half()
+        raw = torch.zeros(tensor_nbytes(t, (n, k)), dtype=torch.uint8, device="cuda")
+        try:
+            make_fn(prov, t, x, raw, n, k, cfg)()
+            done += 1
+        except Exception as e:  # reported again (with the timing) by the main run
+            print(f"warm-up {t.name} {n}x{k} M={m} {prov} {cfg}: {type(e).__name__}: {e}", file=sys.stderr)
+    torch.cuda.synchronize()
+    return done
+
+
+def warm_up(all_tasks: list[tuple], jobs: int) -> None:
+    """Compile every distinct kernel in `jobs` processes; the Triton disk cache carries them over."""
+    seen, unique = set(), []
+    for t, n, k, m, prov, cfg in all_tasks:
+        # kernels specialise on types, constexprs and the divisibility of N, K and M == 1
+        key = (t, n % 16 == 0, k, m, prov, cfg)
+        if key not in seen:
+            seen.add(key)
+            unique.append((t, n, k, m, prov, cfg))
+    t0 = time.time()
+    chunks = [unique[i::jobs] for i in range(jobs)]
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        n_done = sum(pool.map(_warm, chunks))
+    print(f"# compiled {n_done} kernel variants in {jobs} processes: {time.time() - t0:.1f} s", flush=True)
+
+
+def ceilings() -> dict:
+    from triton.testing import do_bench
+
+    nbytes = 1 << 30
+    a = torch.randint(0, 255, (nbytes,), dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median")
+    out = {"copy_GBps": 2 * nbytes / ms / 1e6}  # read + write
+    for name, dt in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        x = torch.randn(8192, 8192, device="cuda", dtype=dt)
+        y = torch.randn(8192, 8192, device="cuda", dtype=dt)
+        ms = do_bench(lambda: x @ y, warmup=50, rep=300, return_mode="median")
+        out[f"{name}_TFLOPs"] = 2 * 8192**3 / ms / 1e9
+    del a, b
+    return out
+
+
+def measure(all_tasks: list[tuple], copy_gbps: float) -> list[dict]:
+    from triton.testing import do_bench
+
+    rows = []
+    cache: dict = {}
+    for t, n, k, m, prov, cfg in all_tasks:
+        if (t, n, k) not in cache:
+            cache.clear()
+            torch.cuda.empty_cache()
+            cache[(t, n, k)] = raw_weight(t, n, k, "cuda")
+        raw = cache[(t, n, k)]
+        x = torch.randn(m, k, device="cuda").half()
+        row = {"type": t.name, "N": n, "K": k, "M": m, "provider": prov, "config": cfg}
+        try:
+            fn = make_fn(prov, t, x, raw, n, k, cfg)
+            us = do_bench(fn, warmup=5, rep=25, return_mode="median") * 1e3
+            wbytes = tensor_nbytes(t, (n, k)) if prov != "cublas-f16" else 2 * n * k
+            row.update(us=us, weight_GBps=wbytes / us / 1e3, pct_copy=100 * wbytes / us / 1e3 / copy_gbps,
+                       TFLOPs=2 * m * n * k / us / 1e6)
+        except Exception as e:
+            row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        rows.append(row)
+    return rows
+
+
+def fmt_full(rows: list[dict]) -> str:
+    lines = ["| type | N x K | M | provider | config | us | weight GB/s | % copy | TFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['type']} | {r['N']}x{r['K']} | {r['M']} | {r['provider']} | {r['config'] or ''} | error: {r['error']} | | | |")
+        else:
+            lines.append(f"| {r['type']} | {r['N']}x{r['K']} | {r['M']} | {r['provider']} | {r['config'] or ''} | {r['us']:.1f} | "
+                         f"{r['weight_GBps']:.0f} | {r['pct_copy']:.0f} | {r['TFLOPs']:.2f} |")
+    return "\n".join(lines)
+
+
+def fmt_summary(rows: list[dict]) -> str:
+    """Per type and shape: M=1 GEMV; best way for M=5 and 16; M=1500 both candidates; f16 reference."""
+    by = {}
+    for r in rows:
+        if r["config"] is None and "error" not in r:
+            by[(r["type"], r["N"], r["K"], r["M"], r["provider"])] = r
+    names = {(n, k): f"{model} {name}" for model, name, n, k in shapes()}
+    lines = ["| type | shape | N x K | M=1 gemv us (GB/s, % copy) | M=1 f16 cuBLAS us | M=5 best us | M=16 best us | "
+             "M=1500 tc / deq+cublas / f16 us (TFLOP/s best) |", "|---|---|---|---|---|---|---|---|"]
+    for t in TYPES:
+        for (n, k), label in names.items():
+            def g(m, p):
+                return by.get((t.name, n, k, m, p))
+
+            def best(m):
+                cands = [r for (tn, nn, kk, mm, p), r in by.items() if (tn, nn, kk, mm) == (t.name, n, k, m) and p != "cublas-f16"]
+                if not cands:
+                    return "-"
+                b = min(cands, key=lambda r: r["us"])
+                return f"{b['us']:.1f} {b['provider']}"
+
+            f16 = by.get(("F16", n, k, 1, "cublas-f16")) or g(1, "cublas-f16")
+            if f16 is None:
+                continue
+            if t == GGMLType.F16:
+                big = g(1500, "cublas-f16")
+                lines.append(f"| F16 | {label} | {n}x{k} | - | {f16['us']:.1f} ({f16['weight_GBps']:.0f}, {f16['pct_copy']:.0f}%) | "
+                             f"{g(5, 'cublas-f16')['us']:.1f} | {g(16, 'cublas-f16')['us']:.1f} | {big['us']:.1f} ({big['TFLOPs']:.0f}) |")
+                continue
+            gv = g(1, "gemv")
+            tc, dq, rf = g(1500, "tc"), g(1500, "deq+cublas"), g(1500, "cublas-f16")
+            top = max((r for r in (tc, dq) if r), key=lambda r: r["TFLOPs"], default=None)
+            lines.append(
+                f"| {t.name} | {label} | {n}x{k} | " + (f"{gv['us']:.1f} ({gv['weight_GBps']:.0f}, {gv['pct_copy']:.0f}%)" if gv else "-")
+                + f" | {f16['us']:.1f} | {best(5)} | {best(16)} | "
+                + " / ".join(f"{r['us']:.1f}" if r else "-" for r in (tc, dq, rf))
+                + (f" ({top['TFLOPs']:.0f} {top['provider']})" if top else "") + " |")
+    return "\n".join(lines)
+
+
+def fmt_tune(rows: list[dict]) -> str:
+    lines = ["| type | N x K | M | provider | best config | us | % copy | runner-up | us |", "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict = {}
+    for r in rows:
+        if r["config"] is not None and "error" not in r:
+            groups.setdefault((r["type"], r["N"], r["K"], r["M"], r["provider"]), []).append(r)
+    for (t, n, k, m, p), rs in groups.items():
+        rs.sort(key=lambda r: r["us"])
+        second = rs[1] if len(rs) > 1 else None
+        lines.append(f"| {t} | {n}x{k} | {m} | {p} | {rs[0]['config']} | {rs[0]['us']:.1f} | {rs[0]['pct_copy']:.0f} | "
+                     + (f"{second['config']} | {second['us']:.1f} |" if second else "- | - |"))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.environ.get("OUT", "gpu-check-out"), help="folder for the result files")
+    ap.add_argument("--append", help="markdown file to append the summary to (benchmarks/README.md)")
+    ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="processes compiling kernels first (0: none)")
+    ap.add_argument("--tune", action="store_true", help="also sweep kernel tile configs")
+    ap.add_argument("--types", help="comma-separated subset of types, e.g. q5_0,q8_0")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench_qmatmul: no CUDA device", file=sys.stderr)
+        return 2
+    global TYPES
+    if args.types:
+        TYPES = [GGMLType[s.strip().upper()] for s in args.types.split(",")]
+    import triton
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    props = torch.cuda.get_device_properties(0)
+    head = {
+        "date": datetime.date.today().isoformat(), "commit": commit(), "device": props.name,
+        "sms": props.multi_processor_count, "torch": torch.__version__, "triton": triton.__version__,
+        "cuda": torch.version.cuda,
+    }
+    print("# " + ", ".join(f"{k} {v}" for k, v in head.items()), flush=True)
+    head.update(ceilings())
+    print(f"# copy {head['copy_GBps']:.0f} GB/s (read+write), bf16 matmul {head['bf16_TFLOPs']:.0f} TFLOP/s, "
+          f"fp16 {head['fp16_TFLOPs']:.0f} TFLOP/s", flush=True)
+    all_tasks = tasks(args.tune)
+    if args.jobs > 0:
+        warm_up(all_tasks, args.jobs)
+    t0 = time.time()
+    rows = measure(all_tasks, head["copy_GBps"])
+    print(f"# {len(rows)} measurements in {time.time() - t0:.0f} s", flush=True)
+    title = (f"### {head['date']}, commit {head['commit']}, {head['device']} ({head['sms']} SMs), torch {head['torch']}, "
+             f"triton {head['triton']}, CUDA {head['cuda']}\n\nMeasured ceilings: copy {head['copy_GBps']:.0f} GB/s "
+             f"(read+write), bf16 matmul {head['bf16_TFLOPs']:.0f} TFLOP/s, fp16 {head['fp16_TFLOPs']:.0f} TFLOP/s.\n")
+    summary = title + "\n" + fmt_summary(rows) + "\n"
+    if args.tune:
+        summary += "\nTile sweeps:\n\n" + fmt_tune(rows) + "\n"
+    (out / "bench_qmatmul_full.md").write_text(title + "\n" + fmt_full(rows) + "\n")
+    (out / "bench_qmatmul.md").write_text(summary)
+    (out / "bench_qmatmul.json").write_text(json.dumps({"head": head, "rows": rows}, default=str))
+    if args.append:
+        with open(args.append, "a") as f:
+            f.write("\n" + summary)
+    print(summary)
+    errors = [r for r in rows if "error" in r]
+    for r in errors[:10]:
+        print(f"ERROR {r['type']} {r['N']}x{r['K']} M={r['M']} {r['provider']} {r['config']}: {r['error']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
