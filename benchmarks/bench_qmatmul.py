@@ -6,8 +6,9 @@ Prints the device, versions, the two ceilings measured on this card (device-to-d
 bandwidth, counting bytes read + written; bf16/fp16 8192^3 matmul rate on random data), then for
 every weight type x shape x M the time of each way to compute the product:
 
+  linear      triton_ops.linear: what the model runs (its pick() of the three below)
   gemv        qmatmul: fused dequant-GEMV on CUDA cores, reads the raw blocks once (M <= 16)
-  tc          qgemm_fused: fused dequant-GEMM on tensor cores (tl.dot), BLOCK_M 16 (M <= 16) or 128
+  tc          qgemm_fused: fused dequant-GEMM on tensor cores (tl.dot), BLOCK_M 16 (M <= 16)
   deq+cublas  dequantize into a reusable buffer of x's dtype, then torch.nn.functional.linear
   cublas-f16  F.linear on a weight already held in float16: the reference a 16-bit model pays
 
@@ -18,8 +19,8 @@ Shapes (N, K): attention (d, d), MLP in (4d, d), MLP out (d, 4d), vocabulary (V,
 d = 384 (tiny), 768 (small), 1280 (large-v3). M = 1 (greedy step), 5 (beams), 16, 1500 (encoder).
 
 --jobs N compiles every kernel variant first in N processes (the Triton cache is shared), so the
-timing run does not wait on serial compiles. --tune sweeps the GEMV's (BLOCK_N, NB, warps) and
-the tensor-core kernel's tiles on representative shapes and prints the best of each.
+timing run does not wait on serial compiles. --tune sweeps the GEMV's (BLOCK_N, NB, warps,
+prefetch) at M = 1 and the tensor-core kernel's tiles at M = 5, 16 on representative shapes.
 Writes bench_qmatmul_full.md (every row), bench_qmatmul.md (the summary appended to --append)
 and bench_qmatmul.json under --out.
 """
@@ -45,8 +46,6 @@ from qwhisper.quants import GGMLType, tensor_nbytes  # noqa: E402
 MODELS = {"tiny": (384, 51864), "small": (768, 51865), "large-v3": (1280, 51866)}  # (d, vocab)
 TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.F16]
 MS = [1, 5, 16, 1500]
-TC_SMALL_M = (16, 64, 4, 8, 4, 3)  # tensor-core kernel for M <= 16: BLOCK_M 16, BLOCK_N 64, BLOCK_K 128
-TC_LARGE_M = (128, 128, 2, 8, 8, 3)  # M = 1500: 128x128 tiles, BLOCK_K 64, 8 warps, 3 stages
 
 
 def shapes() -> list[tuple[str, str, int, int]]:
@@ -91,19 +90,19 @@ def providers(t: GGMLType, m: int) -> list[str]:
     if t == GGMLType.F16:
         return ["cublas-f16"]
     if m <= 16:
-        return ["gemv", "tc", "deq+cublas", "cublas-f16"]
-    return ["tc", "deq+cublas", "cublas-f16"]
+        return ["linear", "gemv", "tc", "deq+cublas", "cublas-f16"]
+    return ["linear", "cublas-f16"]  # linear = deq+cublas here (the fused tensor-core GEMM lost, run 1)
 
 
 def make_fn(prov: str, t: GGMLType, x: torch.Tensor, raw: torch.Tensor, n: int, k: int, config=None):
     from qwhisper.quants import triton_ops as T
 
-    m = x.shape[0]
+    if prov == "linear":
+        return lambda: T.linear(x, raw, t, (n, k))
     if prov == "gemv":
         return lambda: T.qmatmul(x, raw, t, (n, k), config=config)
     if prov == "tc":
-        cfg = config or (TC_SMALL_M if m <= 16 else TC_LARGE_M)
-        return lambda: T.qgemm_fused(x, raw, t, (n, k), config=cfg)
+        return lambda: T.qgemm_fused(x, raw, t, (n, k), config=config)
     if prov == "deq+cublas":
         return lambda: T.dequant_matmul(x, raw, t, (n, k))
     if prov == "cublas-f16":
@@ -112,15 +111,8 @@ def make_fn(prov: str, t: GGMLType, x: torch.Tensor, raw: torch.Tensor, n: int, 
     raise ValueError(prov)
 
 
-def gemv_tune_configs(m: int) -> list[tuple[int, int, int, int]]:
-    """GEMV tiles to sweep: (BLOCK_M, BLOCK_N, NB, num_warps), at most 64 fp32 accumulators a thread."""
-    bm = 1 << max(0, (m - 1).bit_length())
-    cands = [(8, 16, 4), (16, 16, 4), (4, 16, 4), (8, 8, 2), (16, 8, 2), (4, 32, 4), (2, 16, 4), (2, 8, 2), (1, 16, 4)]
-    return [(bm, bn, nb, nw) for bn, nb, nw in cands if bm * bn * nb * 16 <= 64 * 32 * nw]
-
-
-TC_TUNE = [(16, 64, 4, 8, 4, 3), (16, 128, 4, 8, 4, 3), (16, 64, 2, 8, 4, 4), (128, 128, 2, 8, 8, 3), (128, 128, 4, 8, 8, 3),
-           (128, 64, 2, 8, 4, 4), (64, 128, 2, 8, 4, 4), (128, 256, 2, 8, 8, 3)]
+GEMV_TUNE = [(8, 8, 2), (16, 8, 2), (4, 8, 2), (8, 16, 4), (4, 16, 4), (2, 16, 4), (1, 16, 4), (16, 16, 4)]
+TC_TUNE = [(16, 64, 2, 8, 4, 4), (16, 64, 4, 8, 4, 3), (16, 128, 2, 8, 4, 4), (16, 64, 2, 8, 4, 3)]
 
 
 def tasks(tune: bool) -> list[tuple]:
@@ -132,13 +124,14 @@ def tasks(tune: bool) -> list[tuple]:
                 for prov in providers(t, m):
                     out.append((t, n, k, m, prov, None))
     if tune:
-        for t in TYPES[:-1]:
-            for n, k in [(1280, 1280), (5120, 1280), (1280, 5120), (51866, 1280)]:
-                for m in (1, 5):
-                    for cfg in gemv_tune_configs(m):
-                        out.append((t, n, k, m, "gemv", cfg))
-                for m, cfgs in [(16, TC_TUNE[:3]), (1500, TC_TUNE[3:])]:
-                    for cfg in cfgs:
+        for t in [t for t in TYPES if t != GGMLType.F16]:
+            for n, k in [(1280, 1280), (5120, 1280), (1280, 5120), (51866, 1280), (51864, 384), (1536, 384)]:
+                for bn, nb, nw in GEMV_TUNE:
+                    for pf in (True, False):
+                        out.append((t, n, k, 1, "gemv", (1, bn, nb, nw, pf)))
+            for n, k in [(51866, 1280), (51864, 384)]:
+                for m in (5, 16):
+                    for cfg in TC_TUNE:
                         out.append((t, n, k, m, "tc", cfg))
     return out
 
@@ -230,42 +223,30 @@ def fmt_full(rows: list[dict]) -> str:
 
 
 def fmt_summary(rows: list[dict]) -> str:
-    """Per type and shape: M=1 GEMV; best way for M=5 and 16; M=1500 both candidates; f16 reference."""
+    """Per type and shape: what linear() takes at M = 1, 5, 16, 1500, next to the f16 reference."""
     by = {}
     for r in rows:
         if r["config"] is None and "error" not in r:
             by[(r["type"], r["N"], r["K"], r["M"], r["provider"])] = r
-    names = {(n, k): f"{model} {name}" for model, name, n, k in shapes()}
-    lines = ["| type | shape | N x K | M=1 gemv us (GB/s, % copy) | M=1 f16 cuBLAS us | M=5 best us | M=16 best us | "
-             "M=1500 tc / deq+cublas / f16 us (TFLOP/s best) |", "|---|---|---|---|---|---|---|---|"]
+    from qwhisper.quants.triton_ops import pick
+
+    lines = ["| type | shape | N x K | M=1 us (weight GB/s, % copy) | f16 cuBLAS M=1 us | M=5 us | M=16 us | "
+             "M=1500 us (TFLOP/s) | f16 cuBLAS M=1500 us |", "|---|---|---|---|---|---|---|---|---|"]
     for t in TYPES:
-        for (n, k), label in names.items():
-            def g(m, p):
-                return by.get((t.name, n, k, m, p))
-
-            def best(m):
-                cands = [r for (tn, nn, kk, mm, p), r in by.items() if (tn, nn, kk, mm) == (t.name, n, k, m) and p != "cublas-f16"]
-                if not cands:
-                    return "-"
-                b = min(cands, key=lambda r: r["us"])
-                return f"{b['us']:.1f} {b['provider']}"
-
-            f16 = by.get(("F16", n, k, 1, "cublas-f16")) or g(1, "cublas-f16")
-            if f16 is None:
-                continue
+        for model, name, n, k in shapes():
+            label = f"{model} {name}"
+            ref = {m: by.get(("F16", n, k, m, "cublas-f16")) or by.get((t.name, n, k, m, "cublas-f16")) for m in MS}
             if t == GGMLType.F16:
-                big = g(1500, "cublas-f16")
-                lines.append(f"| F16 | {label} | {n}x{k} | - | {f16['us']:.1f} ({f16['weight_GBps']:.0f}, {f16['pct_copy']:.0f}%) | "
-                             f"{g(5, 'cublas-f16')['us']:.1f} | {g(16, 'cublas-f16')['us']:.1f} | {big['us']:.1f} ({big['TFLOPs']:.0f}) |")
-                continue
-            gv = g(1, "gemv")
-            tc, dq, rf = g(1500, "tc"), g(1500, "deq+cublas"), g(1500, "cublas-f16")
-            top = max((r for r in (tc, dq) if r), key=lambda r: r["TFLOPs"], default=None)
-            lines.append(
-                f"| {t.name} | {label} | {n}x{k} | " + (f"{gv['us']:.1f} ({gv['weight_GBps']:.0f}, {gv['pct_copy']:.0f}%)" if gv else "-")
-                + f" | {f16['us']:.1f} | {best(5)} | {best(16)} | "
-                + " / ".join(f"{r['us']:.1f}" if r else "-" for r in (tc, dq, rf))
-                + (f" ({top['TFLOPs']:.0f} {top['provider']})" if top else "") + " |")
+                cells = [ref[1] and f"{ref[1]['us']:.1f} ({ref[1]['weight_GBps']:.0f}, {ref[1]['pct_copy']:.0f}%)", "",
+                         ref[5] and f"{ref[5]['us']:.1f}", ref[16] and f"{ref[16]['us']:.1f}",
+                         ref[1500] and f"{ref[1500]['us']:.1f} ({ref[1500]['TFLOPs']:.0f})", ""]
+            else:
+                lin = {m: by.get((t.name, n, k, m, "linear")) for m in MS}
+                cells = [lin[1] and f"{lin[1]['us']:.1f} ({lin[1]['weight_GBps']:.0f}, {lin[1]['pct_copy']:.0f}%)",
+                         ref[1] and f"{ref[1]['us']:.1f}"]
+                cells += [lin[m] and f"{lin[m]['us']:.1f} {pick(m, n, k, torch.float16)}" for m in (5, 16)]
+                cells += [lin[1500] and f"{lin[1500]['us']:.1f} ({lin[1500]['TFLOPs']:.0f})", ref[1500] and f"{ref[1500]['us']:.1f}"]
+            lines.append(f"| {t.name} | {label} | {n}x{k} | " + " | ".join(c or "-" for c in cells) + " |")
     return "\n".join(lines)
 
 

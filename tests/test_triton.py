@@ -185,7 +185,9 @@ def test_interp_qmatmul(ggml_type):
     rng = np.random.default_rng(1)
     # (N, K, config): the heuristic's choice; rows not a multiple of BLOCK_N (clamped rows);
     # blocks not a multiple of NB (masked K steps); several x rows (the per-weight dequant path)
-    cases = [(37, 96, None), (13, 160, (1, 4, 4, 1)), (9, 256, (1, 2, 8, 1)), (5, 64, (4, 2, 4, 1))]
+    # with and without the prefetch of the next K step (5th config entry)
+    cases = [(37, 96, None), (13, 160, (1, 4, 4, 1)), (9, 256, (1, 2, 8, 1, False)), (5, 64, (4, 2, 4, 1)),
+             (6, 160, (4, 4, 2, 1, False))]
     for n, k, config in cases:
         raw, w = random_weights(ggml_type, n, k, seed=n)
         bias = rng.standard_normal(n).astype(np.float32)
@@ -207,13 +209,15 @@ def test_interp_qmatmul(ggml_type):
 @interp
 @pytest.mark.parametrize("ggml_type", BLOCK_TYPES, ids=lambda t: t.name)
 def test_interp_linear_dispatch(ggml_type):
-    """linear() on (..., K) input: the GEMV for few rows, dequantize + matmul for many."""
+    """linear() on (..., K) input: the GEMV for few rows, dequantize + matmul for many (N = 23:
+    not a multiple of 8, so the dequantized weight is padded for cuBLAS and the output sliced)."""
     ops = _ops()
     rng = np.random.default_rng(2)
-    n, k = 24, 64
+    n, k = 23, 64
     raw, w = random_weights(ggml_type, n, k, seed=5)
     bias = rng.standard_normal(n).astype(np.float32)
     for lead in [(1,), (2, 3), (20,)]:  # 1 and 6 rows: fused GEMV; 20 rows: dequantize + matmul
+        assert ops.pick(int(np.prod(lead)), n, k, torch.float32) == ("dequant+cublas" if lead == (20,) else "gemv")
         x = torch.from_numpy(rng.standard_normal((*lead, k)).astype(np.float32))
         y = ops.linear(x, torch.from_numpy(raw.copy()), ggml_type, (n, k), torch.from_numpy(bias))
         assert tuple(y.shape) == (*lead, n)
@@ -344,6 +348,28 @@ def test_cuda_qmatmul_real_shapes(ggml_type):
             y = ops.qmatmul(x, raw_d, ggml_type, (n, k), torch.from_numpy(bias).cuda())
             assert y.dtype == dt
             check_product(y, x, w, bias, f"{ggml_type.name} M={m} {dt} N={n} K={k}")
+
+
+@cuda
+@gpu
+@pytest.mark.parametrize("ggml_type", BLOCK_TYPES, ids=lambda t: t.name)
+def test_cuda_linear_few_rows(ggml_type):
+    """linear() for decoder-sized inputs through each of its ways (GEMV, tensor cores, cuBLAS)."""
+    ops = _ops()
+    rng = np.random.default_rng(13)
+    seen = set()
+    for (n, k), rows in [((51865, 768), 5), ((51866, 1280), 16), ((1280, 5120), 12), ((384, 1536), 12), ((1280, 1280), 2)]:
+        raw, w = random_weights(ggml_type, n, k, seed=k + rows)
+        x = torch.from_numpy(rng.standard_normal((rows, k)).astype(np.float32)).half().cuda()
+        bias = rng.standard_normal(n).astype(np.float32)
+        way = ops.pick(rows, n, k, x.dtype)
+        seen.add(way)
+        y = ops.linear(x, torch.from_numpy(raw).cuda(), ggml_type, (n, k), torch.from_numpy(bias).cuda())
+        exact_w = way == "gemv"  # the GEMV multiplies the float32 weights; the others float16-rounded ones
+        ww = w if exact_w else w.astype(np.float16).astype(np.float32)
+        bb = bias if exact_w else bias.astype(np.float16).astype(np.float32)
+        check_product(y, x, ww, bb, f"linear {way} {ggml_type.name} M={rows} {n}x{k}", tensor_cores=not exact_w)
+    assert seen == {"gemv", "tc", "dequant+cublas"}, seen
 
 
 @cuda

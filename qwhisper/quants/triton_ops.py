@@ -255,6 +255,35 @@ def dequantize(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int], dty
 
 
 @triton.jit
+def _gemv_loads(w8, w16, w_row, x_row, blk, n_blk, jj, TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr,
+                QS_B: tl.constexpr, BITS: tl.constexpr):
+    """The raw loads of one K step of _qgemv_kernel (blocks blk, [NB, 1, 1, 1]), not yet decoded.
+
+    Returns (d, qs, qh_lo, qh_hi, m, x_lo, x_hi); fields a type lacks are repeats of d (no load).
+    Block indices past the row are clamped to its last block (the caller zeroes their d), so no
+    load is predicated and the prefetch of the step after the last one stays inside the tensor.
+    """
+    blk = tl.minimum(blk, n_blk - 1)
+    base = w_row + blk * TS  # [NB, 1, BN, 1] byte offsets of the blocks
+    d = tl.load(w16 + base // 2)
+    qs = tl.load(w8 + base + QS_B + jj)  # [NB, 1, BN, QB]
+    qh_lo = d
+    qh_hi = d
+    m = d
+    if BITS == 5:
+        qh_lo = tl.load(w16 + (base + QH_B) // 2)
+        qh_hi = tl.load(w16 + (base + QH_B) // 2 + 1)
+    if M_B >= 0:
+        m = tl.load(w16 + (base + M_B) // 2)
+    xp = x_row + blk * _QK  # [NB, BM, 1, QB]
+    x_lo = tl.load(xp)  # x[32b + j]
+    x_hi = x_lo
+    if BITS != 8:
+        x_hi = tl.load(xp + 16)  # x[32b + 16 + j]
+    return d, qs, qh_lo, qh_hi, m, x_lo, x_hi
+
+
+@triton.jit
 def _qgemv_kernel(
     x_ptr,  # (M, K) activations, last axis contiguous, fp32/fp16/bf16
     w8, w16,  # raw (N, K) blocks as uint8 and as an int16 view of the same memory
@@ -266,7 +295,8 @@ def _qgemv_kernel(
     BLOCK_M: tl.constexpr,  # >= M, power of 2: all rows of x in one pass over W
     BLOCK_N: tl.constexpr,  # rows of W per program; each x value loaded is used BLOCK_N times
     NB: tl.constexpr,  # 32-weight blocks per row per loop step
-    EVEN_K: tl.constexpr,  # (K/32) % NB == 0: no bounds checks on the blocks
+    EVEN_K: tl.constexpr,  # (K/32) % NB == 0: every step is full
+    PREFETCH: tl.constexpr,  # issue step i+1's loads before decoding step i (loads in flight x2)
     HAS_BIAS: tl.constexpr,
 ):
     # Tiles are 4-D [NB, BLOCK_M, BLOCK_N, QB] (QB = bytes of qs read per block: 16, or 32 for
@@ -284,18 +314,26 @@ def _qgemv_kernel(
     w_row = tl.minimum(nn, N - 1).to(tl.int64) * (n_blk * TS)  # [1, 1, BN, 1] byte offsets
     x_row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm + jj  # [1, BM, 1, QB]
     acc = tl.zeros([NB, BLOCK_M, BLOCK_N, QB], dtype=tl.float32)
+    if PREFETCH:
+        d_r, qs_r, qhl_r, qhh_r, m_r, xl_r, xh_r = _gemv_loads(
+            w8, w16, w_row, x_row, bb, n_blk, jj, TS, M_B, QH_B, QS_B, BITS)
     for b0 in range(0, n_blk, NB):
         blk = b0 + bb  # [NB, 1, 1, 1]
-        ok = blk < n_blk
-        base = w_row + blk * TS  # [NB, 1, BN, 1]
-        d = _f16_at(w16, base, ok, EVEN_K)
-        qs = _ld(w8 + base + QS_B + jj, ok, EVEN_K).to(tl.int32)  # [NB, 1, BN, QB]
-        xp = x_row + blk * _QK
+        if PREFETCH:
+            nd_r, nqs_r, nqhl_r, nqhh_r, nm_r, nxl_r, nxh_r = _gemv_loads(
+                w8, w16, w_row, x_row, blk + NB, n_blk, jj, TS, M_B, QH_B, QS_B, BITS)
+        else:
+            d_r, qs_r, qhl_r, qhh_r, m_r, xl_r, xh_r = _gemv_loads(
+                w8, w16, w_row, x_row, blk, n_blk, jj, TS, M_B, QH_B, QS_B, BITS)
+        d = d_r.to(tl.float16, bitcast=True).to(tl.float32)
+        if not EVEN_K:
+            d = tl.where(blk < n_blk, d, 0.0)  # a clamped (repeated) block adds nothing
+        qs = qs_r.to(tl.int32)
         # One x row: d is applied once per block and byte (d*(q.x)); several rows: each weight
         # is dequantized once (q*d) and then used by every row (one FMA per weight and row).
         if BITS == 8:
             q = _decode_int8(qs, magic)
-            x = _ld(xp, ok, EVEN_K).to(tl.float32)
+            x = xl_r.to(tl.float32)
             if BLOCK_M == 1:
                 acc += d * (q * x)
             else:
@@ -303,24 +341,32 @@ def _qgemv_kernel(
         else:
             qh = qs  # unused unless BITS == 5
             if BITS == 5:
-                qh = _qh_at(w16, base + QH_B, ok, EVEN_K)
+                qh = (qhl_r.to(tl.int32) & 0xFFFF) | (qhh_r.to(tl.int32) << 16)
             q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
-            x_lo = _ld(xp, ok, EVEN_K).to(tl.float32)  # x[32b + j]
-            x_hi = _ld(xp + 16, ok, EVEN_K).to(tl.float32)  # x[32b + 16 + j]
+            x_lo = xl_r.to(tl.float32)
+            x_hi = xh_r.to(tl.float32)
             if BLOCK_M == 1:
                 # d*(q_lo*x_lo + q_hi*x_hi), q_hi*x_hi = q_hi16*(x_hi/16): an exact rescaling
                 acc += d * (q_lo * x_lo + q_hi16 * (x_hi * 0.0625))
                 if M_B >= 0:
-                    acc += _f16_at(w16, base + M_B, ok, EVEN_K) * (x_lo + x_hi)
+                    m = m_r.to(tl.float16, bitcast=True).to(tl.float32)
+                    if not EVEN_K:
+                        m = tl.where(blk < n_blk, m, 0.0)
+                    acc += m * (x_lo + x_hi)
             else:
                 w_lo = q_lo * d
                 w_hi = q_hi16 * (d * 0.0625)
                 if M_B >= 0:
-                    m = _f16_at(w16, base + M_B, ok, EVEN_K)
+                    m = m_r.to(tl.float16, bitcast=True).to(tl.float32)
+                    if not EVEN_K:
+                        m = tl.where(blk < n_blk, m, 0.0)
                     w_lo += m
                     w_hi += m
                 acc += w_lo * x_lo  # two statements: two FMAs into acc, not FMUL+FFMA+FADD
                 acc += w_hi * x_hi
+        if PREFETCH:
+            d_r, qs_r, qhl_r, qhh_r, m_r, xl_r, xh_r = nd_r, nqs_r, nqhl_r, nqhh_r, nm_r, nxl_r, nxh_r
+            # (the prefetch past the last step reads clamped, in-bounds addresses and is unused)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     m1 = tl.arange(0, BLOCK_M)
@@ -364,11 +410,11 @@ def _gemv_config(m: int, n: int, k: int, ggml_type: GGMLType) -> tuple[int, int,
 
 
 def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
-            bias: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+            bias: torch.Tensor | None = None, config: tuple | None = None) -> torch.Tensor:
     """Fused dequant-GEMV: x (M, K) @ W.T (+ bias) -> (M, N) in x's dtype, for 1 <= M <= 16.
 
     raw: the (N, K) weight's ggml blocks (uint8, on x's device), read once; fp32 accumulation.
-    config: (BLOCK_M, BLOCK_N, NB, num_warps) overriding _gemv_config (benchmarks, tests).
+    config: (BLOCK_M, BLOCK_N, NB, num_warps[, PREFETCH]) overriding _gemv_config (benchmarks, tests).
     """
     ggml_type = _as_type(ggml_type)
     if ggml_type not in _LAYOUT:
@@ -385,18 +431,24 @@ def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequ
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"bias must be ({n},), got {tuple(bias.shape)}")
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    block_m, block_n, nb, num_warps = config or _gemv_config(m, n, k, ggml_type)
+    block_m, block_n, nb, num_warps, *rest = config or _gemv_config(m, n, k, ggml_type)
+    prefetch = rest[0] if rest else True
     ts, m_b, qh_b, qs_b, bits, zero = _LAYOUT[ggml_type]
     _qgemv_kernel[(triton.cdiv(n, block_n),)](
         x, w8, w16, bias if bias is not None else y, y, m, n, k, x.stride(0), _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
-        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0, HAS_BIAS=bias is not None,
-        num_warps=num_warps)
+        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0, PREFETCH=prefetch,
+        HAS_BIAS=bias is not None, num_warps=num_warps)
     return y
 
 
 # ------------------------------------------------------------------------------------------
-# Many rows: fused dequant-GEMM on tensor cores (candidate (a), measured against (b) below)
+# Few rows of a wide weight: dequant-GEMM on tensor cores
+#
+# Written as candidate (a) for many rows (encoder, 1500 rows) against (b) dequantize + cuBLAS
+# below; (b) won at every shape (2-4x, docs/kernels.md), so the 128x128-tile configuration is
+# gone. What stays is its few-row use: with BLOCK_M = 16 it reads W once for up to 16 rows and
+# beats both the GEMV and (b) for 2..16 rows of the vocabulary projection.
 # ------------------------------------------------------------------------------------------
 
 
@@ -462,11 +514,15 @@ def _qgemm_kernel(
     tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(nn < N)[:, None] & (xm < M)[None, :])
 
 
+TC_CONFIG = (16, 64, 2, 8, 4, 4)  # BLOCK_M 16 (wgmma n16), BLOCK_N 64 (one warpgroup's m64), BLOCK_K 64, 4 stages
+
+
 def qgemm_fused(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
                 bias: torch.Tensor | None = None, config: tuple[int, int, int, int, int, int] | None = None) -> torch.Tensor:
     """Fused dequant-GEMM on tensor cores: x (M, K) fp16/bf16 @ W.T (+ bias) -> (M, N).
 
-    W is dequantized tile by tile in registers (to x's dtype) and fed to tl.dot.
+    W is dequantized tile by tile in registers (to x's dtype, as dequantize would round it) and
+    fed to tl.dot as the A operand; fp32 accumulation. Meant for M <= 16 (TC_CONFIG).
     config: (BLOCK_M, BLOCK_N, NB, GROUP_N, num_warps, num_stages).
     """
     ggml_type = _as_type(ggml_type)
@@ -478,7 +534,7 @@ def qgemm_fused(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: 
     m = x.shape[0]
     w8, w16 = _checked_bytes(raw, ggml_type, (n, k))
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    block_m, block_n, nb, group_n, num_warps, num_stages = config or (128, 128, 2, 8, 8, 3)
+    block_m, block_n, nb, group_n, num_warps, num_stages = config or TC_CONFIG
     ts, m_b, qh_b, qs_b, bits, zero = _LAYOUT[ggml_type]
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
     _qgemm_kernel[grid](
@@ -510,13 +566,26 @@ def _scratch_buffer(n: int, dtype: torch.dtype, device: torch.device) -> torch.T
     return buf
 
 
+_CUBLAS_N_ALIGN = 8  # cuBLAS falls back to a slow kernel when N is odd (51865: 12x slower, H100)
+
+
 def dequant_matmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
                    bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x (M, K) @ W.T (+ bias): dequantize W into the scratch buffer in x's dtype, then F.linear."""
+    """x (M, K) @ W.T (+ bias): dequantize W into the scratch buffer in x's dtype, then F.linear.
+
+    An N that is not a multiple of 8 (the multilingual vocabulary, 51865) is padded in the
+    buffer (the extra rows' outputs are dropped): the result is then a column slice of a wider
+    matrix, a view with row stride N_pad.
+    """
     n, k = (int(s) for s in shape)
-    buf = _scratch_buffer(n * k, x.dtype, x.device)
-    wt = dequantize_into(raw, ggml_type, (n, k), buf)
-    return torch.nn.functional.linear(x, wt, None if bias is None else bias.to(x.dtype))
+    n_pad = -(-n // _CUBLAS_N_ALIGN) * _CUBLAS_N_ALIGN
+    buf = _scratch_buffer(n_pad * k, x.dtype, x.device)
+    dequantize_into(raw, ggml_type, (n, k), buf)
+    b = None if bias is None else bias.to(x.dtype)
+    if n_pad == n:
+        return torch.nn.functional.linear(x, buf[: n * k].view(n, k), b)
+    y = torch.nn.functional.linear(x, buf[: n_pad * k].view(n_pad, k))[:, :n]
+    return y if b is None else y + b
 
 
 # ------------------------------------------------------------------------------------------
@@ -536,27 +605,47 @@ def _dense_view(raw: torch.Tensor, ggml_type: GGMLType, shape: tuple[int, int]) 
     return raw.view(dtype).view(shape)
 
 
+# Crossovers measured on an H100 (docs/kernels.md, benchmarks/README.md):
+TC_MIN_N = 16384  # 2..16 rows and N >= this (the vocabulary): the tensor-core kernel wins
+GEMV_MAX_WEIGHTS_9_16 = 1 << 20  # 9..16 rows: the GEMV up to this many weights, cuBLAS above
+
+
+def pick(rows: int, n: int, k: int, x_dtype: torch.dtype) -> str:
+    """Which way linear() takes for a block-quantized weight: 'gemv', 'tc' or 'dequant+cublas'."""
+    if rows < 1 or rows > QMATMUL_MAX_M:
+        return "dequant+cublas"
+    if rows >= 2 and n >= TC_MIN_N and x_dtype in (torch.float16, torch.bfloat16):
+        return "tc"
+    if rows <= 8 or n * k <= GEMV_MAX_WEIGHTS_9_16:
+        return "gemv"
+    return "dequant+cublas"
+
+
 def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
            bias: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ W.T + bias for a raw ggml weight W of `shape` (N, K); x (..., K) on the GPU.
 
-    Up to QMATMUL_MAX_M rows (decoder steps, beams): the fused GEMV over the raw blocks. More
-    rows: dequantize W into a reusable buffer and use cuBLAS (docs/kernels.md has the numbers
-    behind both choices). F16/F32 weights are used in place through cuBLAS.
+    Few rows (decoder steps, beams) read the raw blocks once: the fused GEMV, or for 2..16 rows
+    of a wide weight (the vocabulary projection) the few-row tensor-core kernel. More rows
+    (encoder, prompts, batches) dequantize W into a reusable buffer and use cuBLAS. F16/F32
+    weights are used in place through cuBLAS. pick() holds the measured crossovers.
     """
     ggml_type = _as_type(ggml_type)
     n, k = (int(s) for s in shape)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, k)
-    rows = x2.shape[0]
     if ggml_type in (GGMLType.F16, GGMLType.F32):
         w = _dense_view(raw, ggml_type, (n, k))
         y = torch.nn.functional.linear(x2, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
-    elif 1 <= rows <= QMATMUL_MAX_M:
+        return y.reshape(*lead, n)
+    way = pick(x2.shape[0], n, k, x2.dtype)
+    if way == "gemv":
         y = qmatmul(x2, raw, ggml_type, (n, k), bias)
+    elif way == "tc":
+        y = qgemm_fused(x2, raw, ggml_type, (n, k), bias)
     else:
         y = dequant_matmul(x2, raw, ggml_type, (n, k), bias)
     return y.reshape(*lead, n)
 
 
-__all__ = ["dequantize", "dequantize_into", "qmatmul", "qgemm_fused", "dequant_matmul", "linear", "QMATMUL_MAX_M"]
+__all__ = ["dequantize", "dequantize_into", "qmatmul", "qgemm_fused", "dequant_matmul", "linear", "pick", "QMATMUL_MAX_M"]
