@@ -353,21 +353,80 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+class _NumpyCache:
+    """One model_ref.DecoderCacheRef per row, behind the torch KVCache's interface."""
+
+    def __init__(self, rows: list):
+        self.rows = rows
+
+    @property
+    def offset(self) -> int:
+        return self.rows[0].offset
+
+    def reorder(self, indices: torch.Tensor) -> None:
+        import copy
+
+        self.rows = [copy.deepcopy(self.rows[i]) for i in indices.tolist()]
+
+
+class NumpyWhisper:
+    """The numpy golden (qwhisper.model_ref) behind the torch model's interface (embed_audio,
+    new_kv_cache, logits), one row at a time: `--backend numpy`, to debug on the reference."""
+
+    def __init__(self, ggml):
+        from . import model_ref
+
+        self._ref = model_ref
+        self._weights = model_ref.Weights(ggml)
+        self.dims = ggml.hparams
+        self.device = torch.device("cpu")
+
+    def embed_audio(self, mel: torch.Tensor) -> torch.Tensor:
+        """mel (B, n_mels, 3000) -> (B, n_audio_ctx, n_audio_state) float32."""
+        rows = [self._ref.encode(self._weights, m) for m in mel.detach().cpu().float().numpy()]
+        return torch.from_numpy(np.stack(rows))
+
+    def new_kv_cache(self, audio_features: torch.Tensor) -> _NumpyCache:
+        return _NumpyCache([self._ref.DecoderCacheRef.new(self._weights, x)
+                            for x in audio_features.detach().cpu().float().numpy()])
+
+    def logits(self, tokens: torch.Tensor, cache: _NumpyCache) -> torch.Tensor:
+        """tokens (B, T) -> (B, T, n_vocab) float32; advances every row's cache."""
+        rows = [self._ref.decode(self._weights, row, c) for row, c in zip(tokens.cpu().numpy(), cache.rows)]
+        return torch.from_numpy(np.stack(rows).astype(np.float32))
+
+
+BACKENDS = ("torch", "numpy")
+
+
 class WhisperModel:
     """A loaded model with its tokenizer and mel filters: `WhisperModel("tiny.en").transcribe("a.wav")`.
 
     model: a name ("tiny.en", "base-q5_1", resolved by qwhisper.models) or a GGML file path.
+    backend: "torch" (qwhisper.model on `device`; Triton kernels on CUDA) or "numpy" (the golden
+    reference, qwhisper.model_ref, on the CPU).
     """
 
-    def __init__(self, model: str | os.PathLike = "tiny.en", device: str | torch.device = "auto"):
+    def __init__(self, model: str | os.PathLike = "tiny.en", device: str | torch.device = "auto",
+                 backend: str = "torch"):
         from .ggml_file import read_ggml
-        from .loader import load_model
         from .models import resolve_model
 
+        if backend not in BACKENDS:
+            raise OptionError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         self.path = Path(resolve_model(model))
         ggml = read_ggml(self.path)
-        self.device = resolve_device(device)
-        self.model = load_model(ggml, self.device)
+        self.backend = backend
+        if backend == "numpy":
+            if str(device) not in ("auto", "cpu"):
+                raise OptionError(f"the numpy backend runs on the CPU, not on {device!r}")
+            self.device = torch.device("cpu")
+            self.model = NumpyWhisper(ggml)
+        else:
+            from .loader import load_model
+
+            self.device = resolve_device(device)
+            self.model = load_model(ggml, self.device)
         self.tokenizer = Tokenizer.from_ggml(ggml)
         self.mel_filters = np.array(ggml.mel_filters, dtype=np.float32)
         self.dims = ggml.hparams
@@ -381,11 +440,12 @@ class WhisperModel:
         return transcribe(self, audio, options, verbose=verbose, **overrides)
 
     def __repr__(self) -> str:
-        return f"WhisperModel({str(self.path)!r}, device={str(self.device)!r})"
+        return f"WhisperModel({str(self.path)!r}, device={str(self.device)!r}, backend={self.backend!r})"
 
 
-def load_model(name: str | os.PathLike = "tiny.en", device: str | torch.device = "auto") -> WhisperModel:
-    return WhisperModel(name, device)
+def load_model(name: str | os.PathLike = "tiny.en", device: str | torch.device = "auto",
+               backend: str = "torch") -> WhisperModel:
+    return WhisperModel(name, device, backend)
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -402,6 +462,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("audio", nargs="+", help="audio files to transcribe ('-' reads stdin)")
     parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help="model name (tiny.en, base-q5_1, ...) or GGML file path")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    parser.add_argument("--backend", default="torch", choices=BACKENDS, help="torch model, or the numpy golden reference (CPU)")
     parser.add_argument("--language", "-l", default=None, help="spoken language (code or name); default: detect, English for .en models")
     parser.add_argument("--task", default="transcribe", choices=["transcribe", "translate"], help="transcribe, or translate to English")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the first try")
@@ -445,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_formats(args.output_format)
     except ValueError as e:
         raise OptionError(f"--output-format: {e}") from None
-    model = WhisperModel(args.model, args.device)
+    model = WhisperModel(args.model, args.device, args.backend)
     failed = 0
     for path in args.audio:
         try:
@@ -463,6 +524,7 @@ def run(args: argparse.Namespace) -> int:
 
 __all__ = [
     "TranscribeOptions", "Segment", "TranscriptionInfo", "WindowSplit", "transcribe", "split_window",
-    "needs_fallback", "is_silence", "decode_with_fallback", "WhisperModel", "load_model", "resolve_device",
+    "needs_fallback", "is_silence", "decode_with_fallback", "WhisperModel", "NumpyWhisper", "load_model",
+    "resolve_device",
     "add_arguments", "run", "options_from_args", "format_line",
 ]

@@ -264,13 +264,23 @@ def check_invariants(segments: list[Segment], duration: float, tokenizer: Tokeni
         assert a.end <= b.start and a.seek <= b.seek
 
 
-def test_jfk(model, whisper_cpp):
+@pytest.fixture(scope="module")
+def jfk_audio():
     from qwhisper.audio import load_audio
 
+    return load_audio(need(SPEECH_DIR / "jfk.wav"))
+
+
+@pytest.fixture(scope="module")
+def jfk_torch(model, jfk_audio):
+    segments, info = model.transcribe(jfk_audio)
+    return list(segments), info
+
+
+def test_jfk(model, whisper_cpp, jfk_audio, jfk_torch):
     row = next(r for r in _manifest() if r["file"] == "jfk.wav")
-    audio = load_audio(need(SPEECH_DIR / "jfk.wav"))
-    segments, info = model.transcribe(audio)
-    segments = list(segments)
+    audio = jfk_audio
+    segments, info = jfk_torch
     check_invariants(segments, info.duration, model.tokenizer)
     ours = "".join(s.text for s in segments)
     # same words as the reference once normalised (our text lacks the commas: normalised away)
@@ -279,6 +289,17 @@ def test_jfk(model, whisper_cpp):
     assert wer(row["reference_text"], ours) <= wer(row["reference_text"], whisper_cpp(audio)) + 1 / 22
     assert info.language == "en" and info.duration == pytest.approx(11.0)
     assert segments[0].start == 0.0 and segments[-1].end >= 10.0
+
+
+def test_numpy_golden_backend_gives_the_same_transcript(jfk_audio, jfk_torch):
+    from qwhisper.transcribe import WhisperModel
+
+    golden = WhisperModel(need(SHARED_MODEL_Q5_1), "cpu", backend="numpy")
+    segments, _ = golden.transcribe(jfk_audio)
+    key = lambda s: (s.start, s.end, s.text, s.tokens)  # noqa: E731
+    assert [key(s) for s in segments] == [key(s) for s in jfk_torch[0]]
+    with pytest.raises(OptionError, match="numpy backend runs on the CPU"):
+        WhisperModel(SHARED_MODEL_Q5_1, "cuda", backend="numpy")
 
 
 @pytest.mark.slow
