@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import ModelFormatError
 from .ggml_file import GGMLFile, TensorInfo, read_ggml
 from .model import QLinear, Whisper
 from .quants import torch_ops
@@ -36,10 +37,11 @@ def _bytes_tensor(t: TensorInfo) -> torch.Tensor:
         return torch.from_numpy(np.asarray(t.data).reshape(-1))
 
 
-def _float_tensor(t: TensorInfo, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+def _float_tensor(path: str, t: TensorInfo, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A float tensor of `shape` (same element count as the file's) and `dtype` on CPU."""
     if int(np.prod(shape)) != t.n_elements:
-        raise ValueError(f"tensor {t.name}: file shape {t.shape} does not fit the model's {shape}")
+        raise ModelFormatError(path, f"shape {list(t.shape)} does not fit the model's {list(shape)}",
+                               t.offset, t.name)
     return torch_ops.dequantize(_bytes_tensor(t), t.ggml_type, t.shape, dtype).reshape(shape)
 
 
@@ -62,23 +64,25 @@ def load_model(path_or_ggmlfile: GGMLFile | str | os.PathLike, device: str | tor
         try:
             module = model.get_submodule(module_name)
         except AttributeError:
-            raise ValueError(f"{f.path}: tensor {name!r} has no place in the model") from None
+            raise ModelFormatError(f.path, "tensor has no place in the model", t.offset, name) from None
         if isinstance(module, QLinear) and attr == "weight":
             raw = _bytes_tensor(t)
             if raw.numel() != module.weight.numel():
-                raise ValueError(f"{f.path}: tensor {name!r} has {raw.numel()} bytes, expected {module.weight.numel()}")
+                raise ModelFormatError(f.path, f"{raw.numel()} bytes, the model expects {module.weight.numel()}",
+                                       t.offset, name)
             module.weight = raw.view(module.weight.shape).to(device)
         elif attr in module._parameters:
-            value = _float_tensor(t, tuple(module._parameters[attr].shape), dtype).to(device)
+            value = _float_tensor(f.path, t, tuple(module._parameters[attr].shape), dtype).to(device)
             module._parameters[attr] = nn.Parameter(value, requires_grad=False)
         elif attr in module._buffers:
-            module._buffers[attr] = _float_tensor(t, tuple(module._buffers[attr].shape), dtype).to(device)
+            module._buffers[attr] = _float_tensor(f.path, t, tuple(module._buffers[attr].shape), dtype).to(device)
         else:
-            raise ValueError(f"{f.path}: tensor {name!r} has no place in the model")
+            raise ModelFormatError(f.path, "tensor has no place in the model", t.offset, name)
 
     missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if missing:
-        raise ValueError(f"{f.path}: missing tensor {missing[0]!r}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ModelFormatError(f.path, f"missing tensor {missing[0]!r}{more}")
 
     qlinears = [m for m in model.modules() if isinstance(m, QLinear)]
     dequantized_bytes = sum(m.in_features * m.out_features for m in qlinears) * torch.finfo(dtype).bits // 8

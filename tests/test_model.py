@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from conftest import SHARED_MODEL_Q5_1, SPEECH_DIR, need
 
 from qwhisper import model_ref as R
+from qwhisper.errors import ModelFormatError
 from qwhisper.ggml_file import GGMLFile, TensorInfo, read_ggml, write_ggml
 from qwhisper.loader import load_model
 from qwhisper.model import QLinear
@@ -444,8 +445,18 @@ def test_loader_accepts_path_and_reports_missing_tensor(tmp_path):
     path = tmp_path / "missing.bin"
     write_ggml(path, src.hparams, src.mel_filters, src.vocab, tensors)
     f = read_ggml(path, check_tensors=False)
-    with pytest.raises(ValueError, match="missing tensor 'decoder.blocks.2.mlp_ln.bias'"):
+    with pytest.raises(ModelFormatError, match="missing.bin: missing tensor 'decoder.blocks.2.mlp_ln.bias'"):
         load_model(f)
+
+
+@pytest.mark.parametrize("name", ["encoder.blocks.9.attn.query.weight", "encoder.conv3"])
+def test_loader_reports_tensor_without_place(tmp_path, name):
+    src = read_ggml(need(SHARED_MODEL_Q5_1))
+    extra = TensorInfo(name, GGMLType.F32, (4,), 0, quantize(np.ones(4, np.float32), GGMLType.F32))
+    path = tmp_path / "extra.bin"
+    write_ggml(path, src.hparams, src.mel_filters, src.vocab, [*src.tensors.values(), extra])
+    with pytest.raises(ModelFormatError, match=f"extra.bin at byte .* \\(tensor '{name}'\\): tensor has no place"):
+        load_model(read_ggml(path, check_tensors=False))
 
 
 def test_bad_inputs_raise_clear_errors(real):
