@@ -10,7 +10,8 @@ References (none of them is the code under test):
   country can do for you ..." (shared/models/README.md).
 
 Model files: the real q5_1 file written by whisper.cpp, and f16/q4_0/q4_1/q5_0/q8_0 files made
-from it once per module (the q5_1 weights dequantized, then stored as f16 or quantized again).
+from it, one at a time (the q5_1 weights dequantized, then stored as f16, or quantized again by
+qwhisper.quantize.quantize_file).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from qwhisper.errors import ModelFormatError
 from qwhisper.ggml_file import GGMLFile, TensorInfo, read_ggml, write_ggml
 from qwhisper.loader import load_model
 from qwhisper.model import QLinear
+from qwhisper.quantize import quantize_file
 from qwhisper.quants import QUANTIZED_TYPES, GGMLType, quantize, ref, torch_ops
 
 # Tolerances, as max|torch - golden| / max|golden| over a whole tensor (errors relative to the
@@ -73,7 +75,7 @@ class Loaded:
     _golden: dict | None = None
 
     def golden(self, mel: np.ndarray) -> dict:
-        """Golden activations on `mel`, computed once: stem, each encoder block, xa."""
+        """Golden activations on `mel` (always the same one here), computed once: stem, blocks, xa."""
         if self._golden is None:
             h = [R.encoder_stem(self.w, mel)]
             for i in range(self.w.hparams.n_audio_layer):
@@ -83,18 +85,18 @@ class Loaded:
         return self._golden
 
 
-def _write_variant(src: GGMLFile, path, qtype: GGMLType) -> None:
-    """src's quantized tensors stored as qtype (whisper.cpp's selection: the 2-D weights)."""
+def _write_f16(src: GGMLFile, path) -> None:
+    """src with its quantized (2-D) weights stored as F16, as whisper.cpp's converter would."""
     from qwhisper.architectures import header_ftype
 
     def tensors():
         for t in src.tensors.values():
             if t.ggml_type in QUANTIZED_TYPES:
-                yield TensorInfo(t.name, qtype, t.shape, 0, quantize(t.dequantize(), qtype))
+                yield TensorInfo(t.name, GGMLType.F16, t.shape, 0, quantize(t.dequantize(), GGMLType.F16))
             else:
                 yield t
 
-    hp = dataclasses.replace(src.hparams, ftype=header_ftype(qtype))
+    hp = dataclasses.replace(src.hparams, ftype=header_ftype(GGMLType.F16))
     write_ggml(path, hp, src.mel_filters, src.vocab, tensors())
 
 
@@ -117,7 +119,10 @@ def loaded(request, real, tmp_path_factory) -> Loaded:
     if kind == "q5_1":
         return real
     path = tmp_path_factory.mktemp("models") / f"ggml-tiny.en-{kind}.bin"
-    _write_variant(real.file, path, GGMLType[kind.upper()])
+    if kind == "f16":
+        _write_f16(real.file, path)
+    else:  # whisper.cpp's selection rule, re-quantizing the dequantized q5_1 weights
+        quantize_file(real.file.path, path, kind)
     return _load(path, kind)
 
 
