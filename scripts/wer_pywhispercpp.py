@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import re
@@ -132,36 +133,44 @@ def build_models(folder: Path, quants: list[str]) -> list[Path]:
     return paths
 
 
+def _labels(results: list[Result]) -> list[str]:
+    """File names, or folder/name where two models share a name."""
+    names = [r.model.name for r in results]
+    return [n if names.count(n) == 1 else f"{r.model.parent.name}/{n}" for n, r in zip(names, results)]
+
+
 def markdown(utts: list[Utterance], results: list[Result], command: str, threads: int) -> str:
     audio_s = sum(_duration(u.wav) for u in utts)
+    labels = _labels(results)
     sets = sorted({u.set for u in utts})
     lines = [
         "# WER of GGML files under whisper.cpp (pywhispercpp)",
         "",
         f"Command: `{command}`",
         "",
-        f"pywhispercpp {_version('pywhispercpp')}, jiwer {_version('jiwer')}, {platform.processor() or platform.machine()}, "
+        f"pywhispercpp {_version('pywhispercpp')}, jiwer {_version('jiwer')}, {_cpu()}, "
         f"n_threads={threads}; greedy decoding, language forced to English. "
         f"{len(utts)} utterances, {audio_s:.1f} s of audio "
         + ", ".join(f"{s}: {sum(u.set == s for u in utts)}" for s in sets) + ".",
         "WER is corpus-level after the normaliser in the script (lowercase, punctuation and hyphens removed, "
         "mr/mrs/dr spelled out; numbers not spelled out).",
+        "Times are wall seconds of `transcribe()` calls; on a shared machine they vary with its load.",
         "",
         "| model file | MB | " + " | ".join(f"WER {s}" for s in sets) + " | WER all | S / D / I of words "
         "| transcribe s | RTFx |",
         "| --- | ---: | " + " | ".join("---:" for _ in sets) + " | ---: | --- | ---: | ---: |",
     ]
-    for r in results:
+    for label, r in zip(labels, results):
         per_set = []
         for s in sets:
             o, _ = scores([u for u in utts if u.set == s], r.hyps)
             per_set.append(f"{100 * o.wer:.2f} %")
         o, n = scores(utts, r.hyps)
-        lines.append(f"| {r.model.name} | {r.model.stat().st_size / 1e6:.1f} | " + " | ".join(per_set)
+        lines.append(f"| {label} | {r.model.stat().st_size / 1e6:.1f} | " + " | ".join(per_set)
                      + f" | {100 * o.wer:.2f} % | {o.substitutions} / {o.deletions} / {o.insertions} of {n} "
                      f"| {r.seconds:.1f} | {audio_s / r.seconds:.1f} |")
     lines += ["", "## Per utterance (WER %)", "",
-              "| utterance | " + " | ".join(r.model.name for r in results) + " |",
+              "| utterance | " + " | ".join(labels) + " |",
               "| --- | " + " | ".join("---:" for _ in results) + " |"]
     for u in utts:
         cells = []
@@ -170,13 +179,22 @@ def markdown(utts: list[Utterance], results: list[Result], command: str, threads
             cells.append(f"{100 * o.wer:.1f}")
         lines.append(f"| {u.set}/{u.name} | " + " | ".join(cells) + " |")
     lines += ["", "## Transcripts that differ from the reference (normalised)", ""]
-    for r in results:
+    for label, r in zip(labels, results):
         wrong = [u for u in utts if normalize(r.hyps[u.name]) != normalize(u.reference)]
-        lines.append(f"<details><summary>{r.model.name}: {len(wrong)} of {len(utts)} utterances</summary>\n")
+        lines.append(f"<details><summary>{label}: {len(wrong)} of {len(utts)} utterances</summary>\n")
         for u in wrong:
             lines += [f"- {u.name}", f"  - ref: {normalize(u.reference)}", f"  - hyp: {normalize(r.hyps[u.name])}"]
         lines += ["", "</details>", ""]
     return "\n".join(lines) + "\n"
+
+
+def _cpu() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.machine()
+    return f"{name} ({os.cpu_count()} CPUs)"
 
 
 def _duration(wav: Path) -> float:
@@ -229,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(report, encoding="utf-8")
+        # the raw transcripts, as a reference for other engines run on the same files
+        raw = {"command": command, "threads": args.threads, "language": args.language,
+               "references": {u.name: u.reference for u in utts},
+               "models": [{"path": str(r.model), "bytes": r.model.stat().st_size, "seconds": round(r.seconds, 2),
+                           "transcripts": r.hyps} for r in results]}
+        args.report.with_suffix(".json").write_text(json.dumps(raw, indent=1, ensure_ascii=False) + "\n",
+                                                    encoding="utf-8")
     return 0
 
 
