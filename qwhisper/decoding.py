@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import QWhisperError
-from .tokenizer import LANGUAGES, TIME_PRECISION, Tokenizer, normalize_language
+from .tokenizer import TIME_PRECISION, Tokenizer, normalize_language
 
 NEG_INF = float("-inf")
 
@@ -567,5 +567,5 @@ def decode(model, mel: torch.Tensor, tokenizer: Tokenizer,
 __all__ = [
     "DecodingOptions", "DecodingResult", "OptionError", "DecodingTask", "decode", "detect_language",
     "compression_ratio", "parse_suppress_tokens", "Inference", "GreedyDecoder", "BeamSearchDecoder",
-    "MaximumLikelihoodRanker", "SuppressBlank", "SuppressTokens", "ApplyTimestampRules", "LANGUAGES",
+    "MaximumLikelihoodRanker", "SuppressBlank", "SuppressTokens", "ApplyTimestampRules",
 ]

@@ -317,7 +317,7 @@ class Tokenizer:
             ids.extend(self._bpe(piece.encode("utf-8")))
         return ids
 
-    @functools.lru_cache(maxsize=65536)  # noqa: B019 -- one tokenizer per model, kept for its lifetime
+    @functools.lru_cache(maxsize=65536)
     def _bpe(self, piece: bytes) -> tuple[int, ...]:
         lookup = self._token_to_id
         if piece in lookup:

@@ -8,12 +8,11 @@ import math
 import random
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import SHARED_MODEL_Q5_1, SPEECH_DIR, need
+
 from qwhisper.decoding import (
     ApplyTimestampRules,
     BeamSearchDecoder,

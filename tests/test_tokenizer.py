@@ -10,16 +10,15 @@
 
 import importlib.util
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_MODEL_Q5_1, SPEECH_DIR, need
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qwhisper.tokenizer import LANGUAGES, Tokenizer, normalize_language, split_words
-
-from conftest import SHARED_MODEL_Q5_1, SPEECH_DIR, need
 
 # HF spells two specials differently from openai/whisper (and from us)
 HF_ALIASES = {"<|nocaptions|>": "<|nospeech|>", "<|iw|>": "<|he|>"}
@@ -32,7 +31,7 @@ def _package_dir(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table (HF ByteLevel)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -46,7 +45,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _load_hf(path: str):
     d = json.loads(Path(path).read_text(encoding="utf-8"))
     decoder = {c: b for b, c in _bytes_to_unicode().items()}

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED_MODEL_Q5_1, SPEECH_DIR, need
+
 from qwhisper.decoding import DecodingResult, OptionError
 from qwhisper.normalizer import normalize_english, wer
 from qwhisper.tokenizer import Tokenizer
@@ -296,7 +296,7 @@ def test_numpy_golden_backend_gives_the_same_transcript(jfk_audio, jfk_torch):
 
     golden = WhisperModel(need(SHARED_MODEL_Q5_1), "cpu", backend="numpy")
     segments, _ = golden.transcribe(jfk_audio)
-    key = lambda s: (s.start, s.end, s.text, s.tokens)  # noqa: E731
+    key = lambda s: (s.start, s.end, s.text, s.tokens)
     assert [key(s) for s in segments] == [key(s) for s in jfk_torch[0]]
     with pytest.raises(OptionError, match="numpy backend runs on the CPU"):
         WhisperModel(SHARED_MODEL_Q5_1, "cuda", backend="numpy")
