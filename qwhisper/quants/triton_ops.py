@@ -255,35 +255,6 @@ def dequantize(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int], dty
 
 
 @triton.jit
-def _gemv_loads(w8, w16, w_row, x_row, blk, n_blk, jj, TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr,
-                QS_B: tl.constexpr, BITS: tl.constexpr):
-    """The raw loads of one K step of _qgemv_kernel (blocks blk, [NB, 1, 1, 1]), not yet decoded.
-
-    Returns (d, qs, qh_lo, qh_hi, m, x_lo, x_hi); fields a type lacks are repeats of d (no load).
-    Block indices past the row are clamped to its last block (the caller zeroes their d), so no
-    load is predicated and the prefetch of the step after the last one stays inside the tensor.
-    """
-    blk = tl.minimum(blk, n_blk - 1)
-    base = w_row + blk * TS  # [NB, 1, BN, 1] byte offsets of the blocks
-    d = tl.load(w16 + base // 2)
-    qs = tl.load(w8 + base + QS_B + jj)  # [NB, 1, BN, QB]
-    qh_lo = d
-    qh_hi = d
-    m = d
-    if BITS == 5:
-        qh_lo = tl.load(w16 + (base + QH_B) // 2)
-        qh_hi = tl.load(w16 + (base + QH_B) // 2 + 1)
-    if M_B >= 0:
-        m = tl.load(w16 + (base + M_B) // 2)
-    xp = x_row + blk * _QK  # [NB, BM, 1, QB]
-    x_lo = tl.load(xp)  # x[32b + j]
-    x_hi = x_lo
-    if BITS != 8:
-        x_hi = tl.load(xp + 16)  # x[32b + 16 + j]
-    return d, qs, qh_lo, qh_hi, m, x_lo, x_hi
-
-
-@triton.jit
 def _qgemv_kernel(
     x_ptr,  # (M, K) activations, last axis contiguous, fp32/fp16/bf16
     w8, w16,  # raw (N, K) blocks as uint8 and as an int16 view of the same memory
@@ -296,7 +267,6 @@ def _qgemv_kernel(
     BLOCK_N: tl.constexpr,  # rows of W per program; each x value loaded is used BLOCK_N times
     NB: tl.constexpr,  # 32-weight blocks per row per loop step
     EVEN_K: tl.constexpr,  # (K/32) % NB == 0: every step is full
-    PREFETCH: tl.constexpr,  # issue step i+1's loads before decoding step i (loads in flight x2)
     HAS_BIAS: tl.constexpr,
 ):
     # Tiles are 4-D [NB, BLOCK_M, BLOCK_N, QB] (QB = bytes of qs read per block: 16, or 32 for
@@ -309,31 +279,26 @@ def _qgemv_kernel(
     mm = tl.arange(0, BLOCK_M)[None, :, None, None]
     nn = pid * BLOCK_N + tl.arange(0, BLOCK_N)[None, None, :, None]
     jj = tl.arange(0, QB)[None, None, None, :]
-    # Rows past N and x rows past M are clamped rather than masked (the loads stay unpredicated;
-    # the store drops those results).
+    # Rows past N, x rows past M and blocks past K/32 are clamped rather than masked, so no load
+    # is predicated: the store drops the extra rows and a zeroed d drops the repeated blocks.
     w_row = tl.minimum(nn, N - 1).to(tl.int64) * (n_blk * TS)  # [1, 1, BN, 1] byte offsets
     x_row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm + jj  # [1, BM, 1, QB]
     acc = tl.zeros([NB, BLOCK_M, BLOCK_N, QB], dtype=tl.float32)
-    if PREFETCH:
-        d_r, qs_r, qhl_r, qhh_r, m_r, xl_r, xh_r = _gemv_loads(
-            w8, w16, w_row, x_row, bb, n_blk, jj, TS, M_B, QH_B, QS_B, BITS)
     for b0 in range(0, n_blk, NB):
         blk = b0 + bb  # [NB, 1, 1, 1]
-        if PREFETCH:
-            nd_r, nqs_r, nqhl_r, nqhh_r, nm_r, nxl_r, nxh_r = _gemv_loads(
-                w8, w16, w_row, x_row, blk + NB, n_blk, jj, TS, M_B, QH_B, QS_B, BITS)
-        else:
-            d_r, qs_r, qhl_r, qhh_r, m_r, xl_r, xh_r = _gemv_loads(
-                w8, w16, w_row, x_row, blk, n_blk, jj, TS, M_B, QH_B, QS_B, BITS)
-        d = d_r.to(tl.float16, bitcast=True).to(tl.float32)
         if not EVEN_K:
-            d = tl.where(blk < n_blk, d, 0.0)  # a clamped (repeated) block adds nothing
-        qs = qs_r.to(tl.int32)
+            blk = tl.minimum(blk, n_blk - 1)
+        base = w_row + blk * TS  # [NB, 1, BN, 1] byte offsets of the blocks
+        d = tl.load(w16 + base // 2).to(tl.float16, bitcast=True).to(tl.float32)
+        if not EVEN_K:
+            d = tl.where(b0 + bb < n_blk, d, 0.0)  # a clamped (repeated) block adds nothing
+        qs = tl.load(w8 + base + QS_B + jj).to(tl.int32)  # [NB, 1, BN, QB]
+        xp = x_row + blk * _QK  # [NB, BM, 1, QB]
         # One x row: d is applied once per block and byte (d*(q.x)); several rows: each weight
         # is dequantized once (q*d) and then used by every row (one FMA per weight and row).
         if BITS == 8:
             q = _decode_int8(qs, magic)
-            x = xl_r.to(tl.float32)
+            x = tl.load(xp).to(tl.float32)
             if BLOCK_M == 1:
                 acc += d * (q * x)
             else:
@@ -341,32 +306,28 @@ def _qgemv_kernel(
         else:
             qh = qs  # unused unless BITS == 5
             if BITS == 5:
-                qh = (qhl_r.to(tl.int32) & 0xFFFF) | (qhh_r.to(tl.int32) << 16)
+                qh = _qh_at(w16, base + QH_B, None, True)
             q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
-            x_lo = xl_r.to(tl.float32)
-            x_hi = xh_r.to(tl.float32)
+            x_lo = tl.load(xp).to(tl.float32)  # x[32b + j]
+            x_hi = tl.load(xp + 16).to(tl.float32)  # x[32b + 16 + j]
+            m = d  # unused unless M_B >= 0
+            if M_B >= 0:
+                m = _f16_at(w16, base + M_B, None, True)
+                if not EVEN_K:
+                    m = tl.where(b0 + bb < n_blk, m, 0.0)
             if BLOCK_M == 1:
                 # d*(q_lo*x_lo + q_hi*x_hi), q_hi*x_hi = q_hi16*(x_hi/16): an exact rescaling
                 acc += d * (q_lo * x_lo + q_hi16 * (x_hi * 0.0625))
                 if M_B >= 0:
-                    m = m_r.to(tl.float16, bitcast=True).to(tl.float32)
-                    if not EVEN_K:
-                        m = tl.where(blk < n_blk, m, 0.0)
                     acc += m * (x_lo + x_hi)
             else:
                 w_lo = q_lo * d
                 w_hi = q_hi16 * (d * 0.0625)
                 if M_B >= 0:
-                    m = m_r.to(tl.float16, bitcast=True).to(tl.float32)
-                    if not EVEN_K:
-                        m = tl.where(blk < n_blk, m, 0.0)
                     w_lo += m
                     w_hi += m
                 acc += w_lo * x_lo  # two statements: two FMAs into acc, not FMUL+FFMA+FADD
                 acc += w_hi * x_hi
-        if PREFETCH:
-            d_r, qs_r, qhl_r, qhh_r, m_r, xl_r, xh_r = nd_r, nqs_r, nqhl_r, nqhh_r, nm_r, nxl_r, nxh_r
-            # (the prefetch past the last step reads clamped, in-bounds addresses and is unused)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     m1 = tl.arange(0, BLOCK_M)
@@ -384,27 +345,23 @@ def _next_pow2(n: int) -> int:
 
 
 def _gemv_config(m: int, n: int, k: int, ggml_type: GGMLType) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, NB, num_warps) for the fused GEMV.
+    """(BLOCK_M, BLOCK_N, NB, num_warps) for the fused GEMV, from the H100 tile sweep
+    (benchmarks/README.md, docs/kernels.md); within ~10% of the best swept tile at every shape.
 
     BLOCK_M = M rounded up to a power of 2 (one pass over W serves every row of x).
-    NB (blocks per step): the largest power of 2 <= 16 that divides K/32 (no bounds checks), at
-      least 4; it spreads lanes over blocks of one row, so it also caps num_warps.
-    BLOCK_N: rows per program; x loaded once per step is reused by every row. Kept so that the
-      accumulators (NB*BLOCK_M*BLOCK_N*QB fp32) stay <= 32 per thread and the grid has >= 2
-      programs per SM (132 SMs on H100/H200) where N allows it.
+    NB, num_warps: 16 blocks per step on 4 warps; 8 on 2 warps for the vocabulary-sized N
+      (>= 16384), where many small programs did better. Lanes spread over (qs byte, block), so
+      NB also caps the warps. K/32 need not be a multiple of NB (the last step is clamped).
+    BLOCK_N: the largest of 16, 8, ..., 1 that still gives >= 640 programs (about 5 per SM of a
+      132-SM H100/H200) and keeps the accumulators (NB*BLOCK_M*BLOCK_N*QB fp32) <= 64 a thread.
     """
     qb = 32 if ggml_type == GGMLType.Q8_0 else 16
     block_m = _next_pow2(m)
-    n_blk = k // QK
-    nb = 16
-    while nb > 4 and n_blk % nb:
+    nb, num_warps = (8, 2) if n >= 16384 else (16, 4)
+    while nb > 4 and block_m * nb * qb > 64 * 32 * num_warps:  # many x rows: shorter steps
         nb //= 2
-    num_warps = 4 if nb >= 16 else 2
-    threads = 32 * num_warps
-    block_n = 8
-    while block_n > 1 and nb * block_m * block_n * qb > 32 * threads:
-        block_n //= 2
-    while block_n > 1 and triton.cdiv(n, block_n) < 2 * 132:
+    block_n = 16
+    while block_n > 1 and (triton.cdiv(n, block_n) < 640 or nb * block_m * block_n * qb > 64 * 32 * num_warps):
         block_n //= 2
     return block_m, block_n, nb, num_warps
 
@@ -414,7 +371,7 @@ def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequ
     """Fused dequant-GEMV: x (M, K) @ W.T (+ bias) -> (M, N) in x's dtype, for 1 <= M <= 16.
 
     raw: the (N, K) weight's ggml blocks (uint8, on x's device), read once; fp32 accumulation.
-    config: (BLOCK_M, BLOCK_N, NB, num_warps[, PREFETCH]) overriding _gemv_config (benchmarks, tests).
+    config: (BLOCK_M, BLOCK_N, NB, num_warps) overriding _gemv_config (benchmarks, tests).
     """
     ggml_type = _as_type(ggml_type)
     if ggml_type not in _LAYOUT:
@@ -431,13 +388,12 @@ def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequ
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"bias must be ({n},), got {tuple(bias.shape)}")
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    block_m, block_n, nb, num_warps, *rest = config or _gemv_config(m, n, k, ggml_type)
-    prefetch = rest[0] if rest else True
+    block_m, block_n, nb, num_warps = config or _gemv_config(m, n, k, ggml_type)
     ts, m_b, qh_b, qs_b, bits, zero = _LAYOUT[ggml_type]
     _qgemv_kernel[(triton.cdiv(n, block_n),)](
         x, w8, w16, bias if bias is not None else y, y, m, n, k, x.stride(0), _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
-        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0, PREFETCH=prefetch,
+        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
         HAS_BIAS=bias is not None, num_warps=num_warps)
     return y
 
