@@ -78,6 +78,29 @@ class QLinear(nn.Module):
         return w.view(*index.shape, self.in_features)
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda and not self.cache_dequantized:
+            # Triton kernels on the raw blocks (quants/triton_ops.linear), imported on first use;
+            # without a working Triton, warn once and fall back to torch (openai's timing.py way).
+            fn = QLinear.__dict__.get("_triton_linear")
+            if fn is None:
+                try:
+                    from .quants.triton_ops import linear as fn
+                except ImportError as e:
+                    import warnings
+
+                    warnings.warn(f"Triton kernels unavailable ({e}); falling back to torch dequantize + F.linear")
+                    fn = False
+                QLinear._triton_linear = fn
+            if fn:
+                try:
+                    return fn(x, self.weight, self.ggml_type, (self.out_features, self.in_features), self.bias)
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except RuntimeError as e:  # e.g. no CUDA toolchain for Triton to compile with
+                    import warnings
+
+                    warnings.warn(f"Failed to launch Triton kernels ({e}); falling back to torch dequantize + F.linear")
+                    QLinear._triton_linear = False
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized(x.dtype), bias)
 
