@@ -94,9 +94,11 @@ def compression_ratio(text: str) -> float:
 class Inference:
     """The decoder forward pass with a KV cache; feeds only the tokens the cache has not seen."""
 
-    def __init__(self, model, audio_features: torch.Tensor):
+    def __init__(self, model, audio_features: torch.Tensor, n_group: int = 1):
+        """audio_features (B, n_audio_ctx, n_audio_state): the cache has B * n_group rows, each
+        window's n_group consecutive rows sharing its cross-attention K/V."""
         self.model = model
-        self.cache = model.new_kv_cache(audio_features)
+        self.cache = model.new_kv_cache(audio_features, n_group=n_group)
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (rows, T) all tokens so far -> (rows, T_new, n_vocab) for the unseen ones."""
@@ -524,7 +526,7 @@ class DecodingTask:
 
         # each window becomes a group of n_group rows (best_of samples / beams)
         tokens = tokens.repeat_interleave(self.n_group, dim=0)
-        inference = Inference(self.model, audio_features.repeat_interleave(self.n_group, dim=0))
+        inference = Inference(self.model, audio_features, self.n_group)
         decoder = self._make_decoder(inference, device)
         decoder.reset()
         tokens, sum_logprobs, no_speech_probs = self._main_loop(inference, decoder, tokens)

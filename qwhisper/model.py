@@ -18,7 +18,7 @@ Precision policy
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -134,18 +134,24 @@ class MultiHeadAttention(nn.Module):
         self.out = QLinear(n_state, n_state, True, _weight_type(types, f"{name}.out"))
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
-                positions: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                positions: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None,
+                qk_heads: list[int] | None = None, qk_out: list[Tensor] | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C).
 
-        kv: precomputed (k, v), each (B, S, C): cross-attention over the audio features.
+        kv: precomputed (k, v), each (B / G, S, C): cross-attention over the audio features,
+        shared by the G consecutive rows (beams) of each window (see qkv_attention).
         cache: static self-attention buffers (k_cache, v_cache), each (B, n_ctx, C); this call's
         k, v are written at `positions` (T,) and the queries attend over the whole buffer
         under `mask` (T, n_ctx) bool, True = may attend.
         Neither: self-attention over x, no mask (the encoder).
+        qk_heads (cross-attention only): also append to `qk_out` the scaled q.k of these heads,
+        (B, len(qk_heads), T, S) float32 before softmax (word timestamps; SDPA returns no weights).
         """
         q = self.query(x)
         if kv is not None:
             k, v = kv
+            if qk_heads:
+                qk_out.append(self.qk(q, k, qk_heads))
         else:
             k, v = self.key(x), self.value(x)
             if cache is not None:
@@ -159,10 +165,31 @@ class MultiHeadAttention(nn.Module):
         """Cross-attention keys and values of audio features xa (B, S, C): each (B, S, C)."""
         return self.key(xa), self.value(xa)
 
-    def qkv_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
-        """q (B, T, C), k and v (B, S, C) -> (B, T, C) through SDPA over n_head heads."""
+    def qk(self, q: Tensor, k: Tensor, heads: list[int]) -> Tensor:
+        """q (B, T, C), k (B / G, S, C) -> q.k / sqrt(d_head) of `heads`: (B, len(heads), T, S) float32."""
         b, t, c = q.shape
         s = k.shape[1]
+        d = c // self.n_head
+        idx = torch.as_tensor(heads, device=q.device)
+        qh = q.view(b, t, self.n_head, d).transpose(1, 2)[:, idx].float()  # (B, h, T, D)
+        kh = k.view(k.shape[0], s, self.n_head, d).transpose(1, 2)[:, idx].float()  # (B / G, h, S, D)
+        kh = kh.repeat_interleave(b // k.shape[0], dim=0)
+        return (qh @ kh.transpose(-1, -2)) * d ** -0.5
+
+    def qkv_attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """q (B, T, C), k and v (B / G, S, C) -> (B, T, C) through SDPA over n_head heads.
+
+        G > 1 (beams or best_of samples of one window sharing its cross K/V, unmasked): the G
+        rows' queries are attended as one (B / G, G * T) block, so K/V are neither copied nor
+        reordered per beam.
+        """
+        b, t, c = q.shape
+        s = k.shape[1]
+        if k.shape[0] != b:
+            g = b // k.shape[0]
+            if mask is not None or g * k.shape[0] != b:
+                raise ValueError(f"{b} query rows can't share K/V of {k.shape[0]} rows")
+            return self.qkv_attention(q.reshape(b // g, g * t, c), k, v, None).reshape(b, t, c)
         d = c // self.n_head
         q = q.view(b, t, self.n_head, d).transpose(1, 2)  # (B, H, T, D)
         k = k.view(b, s, self.n_head, d).transpose(1, 2)  # (B, H, S, D)
@@ -187,11 +214,13 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp_ln = LayerNorm(n_state)
 
     def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
-                positions: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """x (B, T, C) -> (B, T, C); decoder blocks take cross_kv, mask, positions, cache (see MHA)."""
+                positions: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None,
+                qk_heads: list[int] | None = None, qk_out: list[Tensor] | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); decoder blocks take cross_kv, mask, positions, cache,
+        qk_heads, qk_out (see MHA)."""
         x = x + self.attn(self.attn_ln(x), mask=mask, positions=positions, cache=cache)
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_attn_ln(x), kv=cross_kv)
+            x = x + self.cross_attn(self.cross_attn_ln(x), kv=cross_kv, qk_heads=qk_heads, qk_out=qk_out)
         return x + self.mlp(self.mlp_ln(x))
 
 
@@ -237,11 +266,14 @@ class KVCache:
 
     self_k/self_v: per layer (B, n_text_ctx, C), preallocated; rows [0, offset) hold the tokens
     decoded so far, written in place at [offset, offset + T) (static shapes for CUDA graphs).
-    cross_k/cross_v: per layer (B, n_audio_ctx, C), computed once from the audio features.
+    cross_k/cross_v: per layer (B / n_group, n_audio_ctx, C), computed once from the audio
+    features of each window and shared by its n_group rows (beams / best_of samples).
     """
 
-    def __init__(self, self_k: list[Tensor], self_v: list[Tensor], cross_k: list[Tensor], cross_v: list[Tensor]):
+    def __init__(self, self_k: list[Tensor], self_v: list[Tensor], cross_k: list[Tensor], cross_v: list[Tensor],
+                 n_group: int = 1):
         self.self_k, self.self_v, self.cross_k, self.cross_v = self_k, self_v, cross_k, cross_v
+        self.n_group = n_group
         self.offset = 0  # tokens already in the cache
 
     @property
@@ -250,11 +282,18 @@ class KVCache:
 
     @torch.no_grad()
     def reorder(self, indices: Tensor) -> None:
-        """Row b becomes a copy of row indices[b] (beam search: each beam follows its source), in place."""
+        """Row b becomes a copy of row indices[b] (beam search: each beam follows its source), in place.
+        With n_group > 1 rows may only move within their group (the shared cross K/V stay)."""
         indices = indices.to(device=self.self_k[0].device, dtype=torch.long)
         if indices.shape != (self.batch_size,):
             raise ValueError(f"reorder needs indices of shape ({self.batch_size},), got {tuple(indices.shape)}")
-        for bufs in (self.self_k, self.self_v, self.cross_k, self.cross_v):
+        buffers = (self.self_k, self.self_v, self.cross_k, self.cross_v)
+        if self.n_group > 1:
+            group = torch.arange(self.batch_size, device=indices.device) // self.n_group
+            if not torch.equal(indices // self.n_group, group):
+                raise ValueError(f"reorder across groups of {self.n_group} rows sharing cross K/V")
+            buffers = (self.self_k, self.self_v)
+        for bufs in buffers:
             for buf in bufs:
                 buf.copy_(buf.index_select(0, indices))
 
@@ -271,16 +310,22 @@ class TextDecoder(nn.Module):
             ResidualAttentionBlock(n_state, n_head, True, f"decoder.blocks.{i}", types) for i in range(n_layer))
         self.ln = LayerNorm(n_state)
 
-    def new_kv_cache(self, xa: Tensor) -> KVCache:
-        """Empty self-attention buffers and the cross K/V of audio features xa (B, n_audio_ctx, C)."""
+    def new_kv_cache(self, xa: Tensor, n_group: int = 1) -> KVCache:
+        """Empty self-attention buffers for B * n_group rows and the cross K/V of audio features
+        xa (B, n_audio_ctx, C), shared by each window's n_group consecutive rows."""
         b, _, c = xa.shape
-        self_k = [xa.new_zeros(b, self.n_ctx, c) for _ in self.blocks]
-        self_v = [xa.new_zeros(b, self.n_ctx, c) for _ in self.blocks]
+        self_k = [xa.new_zeros(b * n_group, self.n_ctx, c) for _ in self.blocks]
+        self_v = [xa.new_zeros(b * n_group, self.n_ctx, c) for _ in self.blocks]
         cross = [block.cross_attn.kv(xa) for block in self.blocks]
-        return KVCache(self_k, self_v, [k for k, _ in cross], [v for _, v in cross])
+        return KVCache(self_k, self_v, [k for k, _ in cross], [v for _, v in cross], n_group)
 
-    def forward(self, tokens: Tensor, cache: KVCache) -> Tensor:
-        """tokens (B, T) at positions cache.offset.. -> logits (B, T, n_vocab) float32; advances the cache."""
+    def forward(self, tokens: Tensor, cache: KVCache, alignment_heads: Sequence[tuple[int, int]] | None = None
+                ) -> Tensor | tuple[Tensor, Tensor]:
+        """tokens (B, T) at positions cache.offset.. -> logits (B, T, n_vocab) float32; advances the cache.
+
+        alignment_heads: (layer, head) pairs; then also returns their cross-attention q.k
+        (B, len(alignment_heads), T, n_audio_ctx) float32, pre-softmax (word timestamps).
+        """
         b, t = tokens.shape
         offset = cache.offset
         if offset + t > self.n_ctx:
@@ -293,12 +338,20 @@ class TextDecoder(nn.Module):
         # query at position p sees cache rows 0..p (rows beyond are zeros or stale: masked)
         mask = torch.arange(self.n_ctx, device=tokens.device)[None, :] <= positions[:, None]  # (T, n_ctx)
         x = self.token_embedding.rows(tokens, dtype) + pe[offset : offset + t].to(dtype)  # (B, T, C)
+        qk_out: list[Tensor] = []
         for i, block in enumerate(self.blocks):
+            heads = [h for layer, h in alignment_heads if layer == i] if alignment_heads else None
             x = block(x, cross_kv=(cache.cross_k[i], cache.cross_v[i]), mask=mask, positions=positions,
-                      cache=(cache.self_k[i], cache.self_v[i]))
+                      cache=(cache.self_k[i], cache.self_v[i]), qk_heads=heads, qk_out=qk_out)
         x = self.ln(x)
         cache.offset = offset + t
-        return (x @ self.token_embedding.dequantized(x.dtype).T).float()  # (B, T, n_vocab)
+        logits = (x @ self.token_embedding.dequantized(x.dtype).T).float()  # (B, T, n_vocab)
+        if alignment_heads is None:
+            return logits
+        # qk_out holds one (B, h_layer, T, S) per layer with heads, in layer order: regroup as asked
+        order = sorted(range(len(alignment_heads)), key=lambda j: alignment_heads[j][0])  # stable
+        weights = torch.cat(qk_out, dim=1) if qk_out else logits.new_zeros(b, 0, t, cache.cross_k[0].shape[1])
+        return logits, weights[:, torch.as_tensor(order, device=weights.device).argsort()]
 
 
 # ------------------------------------------------------------------------------------------
@@ -335,11 +388,14 @@ class Whisper(nn.Module):
         return self.encoder(mel.to(self.device, self.dtype))
 
     @torch.no_grad()
-    def new_kv_cache(self, audio_features: Tensor) -> KVCache:
-        """A KVCache for len(audio_features) rows: static self-attn buffers + cross K/V of the audio."""
-        return self.decoder.new_kv_cache(audio_features.to(self.device, self.dtype))
+    def new_kv_cache(self, audio_features: Tensor, n_group: int = 1) -> KVCache:
+        """A KVCache for len(audio_features) * n_group rows: static self-attn buffers + cross K/V
+        of the audio, shared by each window's n_group rows (beam search, best_of)."""
+        return self.decoder.new_kv_cache(audio_features.to(self.device, self.dtype), n_group)
 
     @torch.no_grad()
-    def logits(self, tokens: Tensor, cache: KVCache) -> Tensor:
-        """tokens (B, T) -> logits (B, T, n_vocab) float32 of positions cache.offset..+T; advances cache.offset."""
-        return self.decoder(tokens.to(self.device), cache)
+    def logits(self, tokens: Tensor, cache: KVCache, alignment_heads: Sequence[tuple[int, int]] | None = None
+               ) -> Tensor | tuple[Tensor, Tensor]:
+        """tokens (B, T) -> logits (B, T, n_vocab) float32 of positions cache.offset..+T; advances cache.offset.
+        With alignment_heads [(layer, head), ...]: (logits, cross-attention q.k (B, heads, T, n_audio_ctx))."""
+        return self.decoder(tokens.to(self.device), cache, alignment_heads)

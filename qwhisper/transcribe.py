@@ -386,9 +386,9 @@ class NumpyWhisper:
         rows = [self._ref.encode(self._weights, m) for m in mel.detach().cpu().float().numpy()]
         return torch.from_numpy(np.stack(rows))
 
-    def new_kv_cache(self, audio_features: torch.Tensor) -> _NumpyCache:
+    def new_kv_cache(self, audio_features: torch.Tensor, n_group: int = 1) -> _NumpyCache:
         return _NumpyCache([self._ref.DecoderCacheRef.new(self._weights, x)
-                            for x in audio_features.detach().cpu().float().numpy()])
+                            for x in audio_features.detach().cpu().float().numpy() for _ in range(n_group)])
 
     def logits(self, tokens: torch.Tensor, cache: _NumpyCache) -> torch.Tensor:
         """tokens (B, T) -> (B, T, n_vocab) float32; advances every row's cache."""

@@ -116,7 +116,7 @@ class ScriptedModel:
         assert mel.shape[1:] == (80, 3000)
         return torch.zeros(mel.shape[0], 1500, 4)
 
-    def new_kv_cache(self, audio_features):
+    def new_kv_cache(self, audio_features, n_group=1):
         return SimpleNamespace(offset=0, steps=0, script=self.scripts.pop(0))
 
     def logits(self, tokens, cache):
