@@ -136,7 +136,8 @@ def test_specials_match_whisper_cpp(tok):
     import _pywhispercpp as pw
     from pywhispercpp.model import Model
 
-    ctx = Model(str(SHARED_MODEL_Q5_1), redirect_whispercpp_logs_to=None)._ctx
+    model = Model(str(SHARED_MODEL_Q5_1), redirect_whispercpp_logs_to=None)  # keep: it owns the context
+    ctx = model._ctx
     assert pw.whisper_token_eot(ctx) == tok.eot
     assert pw.whisper_token_sot(ctx) == tok.sot
     assert pw.whisper_token_translate(ctx) == tok.translate
@@ -150,15 +151,8 @@ def test_specials_match_whisper_cpp(tok):
     assert n == len(LANGUAGES) == 100
     assert [pw.whisper_lang_str(i) for i in range(n)] == list(LANGUAGES)
     assert [pw.whisper_token_lang(ctx, i) for i in range(tok.num_languages)] == list(tok.all_language_tokens)
-    # regular tokens' bytes, over the whole vocabulary. pywhispercpp 1.5's binding returns
-    # garbage for tokens of 16+ bytes (a dangling std::string once it leaves the small-string
-    # buffer) and cuts at NUL bytes (token 188 is b"\\0"), so those are left out.
-    checked = 0
-    for i in range(0, 50256, 7):
-        if len(tok.vocab[i]) < 16 and b"\0" not in tok.vocab[i]:
-            assert pw.whisper_token_to_bytes(ctx, i) == tok.token_bytes(i), i
-            checked += 1
-    assert checked > 7000
+    # Regular tokens' bytes are compared with tokenizer.json in test_ggml_vocab_equals_tokenizer_json:
+    # pywhispercpp 1.5's whisper_token_to_bytes returns a dangling std::string and can crash the process.
 
 
 def test_sot_sequences(tok, hf_multi):
