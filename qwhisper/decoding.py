@@ -65,6 +65,9 @@ class DecodingOptions:
     # token ids to suppress (list or "1,2,3"); -1 stands for tokenizer.non_speech_tokens
     suppress_tokens: str | Sequence[int] | None = "-1"
     suppress_blank: bool = True  # no blank (" " or <|endoftext|>) as the first sampled token
+    # > 0: a token that would repeat an n-gram of this size already sampled in the window is
+    # banned (faster-whisper's no_repeat_ngram_size; a guard against looping hallucinations)
+    no_repeat_ngram_size: int = 0
 
     # timestamps
     without_timestamps: bool = False  # add <|notimestamps|>: text tokens only
@@ -287,6 +290,33 @@ class SuppressTokens(LogitFilter):
         logits.index_fill_(1, self._index, NEG_INF)
 
 
+class NoRepeatNGram(LogitFilter):
+    """Ban the tokens that would complete an n-gram already present in the sampled text of the
+    row (faster-whisper's no_repeat_ngram_size). Timestamp tokens count as tokens (they are
+    never banned: the grammar needs them and they can't loop, being increasing)."""
+
+    def __init__(self, ngram_size: int, sample_begin: int, timestamp_begin: int):
+        self.n = ngram_size
+        self.sample_begin = sample_begin
+        self.timestamp_begin = timestamp_begin
+
+    def apply(self, logits, tokens):
+        sampled = tokens[:, self.sample_begin:]
+        n = self.n
+        if sampled.shape[1] < n:
+            return
+        # windows (rows, L - n + 1, n): an earlier n-gram whose first n - 1 tokens equal the
+        # row's last n - 1 tokens bans its last token
+        grams = sampled.unfold(1, n, 1)
+        tail = sampled[:, sampled.shape[1] - (n - 1):]  # (rows, n - 1)
+        hits = (grams[:, :, : n - 1] == tail[:, None, :]).all(dim=-1)  # (rows, L - n + 1)
+        banned = torch.where(hits, grams[:, :, -1], torch.full_like(grams[:, :, -1], -1))
+        banned = banned.masked_fill(banned >= self.timestamp_begin, -1)
+        mask = torch.zeros_like(logits, dtype=torch.bool)
+        mask.scatter_(1, banned.clamp(min=0), banned >= 0)
+        logits.masked_fill_(mask, NEG_INF)
+
+
 class ApplyTimestampRules(LogitFilter):
     """openai/whisper's timestamp grammar, on every row at once:
 
@@ -388,6 +418,8 @@ def _verify_options(options: DecodingOptions) -> None:
         raise OptionError(f"patience must be > 0, not {options.patience}")
     if options.length_penalty is not None and not 0 <= options.length_penalty <= 1:
         raise OptionError(f"length_penalty (alpha) must be between 0 and 1, not {options.length_penalty}")
+    if options.no_repeat_ngram_size < 0:
+        raise OptionError(f"no_repeat_ngram_size must be >= 0, not {options.no_repeat_ngram_size}")
     if options.sample_len is not None and options.sample_len < 1:
         raise OptionError(f"sample_len must be >= 1, not {options.sample_len}")
     try:
@@ -451,6 +483,9 @@ class DecodingTask:
         if options.suppress_tokens:
             self.logit_filters.append(SuppressTokens(parse_suppress_tokens(options.suppress_tokens,
                                                                            self.tokenizer)))
+        if options.no_repeat_ngram_size > 0:
+            self.logit_filters.append(NoRepeatNGram(options.no_repeat_ngram_size, self.sample_begin,
+                                                    self.tokenizer.timestamp_begin))
         if not options.without_timestamps:
             precision = TIME_PRECISION * 1500 / model.dims.n_audio_ctx  # 30 s / n_audio_ctx
             max_index = None
@@ -569,5 +604,5 @@ def decode(model, mel: torch.Tensor, tokenizer: Tokenizer,
 __all__ = [
     "DecodingOptions", "DecodingResult", "OptionError", "DecodingTask", "decode", "detect_language",
     "compression_ratio", "parse_suppress_tokens", "Inference", "GreedyDecoder", "BeamSearchDecoder",
-    "MaximumLikelihoodRanker", "SuppressBlank", "SuppressTokens", "ApplyTimestampRules",
+    "MaximumLikelihoodRanker", "SuppressBlank", "SuppressTokens", "ApplyTimestampRules", "NoRepeatNGram",
 ]

@@ -83,10 +83,12 @@ _NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 
 
 def normalize_language(language: str | None) -> str | None:
-    """'en', 'EN', 'English' -> 'en'; None stays None; unknown -> ValueError naming the option."""
+    """'en', 'EN', 'English' -> 'en'; None, '' and 'auto' -> None (detect); unknown -> ValueError."""
     if language is None:
         return None
     key = language.strip().lower()
+    if key in ("", "auto"):
+        return None
     if key in LANGUAGES:
         return key
     if key in TO_LANGUAGE_CODE:

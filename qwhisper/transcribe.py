@@ -33,6 +33,7 @@ import torch
 
 from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, load_audio, log_mel_spectrogram_torch, pad_or_trim
 from .decoding import DecodingOptions, DecodingResult, DecodingTask, OptionError, detect_language
+from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestamps, alignment_heads_for, get_end
 from .tokenizer import LANGUAGES, Tokenizer, normalize_language
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -53,7 +54,14 @@ class TranscribeOptions:
     condition_on_previous_text: bool = True  # previous text is the next window's prompt
     prompt_reset_on_temperature: float = 0.5  # ... unless decoded hotter than this
     initial_prompt: str | None = None  # prompt of the first window (vocabulary, style)
-    word_timestamps: bool = False  # not implemented yet (cross-attention DTW)
+    carry_initial_prompt: bool = False  # keep initial_prompt at the head of every window's prompt
+
+    # word-level timestamps (cross-attention DTW, qwhisper.timing)
+    word_timestamps: bool = False
+    prepend_punctuations: str = PREPEND_PUNCTUATIONS  # merged into the next word
+    append_punctuations: str = APPEND_PUNCTUATIONS  # merged into the previous word
+    # skip silences longer than this (s) around a likely hallucination (needs word_timestamps)
+    hallucination_silence_threshold: float | None = None
 
     # passed on to every window's DecodingOptions
     beam_size: int | None = None
@@ -66,6 +74,7 @@ class TranscribeOptions:
     max_initial_timestamp: float | None = 1.0
     sample_len: int | None = None
     seed: int = 0
+    no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size twice in a window (repeat guard)
 
     def __post_init__(self):
         temps = (self.temperature,) if isinstance(self.temperature, (int, float)) else tuple(self.temperature)
@@ -80,8 +89,13 @@ class TranscribeOptions:
             object.__setattr__(self, "language", normalize_language(self.language))
         except ValueError as e:
             raise OptionError(f"language: {e}") from None
-        if self.word_timestamps:
-            raise OptionError("word_timestamps is not implemented yet")
+        if self.hallucination_silence_threshold is not None and not self.word_timestamps:
+            raise OptionError("hallucination_silence_threshold needs word_timestamps")
+        if self.hallucination_silence_threshold is not None and self.hallucination_silence_threshold <= 0:
+            raise OptionError("hallucination_silence_threshold must be > 0 seconds, "
+                              f"not {self.hallucination_silence_threshold}")
+        if self.no_repeat_ngram_size < 0:
+            raise OptionError(f"no_repeat_ngram_size must be >= 0, not {self.no_repeat_ngram_size}")
 
     def decoding_options(self, temperature: float, language: str | None,
                          prompt: Sequence[int] | None) -> DecodingOptions:
@@ -93,7 +107,16 @@ class TranscribeOptions:
             patience=self.patience if temperature == 0 else None,
             length_penalty=self.length_penalty, seed=self.seed, prompt=list(prompt) if prompt else None,
             suppress_tokens=self.suppress_tokens, suppress_blank=self.suppress_blank,
-            without_timestamps=self.without_timestamps, max_initial_timestamp=self.max_initial_timestamp)
+            without_timestamps=self.without_timestamps, max_initial_timestamp=self.max_initial_timestamp,
+            no_repeat_ngram_size=self.no_repeat_ngram_size)
+
+
+@dataclass(frozen=True)
+class Word:
+    word: str  # with its leading space and merged punctuation, as openai writes it
+    start: float  # seconds
+    end: float
+    probability: float  # mean probability of its tokens
 
 
 @dataclass(frozen=True)
@@ -108,6 +131,7 @@ class Segment:
     avg_logprob: float
     compression_ratio: float
     no_speech_prob: float
+    words: list[Word] | None = None  # with word_timestamps
 
 
 @dataclass(frozen=True)
@@ -154,6 +178,7 @@ def decode_with_fallback(decode_window: Callable[[DecodingOptions], DecodingResu
 class WindowSplit:
     pieces: list[tuple[float, float, list[int]]]  # (start, end in timestamp steps, tokens) ...
     seek_advance: int  # mel frames to move `seek` by
+    single_timestamp_ending: bool = False  # text, then one timestamp: nothing more is said
 
 
 def split_window(tokens: Sequence[int], tokenizer: Tokenizer, segment_size: int,
@@ -188,22 +213,53 @@ def split_window(tokens: Sequence[int], tokenizer: Tokenizer, segment_size: int,
             advance = segment_size
         else:
             advance = index(tokens[last - 1]) * input_stride
-        return WindowSplit(pieces, advance)
+        return WindowSplit(pieces, advance, single_timestamp_ending)
 
     timestamps = [t for t in tokens if t >= tb]
     end = window_steps
     if timestamps and timestamps[-1] != tb:
         end = timestamps[-1] - tb  # no pair, but a final timestamp: the speech ends there
-    return WindowSplit([(0, end, tokens)], segment_size)
+    return WindowSplit([(0, end, tokens)], segment_size, single_timestamp_ending)
 
 
 # --- the seek loop -------------------------------------------------------------------------------
+
+PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"  # openai's: ignored when scoring anomalous words
+
+
+def word_anomaly_score(word: dict) -> float:
+    """openai's hallucination score of a word: improbable, very short or very long."""
+    probability = word.get("probability", 0.0)
+    duration = word["end"] - word["start"]
+    score = 0.0
+    if probability < 0.15:
+        score += 1.0
+    if duration < 0.133:
+        score += (0.133 - duration) * 15
+    if duration > 2.0:
+        score += duration - 2.0
+    return score
+
+
+def is_segment_anomaly(segment: dict | None) -> bool:
+    """The first 8 words (punctuation aside) look hallucinated (openai's rule)."""
+    if segment is None or not segment["words"]:
+        return False
+    words = [w for w in segment["words"] if w["word"] not in PUNCTUATION][:8]
+    score = sum(word_anomaly_score(w) for w in words)
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+def _next_words_segment(segments: list[dict]) -> dict | None:
+    return next((s for s in segments if s["words"]), None)
+
 
 class _Transcription:
     """State of one file's seek loop; `segments()` is the generator transcribe() returns."""
 
     def __init__(self, model, tokenizer: Tokenizer, mel: torch.Tensor, duration: float,
-                 options: TranscribeOptions, language: str, verbose: bool | None):
+                 options: TranscribeOptions, language: str, verbose: bool | None,
+                 alignment_heads: list[tuple[int, int]] | None = None):
         self.model = model
         self.tokenizer = tokenizer.with_options(language=language, task=options.task)
         self.mel = mel  # (n_mels, content_frames + N_FRAMES)
@@ -212,42 +268,122 @@ class _Transcription:
         self.options = options
         self.language = language
         self.verbose = verbose
+        self.alignment_heads = alignment_heads
         self.input_stride = N_FRAMES // model.dims.n_audio_ctx  # 2 mel frames per timestamp step
         self.time_precision = self.input_stride * HOP_LENGTH / SAMPLE_RATE  # 0.02 s
         self.all_tokens: list[int] = []
         self.prompt_reset_since = 0
+        self.initial_prompt_tokens: list[int] = []
         if options.initial_prompt:
-            self.all_tokens = self.tokenizer.encode(" " + options.initial_prompt.strip())
+            self.initial_prompt_tokens = self.tokenizer.encode(" " + options.initial_prompt.strip())
+            self.all_tokens = list(self.initial_prompt_tokens)
         self.n_segments = 0
+        self.last_speech_timestamp = 0.0
+        self.last_word_end = 0.0  # words never start before the previous word's end
 
-    def decode_window(self, seek: int) -> tuple[DecodingResult, int]:
-        """Decode the window at `seek`; returns the result and the window's size in frames."""
+    def prompt(self) -> list[int]:
+        """This window's prompt: the text since the last reset (and the initial prompt when carried)."""
+        if not self.options.carry_initial_prompt:
+            return self.all_tokens[self.prompt_reset_since:]
+        # openai's carry_initial_prompt: initial prompt + as much recent text as fits in n_ctx / 2 - 1
+        remaining = self.model.dims.n_text_ctx // 2 - 1 - len(self.initial_prompt_tokens)
+        ignored = max(len(self.initial_prompt_tokens), self.prompt_reset_since)
+        recent = self.all_tokens[ignored:][-remaining:] if remaining > 0 else []
+        return self.initial_prompt_tokens + recent
+
+    def decode_window(self, seek: int) -> tuple[DecodingResult, int, torch.Tensor]:
+        """Decode the window at `seek`: (result, the window's size in frames, its audio features)."""
         segment_size = min(N_FRAMES, self.content_frames - seek)
         mel = pad_or_trim(self.mel[:, seek: seek + segment_size], N_FRAMES)[None]
         audio_features = self.model.embed_audio(mel)  # once per window, for every temperature
-        prompt = self.all_tokens[self.prompt_reset_since:]
+        prompt = self.prompt()
 
         def run(options: DecodingOptions) -> DecodingResult:
             return DecodingTask(self.model, self.tokenizer, options).run(audio_features)[0]
 
-        return decode_with_fallback(run, self.options, self.language, prompt), segment_size
+        return decode_with_fallback(run, self.options, self.language, prompt), segment_size, audio_features
 
-    def make_segments(self, seek: int, split: WindowSplit, result: DecodingResult) -> list[Segment]:
-        """Segments of one window, in seconds, without the empty ones."""
+    def make_segments(self, seek: int, split: WindowSplit, result: DecodingResult) -> list[dict]:
+        """Segments of one window as dicts, times in seconds (not yet clipped or filtered)."""
         time_offset = seek * HOP_LENGTH / SAMPLE_RATE
-        segments = []
-        for start_idx, end_idx, tokens in split.pieces:
-            text = self.tokenizer.decode_text(tokens)
-            if start_idx == end_idx or not text.strip():
+        return [dict(seek=seek, start=time_offset + start_idx * self.time_precision,
+                     end=time_offset + end_idx * self.time_precision, tokens=list(tokens), result=result,
+                     text=self.tokenizer.decode_text(tokens), words=None)
+                for start_idx, end_idx, tokens in split.pieces]
+
+    def add_words(self, segments: list[dict], audio_features: torch.Tensor, segment_size: int,
+                  time_offset: float) -> None:
+        add_word_timestamps(segments, self.model, self.tokenizer, audio_features, segment_size, time_offset,
+                            self.alignment_heads, prepend_punctuations=self.options.prepend_punctuations,
+                            append_punctuations=self.options.append_punctuations,
+                            last_speech_timestamp=self.last_speech_timestamp)
+
+    def skip_hallucinations(self, segments: list[dict], seek: int, previous_seek: int, segment_size: int,
+                            single_timestamp_ending: bool) -> tuple[int, bool]:
+        """openai's hallucination_silence_threshold: drop a likely hallucination surrounded by
+        silence and seek past the silence. Returns (seek, whether to skip the whole window);
+        trims `segments` in place."""
+        threshold = self.options.hallucination_silence_threshold
+        time_offset = previous_seek * HOP_LENGTH / SAMPLE_RATE
+        window_end_time = (previous_seek + N_FRAMES) * HOP_LENGTH / SAMPLE_RATE
+        segment_duration = segment_size * HOP_LENGTH / SAMPLE_RATE
+        if not single_timestamp_ending:
+            last_word_end = get_end(segments)
+            if last_word_end is not None and last_word_end > time_offset:
+                remaining = window_end_time - last_word_end
+                seek = round(last_word_end * FRAMES_PER_SECOND) if remaining > threshold else previous_seek + segment_size
+        # a hallucination first, after a long silence: skip the silence, decode from there
+        first = _next_words_segment(segments)
+        if first is not None and is_segment_anomaly(first):
+            gap = first["start"] - time_offset
+            if gap > threshold:
+                return previous_seek + round(gap * FRAMES_PER_SECOND), True
+        # a hallucination between silences (or other hallucinations): drop it and what follows
+        hal_last_end = self.last_speech_timestamp
+        for si, segment in enumerate(segments):
+            if not segment["words"]:
+                continue
+            if is_segment_anomaly(segment):
+                following = _next_words_segment(segments[si + 1:])
+                hal_next_start = following["words"][0]["start"] if following else time_offset + segment_duration
+                silence_before = (segment["start"] - hal_last_end > threshold or segment["start"] < threshold
+                                  or segment["start"] - time_offset < 2.0)
+                silence_after = (hal_next_start - segment["end"] > threshold or is_segment_anomaly(following)
+                                 or window_end_time - segment["end"] < 2.0)
+                if silence_before and silence_after:
+                    seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
+                    if self.duration - segment["end"] < threshold:
+                        seek = self.content_frames
+                    segments[si:] = []
+                    break
+            hal_last_end = segment["end"]
+        return seek, False
+
+    def finish(self, segments: list[dict]) -> list[Segment]:
+        """Frozen Segments: times clipped to the audio, words monotonic and inside their
+        segment, segments without text (or of zero length) dropped."""
+        out = []
+        for seg in segments:
+            result: DecodingResult = seg["result"]
+            start, end = min(seg["start"], self.duration), min(seg["end"], self.duration)
+            words = None
+            if seg["words"] is not None:
+                words = []
+                for w in seg["words"]:
+                    w_start = min(max(w["start"], self.last_word_end), self.duration)
+                    w_end = min(max(w["end"], w_start), self.duration)
+                    words.append(Word(w["word"], round(w_start, 3), round(w_end, 3), w["probability"]))
+                    self.last_word_end = w_end
+                if words:  # the segment spans its words (openai moves it to them too)
+                    start, end = words[0].start, words[-1].end
+            if round(start, 3) >= round(end, 3) or not seg["text"].strip():
                 continue  # instantaneous or without words
-            start = min(time_offset + start_idx * self.time_precision, self.duration)
-            end = min(time_offset + end_idx * self.time_precision, self.duration)
-            segments.append(Segment(
-                id=self.n_segments, seek=seek, start=round(start, 3), end=round(end, 3), text=text,
-                tokens=list(tokens), temperature=result.temperature, avg_logprob=result.avg_logprob,
-                compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob))
+            out.append(Segment(
+                id=self.n_segments, seek=seg["seek"], start=round(start, 3), end=round(end, 3), text=seg["text"],
+                tokens=seg["tokens"], temperature=result.temperature, avg_logprob=result.avg_logprob,
+                compression_ratio=result.compression_ratio, no_speech_prob=result.no_speech_prob, words=words))
             self.n_segments += 1
-        return segments
+        return out
 
     def segments(self) -> Iterator[Segment]:
         from tqdm import tqdm
@@ -257,21 +393,41 @@ class _Transcription:
         with tqdm(total=self.content_frames, unit="frames", disable=not show_progress, file=sys.stderr) as bar:
             while seek < self.content_frames:
                 previous_seek = seek
-                result, segment_size = self.decode_window(seek)
+                time_offset = seek * HOP_LENGTH / SAMPLE_RATE
+                result, segment_size, audio_features = self.decode_window(seek)
                 if is_silence(result, self.options):
                     seek += segment_size
-                else:
-                    split = split_window(result.tokens, self.tokenizer, segment_size, self.input_stride)
-                    new = self.make_segments(seek, split, result)
-                    seek += split.seek_advance if split.seek_advance > 0 else segment_size
-                    for segment in new:
-                        self.all_tokens.extend(segment.tokens)
-                        if self.verbose:
-                            print(format_line(segment), flush=True)
-                        yield segment
-                    if (not self.options.condition_on_previous_text
-                            or result.temperature > self.options.prompt_reset_on_temperature):
-                        self.prompt_reset_since = len(self.all_tokens)
+                    bar.update(min(self.content_frames, seek) - previous_seek)
+                    continue
+                split = split_window(result.tokens, self.tokenizer, segment_size, self.input_stride)
+                current = self.make_segments(seek, split, result)
+                seek += split.seek_advance if split.seek_advance > 0 else segment_size
+                single_timestamp_ending = split.single_timestamp_ending
+                if self.options.word_timestamps:
+                    self.add_words(current, audio_features, segment_size, time_offset)
+                    if not single_timestamp_ending:
+                        last_word_end = get_end(current)
+                        if last_word_end is not None and last_word_end > time_offset:
+                            seek = round(last_word_end * FRAMES_PER_SECOND)
+                    if self.options.hallucination_silence_threshold is not None:
+                        seek, skip = self.skip_hallucinations(current, seek, previous_seek, segment_size,
+                                                              single_timestamp_ending)
+                        if skip:
+                            bar.update(min(self.content_frames, seek) - previous_seek)
+                            continue
+                    last_word_end = get_end(current)
+                    if last_word_end is not None:
+                        self.last_speech_timestamp = last_word_end
+                if seek <= previous_seek:
+                    seek = previous_seek + segment_size  # never stall
+                for segment in self.finish(current):
+                    self.all_tokens.extend(segment.tokens)
+                    if self.verbose:
+                        print(format_line(segment), flush=True)
+                    yield segment
+                if (not self.options.condition_on_previous_text
+                        or result.temperature > self.options.prompt_reset_on_temperature):
+                    self.prompt_reset_since = len(self.all_tokens)
                 bar.update(min(self.content_frames, seek) - previous_seek)
 
 
@@ -313,7 +469,12 @@ def transcribe(model, audio, options: TranscribeOptions | None = None, *, tokeni
     Returns (lazy segment iterator, info); decoding happens while iterating.
     """
     options = dataclasses.replace(options or TranscribeOptions(), **overrides)
+    heads = getattr(model, "alignment_heads", None) if isinstance(model, WhisperModel) else None
     model, tokenizer, mel_filters = _model_parts(model, tokenizer, mel_filters)
+    if options.word_timestamps:
+        if isinstance(model, NumpyWhisper):
+            raise OptionError("word_timestamps needs the torch backend (the numpy golden returns no attention weights)")
+        heads = heads or alignment_heads_for(model.dims)
     samples = _load_samples(audio)
     duration = samples.shape[0] / SAMPLE_RATE
     filters = torch.as_tensor(np.asarray(mel_filters, dtype=np.float32))
@@ -322,7 +483,7 @@ def transcribe(model, audio, options: TranscribeOptions | None = None, *, tokeni
     language, probability, all_probs = _choose_language(model, tokenizer, mel, options, verbose)
     info = TranscriptionInfo(language=language, language_probability=probability, duration=duration,
                              options=options, all_language_probs=all_probs)
-    return _Transcription(model, tokenizer, mel, duration, options, language, verbose).segments(), info
+    return _Transcription(model, tokenizer, mel, duration, options, language, verbose, heads).segments(), info
 
 
 def _choose_language(model, tokenizer: Tokenizer, mel: torch.Tensor, options: TranscribeOptions,
@@ -430,6 +591,8 @@ class WhisperModel:
         self.tokenizer = Tokenizer.from_ggml(ggml)
         self.mel_filters = np.array(ggml.mel_filters, dtype=np.float32)
         self.dims = ggml.hparams
+        # cross-attention heads that follow the speech (word timestamps); by name, else by shape
+        self.alignment_heads = alignment_heads_for(self.dims, model if isinstance(model, str) else self.path.name)
 
     @property
     def is_multilingual(self) -> bool:
