@@ -17,10 +17,12 @@ from .errors import QWhisperError
 # sub-command -> (module, one-line help)
 COMMANDS = {
     "transcribe": ("qwhisper.transcribe", "transcribe audio files"),
+    "detect-language": ("qwhisper.detect_language", "print the most likely spoken languages of audio files"),
     "quantize": ("qwhisper.quantize", "quantize a GGML model (whisper-quantize's arguments: IN OUT TYPE)"),
     "convert": ("qwhisper.convert", "convert CTranslate2 / OpenAI .pt / HF Whisper weights to GGML"),
     "inspect": ("qwhisper.inspect", "print a GGML model's header and tensor table"),
     "download": ("qwhisper.models_cli", "fetch or convert a model by name into the cache; print its path"),
+    "verify": ("qwhisper.verify", "check the GPU (or CPU torch) path against the numpy golden, layer by layer"),
 }
 
 

@@ -626,7 +626,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help="model name (tiny.en, base-q5_1, ...) or GGML file path")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     parser.add_argument("--backend", default="torch", choices=BACKENDS, help="torch model, or the numpy golden reference (CPU)")
-    parser.add_argument("--language", "-l", default=None, help="spoken language (code or name); default: detect, English for .en models")
+    parser.add_argument("--language", "-l", default=None, help="spoken language (code or name); default or 'auto': detect (English for .en models)")
     parser.add_argument("--task", default="transcribe", choices=["transcribe", "translate"], help="transcribe, or translate to English")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the first try")
     parser.add_argument("--temperature-increment-on-fallback", type=_optional_float, default=0.2,
@@ -634,14 +634,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, default=None, help="beams of beam search at temperature 0 (default greedy)")
     parser.add_argument("--best-of", type=int, default=None, help="samples per window at temperature > 0")
     parser.add_argument("--patience", type=float, default=None, help="beam search patience")
+    parser.add_argument("--length-penalty", type=float, default=None, help="alpha of the length penalty ranking candidates (default: divide by length)")
     parser.add_argument("--initial-prompt", default=None, help="text given as the first window's prompt")
+    parser.add_argument("--carry-initial-prompt", action="store_true", help="keep the initial prompt at the head of every window's prompt")
     parser.add_argument("--no-condition-on-previous-text", dest="condition_on_previous_text", action="store_false",
                         help="do not give the previous window's text as the prompt")
+    parser.add_argument("--prompt-reset-on-temperature", type=float, default=0.5, help="no previous-text prompt after a window decoded above this temperature")
     parser.add_argument("--compression-ratio-threshold", type=_optional_float, default=2.4, help="fallback above this gzip ratio")
     parser.add_argument("--logprob-threshold", type=_optional_float, default=-1.0, help="fallback below this average log probability")
     parser.add_argument("--no-speech-threshold", type=_optional_float, default=0.6, help="silence above this no-speech probability")
     parser.add_argument("--suppress-tokens", default="-1", help="comma-separated token ids to suppress (-1: non-speech symbols)")
+    parser.add_argument("--no-suppress-blank", dest="suppress_blank", action="store_false", help="allow a blank as the first token")
     parser.add_argument("--without-timestamps", action="store_true", help="decode text only (one segment per window)")
+    parser.add_argument("--max-initial-timestamp", type=_optional_float, default=1.0, help="latest first timestamp, seconds ('none': any)")
+    parser.add_argument("--sample-len", type=int, default=None, help="most tokens sampled per window (default n_text_ctx / 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling at temperature > 0")
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0, help="ban repeating an n-gram of this size within a window (0: off)")
+    parser.add_argument("--word-timestamps", action="store_true", help="word-level timestamps (cross-attention DTW), in json/srt/vtt")
+    parser.add_argument("--prepend-punctuations", default=PREPEND_PUNCTUATIONS, help="with --word-timestamps: merged into the next word")
+    parser.add_argument("--append-punctuations", default=APPEND_PUNCTUATIONS, help="with --word-timestamps: merged into the previous word")
+    parser.add_argument("--hallucination-silence-threshold", type=_optional_float, default=None,
+                        help="with --word-timestamps: skip silences longer than this (s) around a likely hallucination")
+    parser.add_argument("--max-line-width", type=int, default=None, help="srt/vtt: characters per line before a break (needs --word-timestamps)")
+    parser.add_argument("--max-line-count", type=int, default=None, help="srt/vtt: lines per cue (needs --max-line-width)")
+    parser.add_argument("--max-words-per-line", type=int, default=None, help="srt/vtt: words per cue line (needs --word-timestamps)")
+    parser.add_argument("--highlight-words", action="store_true", help="srt/vtt: underline each word as it is spoken (needs --word-timestamps)")
     parser.add_argument("--output-format", "-f", default="all", help=f"{', '.join(FORMATS)}, a comma list, or all")
     parser.add_argument("--output-dir", "-o", default=".", help="directory for the output files")
     parser.add_argument("--verbose", dest="verbose", action="store_true", default=True, help="print segments as they are decoded")
@@ -650,14 +667,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> TranscribeOptions:
+    """TranscribeOptions from the parsed CLI: every field has its flag of the same name
+    (--beam-size -> beam_size, --no-suppress-blank -> suppress_blank); the temperature list is
+    --temperature stepped by --temperature-increment-on-fallback up to 1.0."""
     t0, step = args.temperature, args.temperature_increment_on_fallback
     temperatures = (t0,) if step is None or step <= 0 else tuple(np.arange(t0, 1.0 + 1e-6, step).round(6))
-    return TranscribeOptions(
-        task=args.task, language=args.language, temperature=temperatures or (t0,),
-        compression_ratio_threshold=args.compression_ratio_threshold, logprob_threshold=args.logprob_threshold,
-        no_speech_threshold=args.no_speech_threshold, condition_on_previous_text=args.condition_on_previous_text,
-        initial_prompt=args.initial_prompt, beam_size=args.beam_size, best_of=args.best_of,
-        patience=args.patience, suppress_tokens=args.suppress_tokens, without_timestamps=args.without_timestamps)
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(TranscribeOptions)
+              if f.name != "temperature" and hasattr(args, f.name)}
+    return TranscribeOptions(temperature=temperatures or (t0,), **fields)
+
+
+def writer_options_from_args(args: argparse.Namespace) -> dict:
+    """srt/vtt layout options (openai's ResultWriter options), checked as openai's CLI does."""
+    opts = {k: getattr(args, k) for k in ("max_line_width", "max_line_count", "max_words_per_line", "highlight_words")}
+    if not args.word_timestamps:
+        for k in ("max_line_width", "max_words_per_line", "highlight_words"):
+            if opts[k]:
+                raise OptionError(f"--{k.replace('_', '-')} requires --word-timestamps")
+    if opts["max_line_count"] and not opts["max_line_width"]:
+        raise OptionError("--max-line-count requires --max-line-width")
+    if opts["max_words_per_line"] and opts["max_line_width"]:
+        raise OptionError("--max-words-per-line has no effect with --max-line-width: give one of them")
+    for k in ("max_line_width", "max_line_count", "max_words_per_line"):
+        if opts[k] is not None and opts[k] < 1:
+            raise OptionError(f"--{k.replace('_', '-')} must be >= 1, not {opts[k]}")
+    return opts
 
 
 def run(args: argparse.Namespace) -> int:
@@ -665,6 +699,7 @@ def run(args: argparse.Namespace) -> int:
     from .writers import resolve_formats, write_result
 
     options = options_from_args(args)
+    writer_options = writer_options_from_args(args)
     try:
         resolve_formats(args.output_format)
     except ValueError as e:
@@ -679,7 +714,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"qwhisper transcribe: error: {e}", file=sys.stderr)
             failed += 1
             continue
-        written = write_result(segments, path, args.output_dir, args.output_format, language=info.language)
+        written = write_result(segments, path, args.output_dir, args.output_format, language=info.language,
+                               **writer_options)
         if args.verbose:
             print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 1 if failed else 0
@@ -688,6 +724,6 @@ def run(args: argparse.Namespace) -> int:
 __all__ = [
     "TranscribeOptions", "Segment", "TranscriptionInfo", "WindowSplit", "transcribe", "split_window",
     "needs_fallback", "is_silence", "decode_with_fallback", "WhisperModel", "NumpyWhisper", "load_model",
-    "resolve_device",
-    "add_arguments", "run", "options_from_args", "format_line",
+    "resolve_device", "Word", "is_segment_anomaly", "word_anomaly_score",
+    "add_arguments", "run", "options_from_args", "writer_options_from_args", "format_line",
 ]
