@@ -332,26 +332,39 @@ class TextDecoder(nn.Module):
             raise ValueError(f"{offset} + {t} tokens exceed the decoder context of {self.n_ctx}")
         if b != cache.batch_size:
             raise ValueError(f"tokens have batch {b} but the cache holds {cache.batch_size} rows")
-        pe = self.positional_embedding
-        dtype = cache.self_k[0].dtype
         positions = torch.arange(offset, offset + t, device=tokens.device)  # (T,)
-        # query at position p sees cache rows 0..p (rows beyond are zeros or stale: masked)
-        mask = torch.arange(self.n_ctx, device=tokens.device)[None, :] <= positions[:, None]  # (T, n_ctx)
-        x = self.token_embedding.rows(tokens, dtype) + pe[offset : offset + t].to(dtype)  # (B, T, C)
         qk_out: list[Tensor] = []
-        for i, block in enumerate(self.blocks):
-            heads = [h for layer, h in alignment_heads if layer == i] if alignment_heads else None
-            x = block(x, cross_kv=(cache.cross_k[i], cache.cross_v[i]), mask=mask, positions=positions,
-                      cache=(cache.self_k[i], cache.self_v[i]), qk_heads=heads, qk_out=qk_out)
-        x = self.ln(x)
+        logits = self.forward_at(tokens, positions, cache, alignment_heads, qk_out)
         cache.offset = offset + t
-        logits = (x @ self.token_embedding.dequantized(x.dtype).T).float()  # (B, T, n_vocab)
         if alignment_heads is None:
             return logits
         # qk_out holds one (B, h_layer, T, S) per layer with heads, in layer order: regroup as asked
         order = sorted(range(len(alignment_heads)), key=lambda j: alignment_heads[j][0])  # stable
         weights = torch.cat(qk_out, dim=1) if qk_out else logits.new_zeros(b, 0, t, cache.cross_k[0].shape[1])
         return logits, weights[:, torch.as_tensor(order, device=weights.device).argsort()]
+
+    def forward_at(self, tokens: Tensor, positions: Tensor, cache: KVCache,
+                   alignment_heads: Sequence[tuple[int, int]] | None = None,
+                   qk_out: list[Tensor] | None = None) -> Tensor:
+        """tokens (B, T) at `positions` (T,) long on the device -> logits (B, T, n_vocab) float32.
+
+        Writes their K/V into the cache but leaves cache.offset alone. Every shape and index is a
+        device tensor or fixed by (B, T), nothing is read back to the host: one decoder step can
+        be captured in a CUDA graph and replayed with new tokens/positions copied in.
+        """
+        dtype = cache.self_k[0].dtype
+        # query at position p sees cache rows 0..p (rows beyond are zeros or stale: masked)
+        mask = torch.arange(self.n_ctx, device=tokens.device)[None, :] <= positions[:, None]  # (T, n_ctx)
+        pe = self.positional_embedding.index_select(0, positions).to(dtype)  # (T, C)
+        x = self.token_embedding.rows(tokens, dtype) + pe  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            heads = [h for layer, h in alignment_heads if layer == i] if alignment_heads else None
+            x = block(x, cross_kv=(cache.cross_k[i], cache.cross_v[i]), mask=mask, positions=positions,
+                      cache=(cache.self_k[i], cache.self_v[i]), qk_heads=heads, qk_out=qk_out)
+        x = self.ln(x)
+        # the tied embedding as a QLinear: on CUDA the quantized blocks go through
+        # triton_ops.linear (GEMV / few-row tensor cores) instead of a dequantized copy per step
+        return self.token_embedding(x).float()  # (B, T, n_vocab)
 
 
 # ------------------------------------------------------------------------------------------
