@@ -675,38 +675,10 @@ def open_source(src: PathLike | Sequence[PathLike]) -> _Source:
 # the writer
 
 
-def openai_tensor_order(hp: HParams) -> list[str]:
-    """openai/whisper's state_dict order, which convert-pt-to-ggml.py keeps.
-
-    torch lists a module's own parameters and buffers before its children's, in definition order:
-    AudioEncoder(positional_embedding buffer; conv1, conv2, blocks, ln_post), TextDecoder
-    (positional_embedding parameter; token_embedding, blocks, ln), ResidualAttentionBlock
-    (attn, attn_ln, [cross_attn, cross_attn_ln], mlp, mlp_ln), MultiHeadAttention(query, key, value, out).
-    """
-    def block(prefix: str, cross: bool) -> list[str]:
-        names = []
-        for attn in ("attn", "cross_attn") if cross else ("attn",):
-            names += [f"{prefix}.{attn}.{p}" for p in (
-                "query.weight", "query.bias", "key.weight", "value.weight", "value.bias", "out.weight", "out.bias")]
-            names += [f"{prefix}.{attn}_ln.weight", f"{prefix}.{attn}_ln.bias"]
-        return names + [f"{prefix}.{p}" for p in (
-            "mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias", "mlp_ln.weight", "mlp_ln.bias")]
-
-    names = ["encoder.positional_embedding", "encoder.conv1.weight", "encoder.conv1.bias",
-             "encoder.conv2.weight", "encoder.conv2.bias"]
-    for i in range(hp.n_audio_layer):
-        names += block(f"encoder.blocks.{i}", cross=False)
-    names += ["encoder.ln_post.weight", "encoder.ln_post.bias",
-              "decoder.positional_embedding", "decoder.token_embedding.weight"]
-    for i in range(hp.n_text_layer):
-        names += block(f"decoder.blocks.{i}", cross=True)
-    return names + ["decoder.ln.weight", "decoder.ln.bias"]
-
-
 def _converted(source: _Source, hp: HParams, ftype: GGMLType) -> Iterator[TensorInfo]:
     """Every tensor in openai state_dict order, one at a time (peak memory: one tensor)."""
     shapes = expected_tensor_shapes(hp)
-    for name in openai_tensor_order(hp):
+    for name in shapes:  # expected_tensor_shapes lists openai's state_dict order
         shape = shapes[name]
         a = source.get(name)
         if name in ("encoder.conv1.bias", "encoder.conv2.bias"):

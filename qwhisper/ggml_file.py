@@ -138,7 +138,11 @@ class GGMLFile:
 
 
 def expected_tensor_shapes(hp: HParams) -> dict[str, tuple[int, ...]]:
-    """Every tensor whisper.cpp's loader requires, name -> numpy shape, in its file order."""
+    """Every tensor whisper.cpp's loader requires, name -> numpy shape.
+
+    The order is openai/whisper's state_dict order, which convert-pt-to-ggml.py keeps: torch lists
+    a module's own parameters and buffers before its children's, in definition order.
+    """
     na, nt, nm = hp.n_audio_state, hp.n_text_state, hp.n_mels
     shapes: dict[str, tuple[int, ...]] = {
         "encoder.positional_embedding": (hp.n_audio_ctx, na),
@@ -149,19 +153,20 @@ def expected_tensor_shapes(hp: HParams) -> dict[str, tuple[int, ...]]:
     }
 
     def block(prefix: str, n: int, cross: bool) -> None:
-        shapes.update({
-            f"{prefix}.mlp_ln.weight": (n,), f"{prefix}.mlp_ln.bias": (n,),
-            f"{prefix}.mlp.0.weight": (4 * n, n), f"{prefix}.mlp.0.bias": (4 * n,),
-            f"{prefix}.mlp.2.weight": (n, 4 * n), f"{prefix}.mlp.2.bias": (n,),
-        })
+        # openai's ResidualAttentionBlock defines attn, attn_ln, [cross_attn, cross_attn_ln], mlp, mlp_ln
         for attn in ("attn", "cross_attn") if cross else ("attn",):
             shapes.update({
-                f"{prefix}.{attn}_ln.weight": (n,), f"{prefix}.{attn}_ln.bias": (n,),
                 f"{prefix}.{attn}.query.weight": (n, n), f"{prefix}.{attn}.query.bias": (n,),
                 f"{prefix}.{attn}.key.weight": (n, n),  # Whisper's key projection has no bias
                 f"{prefix}.{attn}.value.weight": (n, n), f"{prefix}.{attn}.value.bias": (n,),
                 f"{prefix}.{attn}.out.weight": (n, n), f"{prefix}.{attn}.out.bias": (n,),
+                f"{prefix}.{attn}_ln.weight": (n,), f"{prefix}.{attn}_ln.bias": (n,),
             })
+        shapes.update({
+            f"{prefix}.mlp.0.weight": (4 * n, n), f"{prefix}.mlp.0.bias": (4 * n,),
+            f"{prefix}.mlp.2.weight": (n, 4 * n), f"{prefix}.mlp.2.bias": (n,),
+            f"{prefix}.mlp_ln.weight": (n,), f"{prefix}.mlp_ln.bias": (n,),
+        })
 
     for i in range(hp.n_audio_layer):
         block(f"encoder.blocks.{i}", na, cross=False)
@@ -357,11 +362,18 @@ def write_ggml(
                                       *reversed(t.shape)))
                 out.write(name)
                 out.write(np.ascontiguousarray(t.data).tobytes())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a model file is as readable as any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def tensor_from_array(name: str, ggml_type: GGMLType, array: np.ndarray) -> TensorInfo:

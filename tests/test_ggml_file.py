@@ -43,6 +43,18 @@ def test_round_trip_is_byte_identical(tmp_path):
     assert (tmp_path / "b.bin").read_bytes() == a.read_bytes()
 
 
+def test_written_file_is_readable_like_any_other(tmp_path):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        mode = stat.S_IMODE(write_small(tmp_path / "a.bin").stat().st_mode)
+    finally:
+        os.umask(mask)
+    assert mode == 0o644  # not mkstemp's 0600: a cached model is shared like any file
+
+
 def test_offsets_point_at_the_data(tmp_path):
     path = write_small(tmp_path / "a.bin")
     blob = path.read_bytes()
@@ -62,6 +74,7 @@ def test_real_whisper_cpp_file(shared_q5_1, tmp_path):
     assert types[GGMLType.Q5_1] == 65 and types[GGMLType.F16] == 2  # linear weights; conv weights
     assert f["encoder.conv1.bias"].shape == (384, 1) and f["encoder.conv1.bias"].ggml_type == GGMLType.F32
     assert isinstance(f["decoder.token_embedding.weight"].data, np.memmap)  # zero-copy view
+    assert list(f.tensors) == list(expected_tensor_shapes(hp))  # whisper.cpp's (openai's) order
     write_ggml(tmp_path / "copy.bin", hp, f.mel_filters, f.vocab, f.tensors.values())
     assert (tmp_path / "copy.bin").read_bytes() == shared_q5_1.read_bytes()
 
