@@ -21,7 +21,8 @@ import pytest
 from conftest import SPEECH_DIR, need
 
 from qwhisper.cli import main
-from qwhisper.convert import _MultiFile, convert, read_vocab
+from qwhisper.checkpoints import _MultiFile, read_vocab
+from qwhisper.convert import convert
 from qwhisper.errors import ModelFormatError, QWhisperError
 from qwhisper.ggml_file import expected_tensor_shapes, read_ggml
 from qwhisper.quants import GGMLType
