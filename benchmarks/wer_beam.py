@@ -1,10 +1,11 @@
 """Beam search vs greedy: corpus WER of qwhisper on the offline English sets, per model.
 
     python benchmarks/wer_beam.py [--models tiny.en tiny.en-q5_1 base base-q5_1] [--beam-size 5]
-        [--threads 1] [--out docs/reports/wer-beam.json]
+        [--sets librivox speech-en devlong] [--threads 1] [--out wer-beam.json]
 
 Sets (benchmarks/evalsets.py): the 5 LibriVox utterances of pocketsphinx-testdata and the English
-WAVs of shared/data/speech, each file transcribed on its own with the default TranscribeOptions
+WAVs of shared/data/speech, each file transcribed on its own, and "devlong" (those WAVs
+concatenated and repeated to 619 s, one long-form transcription); default TranscribeOptions
 (temperature fallback, condition_on_previous_text), language "en"; greedy, then beam_size=N
 (patience 1, openai's defaults). WER after normalize_english on both sides (qwhisper.normalizer).
 Prints a markdown table and writes every transcript to --out (JSON) for inspection.
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from evalsets import librivox, speech  # noqa: E402
+from evalsets import devlong, librivox, speech  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,12 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["tiny.en", "tiny.en-q5_1", "base", "base-q5_1"])
     p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--sets", nargs="+", default=["librivox", "speech-en"], choices=["librivox", "speech-en", "devlong"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file for the transcripts and figures")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    sets = {"librivox": librivox(), "speech-en": speech(english_only=True)}
+    loaders = {"librivox": lambda: [(u.path, u.reference) for u in librivox()],
+               "speech-en": lambda: [(u.path, u.reference) for u in speech(english_only=True)],
+               "devlong": lambda: [devlong()]}
+    sets = {name: loaders[name]() for name in args.sets}
     rows, dump = [], {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                       "threads": args.threads, "models": {}}
     for name in args.models:
@@ -49,24 +54,25 @@ def main(argv: list[str] | None = None) -> int:
             refs, hyps, per_set, t0 = [], [], {}, time.perf_counter()
             for set_name, utts in sets.items():
                 s_refs, s_hyps = [], []
-                for u in utts:
-                    segments, _ = model.transcribe(u.path, language="en", beam_size=beam, verbose=False)
-                    s_refs.append(u.reference)
+                for audio, reference in utts:
+                    segments, _ = model.transcribe(audio, language="en", beam_size=beam, verbose=False)
+                    s_refs.append(reference)
                     s_hyps.append("".join(s.text for s in segments))
                 per_set[set_name] = wer(s_refs, s_hyps)
                 refs += s_refs
                 hyps += s_hyps
             seconds = time.perf_counter() - t0
             total = wer(refs, hyps)
-            rows.append((name, label, per_set["librivox"], per_set["speech-en"], total, seconds))
+            rows.append((name, label, per_set, total, seconds))
             dump["models"][name][label] = {"wer": total, "per_set": per_set, "seconds": seconds,
                                            "hypotheses": hyps, "references": refs}
             print(f"{name:14s} {label:7s} WER {100 * total:5.2f} %  ({seconds:.0f} s)", file=sys.stderr, flush=True)
 
-    print("| model | decoding | LibriVox WER | speech-en WER | all WER | CPU time |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, label, a, b, total, seconds in rows:
-        print(f"| {name} | {label} | {100 * a:.1f} % | {100 * b:.1f} % | {100 * total:.1f} % | {seconds:.0f} s |")
+    print("| model | decoding | " + " | ".join(f"{s} WER" for s in sets) + " | all WER | CPU time |")
+    print("| --- | --- | " + " | ".join("---" for _ in sets) + " | --- | --- |")
+    for name, label, per_set, total, seconds in rows:
+        cells = " | ".join(f"{100 * per_set[s]:.1f} %" for s in sets)
+        print(f"| {name} | {label} | {cells} | {100 * total:.1f} % | {seconds:.0f} s |")
     if args.out:
         Path(args.out).write_text(json.dumps(dump, indent=1, ensure_ascii=False))
     return 0

@@ -165,13 +165,23 @@ def is_silence(result: DecodingResult, options: TranscribeOptions) -> bool:
 
 def decode_with_fallback(decode_window: Callable[[DecodingOptions], DecodingResult],
                          options: TranscribeOptions, language: str | None,
-                         prompt: Sequence[int]) -> DecodingResult:
-    result = None
+                         prompt: Sequence[int]) -> tuple[DecodingResult, float]:
+    """Decode at each temperature in turn until a result passes the thresholds.
+
+    Returns (result, the last temperature tried). When every temperature fails, the result is
+    faster-whisper's pick -- the highest avg logprob among the results under the compression
+    threshold (else among all) -- where openai keeps the last, hottest one: a T = 0 decode that
+    just misses the logprob threshold (-1.004, say) beats a T = 1.0 sample of gibberish.
+    """
+    results = []
     for t in options.temperature:
         result = decode_window(options.decoding_options(t, language, prompt))
         if not needs_fallback(result, options):
-            break
-    return result
+            return result, t
+        results.append(result)
+    under = [r for r in results if options.compression_ratio_threshold is None
+             or r.compression_ratio <= options.compression_ratio_threshold]
+    return max(under or results, key=lambda r: r.avg_logprob), options.temperature[-1]
 
 
 @dataclass
@@ -291,8 +301,9 @@ class _Transcription:
         recent = self.all_tokens[ignored:][-remaining:] if remaining > 0 else []
         return self.initial_prompt_tokens + recent
 
-    def decode_window(self, seek: int) -> tuple[DecodingResult, int, torch.Tensor]:
-        """Decode the window at `seek`: (result, the window's size in frames, its audio features)."""
+    def decode_window(self, seek: int) -> tuple[DecodingResult, float, int, torch.Tensor]:
+        """Decode the window at `seek`: (result, the hottest temperature tried, the window's size
+        in frames, its audio features)."""
         segment_size = min(N_FRAMES, self.content_frames - seek)
         mel = pad_or_trim(self.mel[:, seek: seek + segment_size], N_FRAMES)[None]
         audio_features = self.model.embed_audio(mel)  # once per window, for every temperature
@@ -301,7 +312,7 @@ class _Transcription:
         def run(options: DecodingOptions) -> DecodingResult:
             return DecodingTask(self.model, self.tokenizer, options).run(audio_features)[0]
 
-        return decode_with_fallback(run, self.options, self.language, prompt), segment_size, audio_features
+        return (*decode_with_fallback(run, self.options, self.language, prompt), segment_size, audio_features)
 
     def make_segments(self, seek: int, split: WindowSplit, result: DecodingResult) -> list[dict]:
         """Segments of one window as dicts, times in seconds (not yet clipped or filtered)."""
@@ -394,7 +405,7 @@ class _Transcription:
             while seek < self.content_frames:
                 previous_seek = seek
                 time_offset = seek * HOP_LENGTH / SAMPLE_RATE
-                result, segment_size, audio_features = self.decode_window(seek)
+                result, temperature, segment_size, audio_features = self.decode_window(seek)
                 if is_silence(result, self.options):
                     seek += segment_size
                     bar.update(min(self.content_frames, seek) - previous_seek)
@@ -426,7 +437,7 @@ class _Transcription:
                         print(format_line(segment), flush=True)
                     yield segment
                 if (not self.options.condition_on_previous_text
-                        or result.temperature > self.options.prompt_reset_on_temperature):
+                        or temperature > self.options.prompt_reset_on_temperature):
                     self.prompt_reset_since = len(self.all_tokens)
                 bar.update(min(self.content_frames, seek) - previous_seek)
 
