@@ -7,12 +7,12 @@ real shapes (tiny, small, large-v3, large-v3-turbo; f16, q8_0, q5_0, q4_0).
 Per model file:
 - encoder: ms per 30-s window at batch 1 and per window at batch --batch (default 8);
 - decode: ms per token at batch 1 (one decoder step, model.logits of 1 token with the KV cache,
-  no host sync per step), the same with the old vocabulary projection (the tied embedding
-  dequantized to float16 every step, then a matmul: the path before Whisper.logits went
-  through triton_ops.linear), and replayed from a CUDA graph of the step
-  (TextDecoder.forward_at: static shapes, positions as a device tensor);
-- per token of a 5-row step (5 beams sharing the window's cross K/V), and per token of a
-  256-token prompt (one call);
+  no host sync per step), eager (TextDecoder.cuda_graphs off), the same with the old vocabulary
+  projection (the tied embedding dequantized to float16 every step, then a matmul: the path
+  before Whisper.logits went through triton_ops.linear), and as transcription runs it on CUDA:
+  replayed from the model's CUDA graph of the step (model._GraphedStep);
+- per token of a 5-row step (5 beams sharing the window's cross K/V), eager and graphed, and
+  per token of a 256-token prompt (one call);
 - memory: bytes of the model's tensors on the GPU against the file size; peak allocated.
 Times: CUDA events around each measured region, median of --reps repetitions after warm-up.
 
@@ -208,6 +208,7 @@ def bench_file(path: str, reps: int, batch: int, steps: int) -> dict:
                     model.logits(tok, cache)
             return run
 
+        model.decoder.cuda_graphs = False  # eager steps first
         cache = model.new_kv_cache(xa)
         model.logits(sot, cache)
         r["decode_ms_per_token"] = _median_ms(decode_steps(cache, 1), reps) / steps
@@ -231,51 +232,19 @@ def bench_file(path: str, reps: int, batch: int, steps: int) -> dict:
             model.logits(prompt, cache)
         r["prompt_ms_per_token"] = _median_ms(run_prompt, reps) / PROMPT_TOKENS
 
-        # CUDA graph of one decoder step (batch 1), replayed `steps` times
-        try:
-            r["graph_decode_ms_per_token"] = _graph_decode_ms(model, xa, sot, steps, reps)
-        except Exception as e:  # noqa: BLE001 -- record it, keep the other figures
-            r["graph_error"] = f"{type(e).__name__}: {e}"[:300]
+        # the production path: one-token steps replayed from the model's CUDA graphs (model._GraphedStep)
+        model.decoder.cuda_graphs = True
+        del cache5  # (run_prompt keeps `cache`: eager buffers, no graph set)
+        gcache = model.new_kv_cache(xa)
+        model.logits(sot, gcache)
+        r["graph_decode_ms_per_token"] = _median_ms(decode_steps(gcache, 1), reps) / steps
+        gcache5 = model.new_kv_cache(xa, n_group=BEAMS)
+        model.logits(sot.repeat(BEAMS, 1), gcache5)
+        r["graph_batch5_ms_per_token"] = _median_ms(decode_steps(gcache5, BEAMS), reps) / steps / BEAMS
+        if any(st.failed for sets in model.decoder._graphed.values() for st in sets):
+            r["graph_error"] = "capture failed: eager steps were timed"
     r["peak_vram_bytes"] = torch.cuda.max_memory_allocated() - base
     return r
-
-
-def _graph_decode_ms(model, xa, sot, steps: int, reps: int) -> float:
-    import torch
-
-    dec = model.decoder
-    dev = xa.device
-    cache = model.new_kv_cache(xa)
-    model.logits(sot, cache)
-    tok = torch.full((1, 1), 440, dtype=torch.long, device=dev)
-    pos = torch.full((1,), 4, dtype=torch.long, device=dev)
-    all_pos = torch.arange(4, 4 + steps, device=dev)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):  # compile / autotune outside the capture
-            dec.forward_at(tok, pos, cache)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        logits = dec.forward_at(tok, pos, cache)
-
-    def run():
-        for i in range(steps):
-            pos.copy_(all_pos[i: i + 1])
-            graph.replay()
-
-    ms = _median_ms(run, reps) / steps
-    # the graph computes what the eager step computes
-    cache.offset = 4
-    eager = model.logits(tok, cache)[0, -1]
-    pos.fill_(4)
-    graph.replay()
-    torch.cuda.synchronize()
-    err = (logits[0, -1] - eager).abs().max().item() / eager.abs().max().item()
-    if not err < 1e-2:
-        raise RuntimeError(f"graph replay differs from the eager step (rel {err:.2e})")
-    return ms
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -299,18 +268,20 @@ def table(results: dict, env: dict) -> str:
              ("Random weights of the real shapes; ms. whisper.cpp columns: its whisper-bench on an **H200** "
              "(shared/DESIGN.md), not this card."), "",
              ("| model | type | encoder b1 | encoder per window b8 | decode/token | decode/token, old logits "
-             "| decode/token, CUDA graph | 5-beam step/token | prompt/token | decoder weights GB/s (graph) "
+             "| decode/token, CUDA graph | 5-beam step/token | 5-beam, CUDA graph | prompt/token | decoder weights GB/s (graph) "
              "| VRAM weights / file MB | peak MB | whisper.cpp H200: enc, dec, 5-batch, prompt |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (arch, ftype), r in results.items():
         if "error" in r:
-            lines.append(f"| {arch} | {ftype} | error: {r['error']} |" + " |" * 10)
+            lines.append(f"| {arch} | {ftype} | error: {r['error']} |" + " |" * 11)
             continue
         g = r.get("graph_decode_ms_per_token")
         ref = WHISPER_CPP_H200.get((arch, ftype))
         cells = [arch, ftype, f"{r['encoder_ms']:.2f}", f"{r['encoder_batch_ms_per_window']:.2f}",
                  f"{r['decode_ms_per_token']:.3f}", f"{r['decode_ms_per_token_old_logits']:.3f}",
-                 f"{g:.3f}" if g else "-", f"{r['batch5_ms_per_token']:.3f}", f"{r['prompt_ms_per_token']:.4f}",
+                 f"{g:.3f}" if g else "-", f"{r['batch5_ms_per_token']:.3f}",
+                 f"{r['graph_batch5_ms_per_token']:.3f}" if "graph_batch5_ms_per_token" in r else "-",
+                 f"{r['prompt_ms_per_token']:.4f}",
                  f"{r['decoder_weight_bytes'] / (g * 1e-3) / 1e9:.0f}" if g else "-",
                  f"{r['weights_vram_bytes'] / 1e6:.0f} / {r['file_bytes'] / 1e6:.0f}", f"{r['peak_vram_bytes'] / 1e6:.0f}",
                  " / ".join(f"{v:g}" for v in ref) if ref else "-"]

@@ -18,6 +18,8 @@ Precision policy
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -298,6 +300,80 @@ class KVCache:
                 buf.copy_(buf.index_select(0, indices))
 
 
+# A decoder step of at most this many rows is replayed from a CUDA graph: every linear of such a
+# step is a Triton GEMV / few-row tensor-core kernel or cuBLAS on an F16 weight (triton_ops.pick:
+# <= 8 rows never use the shared dequantize buffer, whose address may change when it grows).
+GRAPH_MAX_ROWS = 8
+# Buffer sets (each with its graph) per shape: caches alive at once (a language-detection cache
+# not yet collected, say) each get one; beyond this they get fresh buffers and run eagerly.
+GRAPH_SETS_PER_SHAPE = 2
+
+
+class _GraphedStep:
+    """Persistent KV buffers for one (windows, rows per window, dtype) shape, and a CUDA graph of
+    the one-token decoder step on them (TextDecoder.forward_at), captured on first use.
+
+    Every window of that shape reuses the buffers (new_kv_cache copies its cross K/V in and
+    zeroes the self-attention rows), so the graph, which holds their addresses, stays valid.
+    One KVCache at a time owns them (a second one alive at the same time gets another set, see
+    GRAPH_SETS_PER_SHAPE). Replay: tokens copied in, position filled in, no host sync.
+    """
+
+    def __init__(self, self_k: list[Tensor], self_v: list[Tensor], cross_k: list[Tensor], cross_v: list[Tensor]):
+        self.self_k, self.self_v, self.cross_k, self.cross_v = self_k, self_v, cross_k, cross_v
+        rows = self_k[0].shape[0]
+        self.tokens = torch.zeros((rows, 1), dtype=torch.long, device=self_k[0].device)
+        self.positions = torch.zeros((1,), dtype=torch.long, device=self_k[0].device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: Tensor | None = None
+        self.failed = False  # capture failed once: this shape runs eagerly
+        self._owner: weakref.ref | None = None
+
+    def in_use(self) -> bool:
+        return self._owner is not None and self._owner() is not None
+
+    def take(self, xa_kv: list[tuple[Tensor, Tensor]], n_group: int) -> KVCache:
+        """A KVCache on these buffers: cross K/V of this window copied in, self K/V zeroed."""
+        for buf, (k, v) in zip(zip(self.cross_k, self.cross_v), xa_kv):
+            buf[0].copy_(k)
+            buf[1].copy_(v)
+        for buf in self.self_k + self.self_v:
+            buf.zero_()
+        cache = KVCache(self.self_k, self.self_v, self.cross_k, self.cross_v, n_group)
+        cache._graphed = self
+        self._owner = weakref.ref(cache)
+        return cache
+
+    def step(self, decoder: TextDecoder, tokens: Tensor, offset: int, cache: KVCache) -> Tensor | None:
+        """Logits (rows, 1, n_vocab) of one token per row at `offset`, from the graph; None if
+        it cannot be captured (then the caller runs the step eagerly)."""
+        if self.failed:
+            return None
+        self.tokens.copy_(tokens)
+        self.positions.fill_(offset)
+        if self.graph is None:
+            try:
+                self._capture(decoder, cache)
+            except RuntimeError as e:  # e.g. an op that cannot be captured: stay correct, go eager
+                warnings.warn(f"CUDA graph capture of the decoder step failed ({e}); decoding eagerly")
+                self.failed = True
+                self.graph = self.logits = None
+                return None
+        self.graph.replay()
+        return self.logits.clone()  # the graph's output buffer is overwritten by the next replay
+
+    def _capture(self, decoder: TextDecoder, cache: KVCache) -> None:
+        side = torch.cuda.Stream(self.tokens.device)
+        side.wait_stream(torch.cuda.current_stream(self.tokens.device))
+        with torch.cuda.stream(side):  # compiles kernels, creates handles; writes this step's K/V
+            decoder.forward_at(self.tokens, self.positions, cache)
+        torch.cuda.current_stream(self.tokens.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = decoder.forward_at(self.tokens, self.positions, cache)
+        self.graph = graph
+
+
 class TextDecoder(nn.Module):
     def __init__(self, n_vocab: int, n_ctx: int, n_state: int, n_head: int, n_layer: int,
                  types: Mapping[str, GGMLType] | None = None):
@@ -309,11 +385,29 @@ class TextDecoder(nn.Module):
         self.blocks = nn.ModuleList(
             ResidualAttentionBlock(n_state, n_head, True, f"decoder.blocks.{i}", types) for i in range(n_layer))
         self.ln = LayerNorm(n_state)
+        # CUDA: one-token steps of <= GRAPH_MAX_ROWS rows replay a CUDA graph (_GraphedStep)
+        self.cuda_graphs = True
+        self._graphed: dict[tuple, list[_GraphedStep]] = {}
 
     def new_kv_cache(self, xa: Tensor, n_group: int = 1) -> KVCache:
         """Empty self-attention buffers for B * n_group rows and the cross K/V of audio features
-        xa (B, n_audio_ctx, C), shared by each window's n_group consecutive rows."""
+        xa (B, n_audio_ctx, C), shared by each window's n_group consecutive rows.
+
+        On CUDA (cuda_graphs on, B * n_group <= GRAPH_MAX_ROWS) the buffers are the model's
+        persistent ones for this shape, so that one-token steps can replay a CUDA graph."""
         b, _, c = xa.shape
+        if xa.is_cuda and self.cuda_graphs and b * n_group <= GRAPH_MAX_ROWS:
+            sets = self._graphed.setdefault((b, n_group, xa.dtype, xa.device), [])
+            st = next((s for s in sets if not s.in_use()), None)
+            if st is None and len(sets) < GRAPH_SETS_PER_SHAPE:
+                def zeros(rows: int, n: int) -> list[Tensor]:
+                    return [xa.new_zeros(rows, n, c) for _ in self.blocks]
+
+                st = _GraphedStep(zeros(b * n_group, self.n_ctx), zeros(b * n_group, self.n_ctx),
+                                  zeros(b, xa.shape[1]), zeros(b, xa.shape[1]))
+                sets.append(st)
+            if st is not None:
+                return st.take([block.cross_attn.kv(xa) for block in self.blocks], n_group)
         self_k = [xa.new_zeros(b * n_group, self.n_ctx, c) for _ in self.blocks]
         self_v = [xa.new_zeros(b * n_group, self.n_ctx, c) for _ in self.blocks]
         cross = [block.cross_attn.kv(xa) for block in self.blocks]
@@ -332,6 +426,12 @@ class TextDecoder(nn.Module):
             raise ValueError(f"{offset} + {t} tokens exceed the decoder context of {self.n_ctx}")
         if b != cache.batch_size:
             raise ValueError(f"tokens have batch {b} but the cache holds {cache.batch_size} rows")
+        graphed = getattr(cache, "_graphed", None)
+        if graphed is not None and t == 1 and alignment_heads is None:
+            logits = graphed.step(self, tokens, offset, cache)
+            if logits is not None:
+                cache.offset = offset + 1
+                return logits
         positions = torch.arange(offset, offset + t, device=tokens.device)  # (T,)
         qk_out: list[Tensor] = []
         logits = self.forward_at(tokens, positions, cache, alignment_heads, qk_out)

@@ -1,0 +1,112 @@
+"""CUDA graphs of the decoder step (model._GraphedStep): persistent KV buffers per shape, one
+graph per buffer set, replayed for one-token steps.
+
+CPU: the buffer bookkeeping (what a window's cache gets, who owns the set). CUDA: transcripts
+and logits with graphs equal those without (same kernels, so bit-identical), beams included, and
+the graph is captured once and reused across windows.
+"""
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from qwhisper.model import KVCache, _GraphedStep
+
+
+def test_buffer_set_bookkeeping():
+    """take() copies the window's cross K/V in, zeroes the self-attention rows, and the set is
+    in use exactly while its KVCache is alive."""
+    layers, rows, n_ctx, s, c = 2, 3, 8, 5, 4
+    zeros = lambda r, n: [torch.zeros(r, n, c) for _ in range(layers)]  # noqa: E731
+    st = _GraphedStep(zeros(rows, n_ctx), zeros(rows, n_ctx), zeros(1, s), zeros(1, s))
+    for buf in st.self_k + st.self_v:
+        buf.fill_(7.0)  # a previous window's keys/values
+    kv = [(torch.randn(1, s, c), torch.randn(1, s, c)) for _ in range(layers)]
+    assert not st.in_use()
+    cache = st.take(kv, n_group=rows)
+    assert isinstance(cache, KVCache) and cache.n_group == rows and cache.offset == 0
+    assert st.in_use() and cache._graphed is st
+    for i, (k, v) in enumerate(kv):
+        assert cache.cross_k[i] is st.cross_k[i] and torch.equal(cache.cross_k[i], k)
+        assert torch.equal(cache.cross_v[i], v)
+        assert cache.self_k[i] is st.self_k[i] and not cache.self_k[i].any() and not cache.self_v[i].any()
+    del cache
+    gc.collect()
+    assert not st.in_use()
+
+
+def test_cpu_caches_are_not_graphed(tmp_path):
+    from qwhisper.architectures import write_random_model
+    from qwhisper.loader import load_model
+
+    write_random_model(tmp_path / "toy.bin", "toy.en", "q8_0", seed=2)
+    model = load_model(tmp_path / "toy.bin", "cpu")
+    cache = model.new_kv_cache(torch.zeros(1, 1500, 64))
+    assert getattr(cache, "_graphed", None) is None and not model.decoder._graphed
+
+
+def _graph_sets(model):
+    return [st for sets in model.decoder._graphed.values() for st in sets]
+
+
+@pytest.mark.cuda
+def test_cuda_graph_transcripts_equal_eager(shared_q5_1):
+    """Greedy and 5-beam decoding of two windows: with graphs the tokens and the logits' bits are
+    those of the eager steps; each shape is captured once and replayed in the next window."""
+    from qwhisper.decoding import DecodingOptions, DecodingTask
+    from qwhisper.ggml_file import read_ggml
+    from qwhisper.loader import load_model
+    from qwhisper.tokenizer import Tokenizer
+
+    f = read_ggml(shared_q5_1)
+    tok = Tokenizer.from_ggml(f)
+    model = load_model(f, "cuda")
+    rng = np.random.default_rng(11)
+    mels = [torch.from_numpy(rng.uniform(-0.8, 1.2, (1, 80, 3000)).astype(np.float32)) for _ in range(2)]
+    results = {}
+    for graphs in (False, True):
+        model.decoder.cuda_graphs = graphs
+        out = []
+        for mel in mels:
+            for beams in (None, 5):
+                opts = DecodingOptions(language="en", beam_size=beams, sample_len=24)
+                r = DecodingTask(model, tok, opts).run(mel)[0]
+                out.append((r.tokens, r.avg_logprob))
+        results[graphs] = out
+    assert results[True] == results[False]
+    sets = _graph_sets(model)
+    assert {st.tokens.shape[0] for st in sets} == {1, 5}
+    assert all(st.graph is not None and not st.failed for st in sets)
+
+    # step logits: replayed graph == eager, bit for bit
+    xa = model.embed_audio(mels[0])
+    ref = model.decoder
+    ref.cuda_graphs = False
+    eager_cache = model.new_kv_cache(xa)
+    ref.cuda_graphs = True
+    graph_cache = model.new_kv_cache(xa)
+    assert graph_cache._graphed is not None
+    prompt = torch.tensor([[tok.sot, tok.no_timestamps]], device="cuda")
+    model.logits(prompt, eager_cache)
+    model.logits(prompt, graph_cache)
+    for t in (440, 1049, 286):
+        step = torch.tensor([[t]], device="cuda")
+        a, b = model.logits(step, eager_cache), model.logits(step, graph_cache)
+        assert torch.equal(a, b)
+    assert graph_cache.offset == eager_cache.offset == 5
+
+
+@pytest.mark.cuda
+def test_cuda_concurrent_caches_do_not_share_buffers(shared_q5_1):
+    from qwhisper.loader import load_model
+    from qwhisper.model import GRAPH_SETS_PER_SHAPE
+
+    model = load_model(shared_q5_1, "cuda")
+    xa = model.embed_audio(torch.zeros(1, 80, 3000))
+    caches = [model.new_kv_cache(xa) for _ in range(GRAPH_SETS_PER_SHAPE + 1)]
+    graphed = [c._graphed for c in caches if getattr(c, "_graphed", None) is not None]
+    assert len(graphed) == GRAPH_SETS_PER_SHAPE and len({id(g) for g in graphed}) == GRAPH_SETS_PER_SHAPE
+    ptrs = [c.self_k[0].data_ptr() for c in caches]
+    assert len(set(ptrs)) == len(ptrs)  # the extra one got fresh (eager) buffers
