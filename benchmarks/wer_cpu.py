@@ -1,0 +1,441 @@
+"""CPU word error rates: qwhisper next to whisper.cpp (pywhispercpp) on the same GGML files.
+
+    python benchmarks/wer_cpu.py [--models tiny.en,base] [--types f16,q8_0,q5_1,q4_0] [--threads 2]
+                                 [--reuse whispercpp] [--report docs/reports/wer-cpu.md]
+
+Audio: the 5 LibriVox utterances of Debian's pocketsphinx-testdata and the English WAVs of
+shared/data/speech (benchmarks/evalsets.py), decoded once by qwhisper.audio.load_audio and given
+to both engines as the same 16 kHz float32 array.
+
+Models: tiny.en and base (multilingual) converted from the installed CTranslate2 packages by
+`qwhisper.models.resolve_model` (f16; the -q8_0/-q5_1/-q4_0 names are quantized from it by
+qwhisper.quantize). Both engines read the same file.
+
+Decoding, both engines greedy with the language set to English:
+* qwhisper: `qwhisper.load_model(path, device="cpu").transcribe(audio, language="en")`, i.e.
+  openai/whisper's defaults (temperature fallback 0, 0.2, ... 1.0 on compression ratio > 2.4 or
+  avg logprob < -1, no-speech 0.6, condition_on_previous_text, timestamps on);
+* whisper.cpp: `pywhispercpp.model.Model(path, n_threads=THREADS, print_progress=False,
+  language="en")`, its defaults (greedy, temperature fallback with best_of 5, no_context,
+  timestamps on).
+WER: corpus-level (word edits / reference words) after qwhisper.normalizer.normalize_english
+on both sides. A row passes when qwhisper's WER is at most 0.5 point above whisper.cpp's.
+
+Writes the markdown report and, next to it, a .json with every raw transcript (and each model
+file's SHA-1); `--reuse ENGINE` takes that engine's transcripts from the existing JSON for model
+files with the same SHA-1 instead of decoding again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import evalsets  # noqa: E402
+
+ENGINES = ("qwhisper", "whispercpp")
+MODELS = ("tiny.en", "base")
+TYPES = ("f16", "q8_0", "q5_1", "q4_0")
+MAX_DELTA_POINTS = 0.5  # acceptance: qwhisper WER - whisper.cpp WER <= 0.5 percentage point
+
+
+@dataclass
+class Run:
+    """One engine on one model file: transcripts per utterance, and the time spent."""
+
+    engine: str
+    model: str  # name as resolved, e.g. "tiny.en-q5_1"
+    path: str
+    sha1: str
+    hyps: dict[str, str] = field(default_factory=dict)
+    wall_s: float = 0.0  # transcribe calls only (model loading excluded)
+    cpu_s: float = 0.0  # process CPU time of the same calls (all threads)
+
+
+def sha1_of(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_name(base: str, qtype: str) -> str:
+    return base if qtype == "f16" else f"{base}-{qtype}"
+
+
+# --- the two engines ------------------------------------------------------------------------------
+
+def run_qwhisper(path: Path, audios: dict, threads: int, **options) -> tuple[dict[str, str], float, float]:
+    import torch
+
+    import qwhisper
+
+    torch.set_num_threads(threads)
+    model = qwhisper.load_model(path, device="cpu")
+    # the first call dequantizes the weights into the CPU cache: not part of any utterance's time
+    list(model.transcribe(next(iter(audios.values()))[:16000], language="en", verbose=False, **options)[0])
+    hyps, wall, cpu = {}, 0.0, 0.0
+    for name, audio in audios.items():
+        t0, c0 = time.perf_counter(), time.process_time()
+        segments, _ = model.transcribe(audio, language="en", verbose=False, **options)
+        hyps[name] = "".join(s.text for s in segments)
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+    return hyps, wall, cpu
+
+
+@contextlib.contextmanager
+def silence_mel_padding():
+    """Diagnostic: pad each window the way whisper.cpp does, with the log-mel of the 30 s of zero
+    samples appended to the audio, instead of openai's zero-valued log-mel frames.
+
+    openai (and qwhisper) take mel[:, seek:seek + segment_size] and pad_or_trim it with zeros in
+    the log-mel domain; whisper.cpp encodes mel[:, seek:seek + 3000] of the padded audio. The
+    window handed to pad_or_trim is a view of the whole-file mel, so its 3000-frame extension is
+    read from the same storage."""
+    import torch
+
+    from qwhisper import transcribe as tr
+
+    original = tr.pad_or_trim
+
+    def pad_like_whispercpp(segment, length=tr.N_FRAMES, **kw):
+        # segment: (n_mels, frames) slice of a contiguous (n_mels, total) mel: row stride = total
+        if torch.is_tensor(segment) and segment.ndim == 2 and segment.stride(1) == 1 and segment.shape[1] < length:
+            total = segment.stride(0)
+            start = segment.storage_offset() % total
+            if start + length <= total:
+                return segment.as_strided((segment.shape[0], length), segment.stride())
+        return original(segment, length, **kw)
+
+    tr.pad_or_trim = pad_like_whispercpp
+    try:
+        yield
+    finally:
+        tr.pad_or_trim = original
+
+
+def run_qwhisper_wcpp_rules(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
+    """Diagnostic: qwhisper with whisper.cpp's conventions where it has an option for them (no
+    previous-text prompt, best_of 5 when falling back to sampling, non-speech tokens not
+    suppressed) and whisper.cpp's window padding (silence_mel_padding)."""
+    with silence_mel_padding():
+        return run_qwhisper(path, audios, threads, condition_on_previous_text=False, best_of=5,
+                            suppress_tokens=None)
+
+
+def run_qwhisper_silence_pad(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
+    """Diagnostic: openai's defaults but whisper.cpp's window padding only."""
+    with silence_mel_padding():
+        return run_qwhisper(path, audios, threads)
+
+
+def run_qwhisper_no_context(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
+    """Diagnostic: openai's defaults but no previous-text prompt (whisper.cpp's no_context) only."""
+    return run_qwhisper(path, audios, threads, condition_on_previous_text=False)
+
+
+# the diagnostic variants, in the order of the report's columns: (engine key, column title)
+DIAGNOSTICS = (("qwhisper-pad", "silence padding"), ("qwhisper-noctx", "no previous-text prompt"),
+               ("qwhisper-wcpp", "all of whisper.cpp's conventions"))
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence whisper.cpp's C-level log lines (written to fd 2) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def run_whispercpp(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
+    from pywhispercpp.model import Model
+
+    with quiet_stderr():
+        model = Model(str(path), n_threads=threads, print_progress=False, language="en")
+    hyps, wall, cpu = {}, 0.0, 0.0
+    for name, audio in audios.items():
+        t0, c0 = time.perf_counter(), time.process_time()
+        with quiet_stderr():
+            segments = model.transcribe(audio)
+        hyps[name] = " ".join(s.text.strip() for s in segments)  # pywhispercpp strips segment texts
+        wall += time.perf_counter() - t0
+        cpu += time.process_time() - c0
+    return hyps, wall, cpu
+
+
+RUNNERS = {"qwhisper": run_qwhisper, "whispercpp": run_whispercpp, "qwhisper-wcpp": run_qwhisper_wcpp_rules,
+           "qwhisper-pad": run_qwhisper_silence_pad, "qwhisper-noctx": run_qwhisper_no_context}
+
+
+# --- scoring --------------------------------------------------------------------------------------
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(word edits, reference words) after normalize_english on both sides."""
+    from qwhisper.normalizer import _edit_distance, normalize_english
+
+    ref, hyp = normalize_english(reference).split(), normalize_english(hypothesis).split()
+    return _edit_distance(ref, hyp), len(ref)
+
+
+def corpus_wer(utts, hyps: dict[str, str]) -> float:
+    """Percent: total edits / total reference words (qwhisper.normalizer.wer's definition)."""
+    from qwhisper.normalizer import wer
+
+    return 100 * wer([u.reference for u in utts], [hyps[u.name] for u in utts])
+
+
+# --- report ---------------------------------------------------------------------------------------
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.machine()
+    return f"{name}, {os.cpu_count()} cores"
+
+
+def version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as v
+
+    try:
+        return v(dist)
+    except PackageNotFoundError:
+        return "?"
+
+
+def git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=REPO, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def markdown(utts, sets: dict[str, list], runs: dict[tuple[str, str], Run], rows: list[tuple[str, str]],
+             command: str, threads: int, audio_s: float, load: str) -> str:
+    from qwhisper.normalizer import normalize_english
+
+    diagnose = [(k, title) for k, title in DIAGNOSTICS if any(e == k for e, _ in runs)]
+    n_words = sum(word_errors(u.reference, "")[1] for u in utts)
+    lines = [
+        "# CPU word error rates: qwhisper vs whisper.cpp",
+        "",
+        f"Command: `{command}` (commit {git_commit()}).",
+        "",
+        f"Machine: {cpu_name()}, shared with other jobs (load average at the start: {load}). "
+        f"torch {version('torch')}, pywhispercpp {version('pywhispercpp')} (whisper.cpp's CPU build), "
+        f"{threads} thread(s) for each engine.",
+        "",
+        f"Audio: {len(utts)} utterances, {audio_s:.1f} s, {n_words} reference words: "
+        + ", ".join(f"{k} {len(v)}" for k, v in sets.items())
+        + " (benchmarks/evalsets.py). Both engines get the same 16 kHz float32 samples and the same GGML "
+        "file (converted from the installed CTranslate2 packages by qwhisper.models.resolve_model, "
+        "quantized by qwhisper.quantize).",
+        "",
+        "Decoding: greedy, language English. qwhisper with openai/whisper's defaults (temperature fallback, "
+        "condition_on_previous_text, timestamps); whisper.cpp with its own (temperature fallback with "
+        "best_of 5, no_context, timestamps). WER: corpus-level after qwhisper.normalizer.normalize_english "
+        f"on both sides. Acceptance: qwhisper's WER at most {MAX_DELTA_POINTS} point above whisper.cpp's.",
+        "",
+        "| model | type | qwhisper WER | whisper.cpp WER | delta (points) | pass | "
+        + " | ".join(f"qwhisper / whisper.cpp {k}" for k in sets) + " | qwhisper s | whisper.cpp s |",
+        "| --- | --- | ---: | ---: | ---: | --- | " + " | ".join("---:" for _ in sets) + " | ---: | ---: |",
+    ]
+    failed = []
+    for base, qtype in rows:
+        name = model_name(base, qtype)
+        q, w = runs[("qwhisper", name)], runs[("whispercpp", name)]
+        wq, ww = corpus_wer(utts, q.hyps), corpus_wer(utts, w.hyps)
+        ok = wq - ww <= MAX_DELTA_POINTS + 1e-9
+        if not ok:
+            failed.append(name)
+        per_set = [f"{corpus_wer(v, q.hyps):.2f} / {corpus_wer(v, w.hyps):.2f}" for v in sets.values()]
+        lines.append(f"| {base} | {qtype} | {wq:.2f} % | {ww:.2f} % | {wq - ww:+.2f} | {'yes' if ok else 'NO'} | "
+                     + " | ".join(per_set) + f" | {q.wall_s:.1f} | {w.wall_s:.1f} |")
+    lines += ["", f"Result: {len(rows) - len(failed)} of {len(rows)} rows pass"
+              + (f"; failing: {', '.join(failed)}." if failed else "."),
+              "",
+              "Times: wall seconds of the transcribe calls over all utterances (model loading and qwhisper's "
+              "one-time weight dequantization excluded), on a machine shared with other jobs: indicative only; "
+              "see speed-cpu.md for the speed comparison.",
+              "",
+              "__DIAGNOSIS__",
+              "## Appendix: utterances where the two engines' normalised transcripts differ",
+              ""]
+    for base, qtype in rows:
+        name = model_name(base, qtype)
+        q, w = runs[("qwhisper", name)], runs[("whispercpp", name)]
+        diff = [u for u in utts if normalize_english(q.hyps[u.name]) != normalize_english(w.hyps[u.name])]
+        lines.append(f"<details><summary>{name}: {len(diff)} of {len(utts)} utterances differ</summary>\n")
+        if diff:
+            lines += ["| utterance | words | qwhisper edits | whisper.cpp edits | qwhisper (normalised) | "
+                      "whisper.cpp (normalised) |", "| --- | ---: | ---: | ---: | --- | --- |"]
+        for u in diff:
+            eq, n = word_errors(u.reference, q.hyps[u.name])
+            ew, _ = word_errors(u.reference, w.hyps[u.name])
+            hq, hw = _mark(normalize_english(q.hyps[u.name]), normalize_english(w.hyps[u.name]))
+            lines.append(f"| {u.name} | {n} | {eq} | {ew} | {hq} | {hw} |")
+        lines += ["", "</details>", ""]
+    if diagnose:
+        lines += ["## Appendix: qwhisper with all of whisper.cpp's conventions vs whisper.cpp", ""]
+        for base, qtype in rows:
+            name = model_name(base, qtype)
+            if ("qwhisper-wcpp", name) not in runs:
+                continue
+            d, w = runs[("qwhisper-wcpp", name)], runs[("whispercpp", name)]
+            diff = [u for u in utts if normalize_english(d.hyps[u.name]) != normalize_english(w.hyps[u.name])]
+            lines.append(f"<details><summary>{name}: {len(diff)} of {len(utts)} utterances differ</summary>\n")
+            if diff:
+                lines += ["| utterance | words | qwhisper (wcpp conventions) edits | whisper.cpp edits | qwhisper | "
+                          "whisper.cpp |", "| --- | ---: | ---: | ---: | --- | --- |"]
+            for u in diff:
+                eq, n = word_errors(u.reference, d.hyps[u.name])
+                ew, _ = word_errors(u.reference, w.hyps[u.name])
+                hq, hw = _mark(normalize_english(d.hyps[u.name]), normalize_english(w.hyps[u.name]))
+                lines.append(f"| {u.name} | {n} | {eq} | {ew} | {hq} | {hw} |")
+            lines += ["", "</details>", ""]
+    lines += ["References (normalised):", "", "<details><summary>show</summary>\n"]
+    lines += [f"- {u.name}: {normalize_english(u.reference)}" for u in utts]
+    lines += ["", "</details>", ""]
+    diag = []
+    if diagnose:
+        diag = ["## Diagnosis: the decoding conventions behind the differences", "",
+                "qwhisper rerun with one of whisper.cpp's conventions at a time (benchmarks/wer_cpu.py "
+                "`--diagnose`): *silence padding*: a window shorter than 30 s is completed with the log-mel of "
+                "the zero samples that follow the audio (whisper.cpp) instead of zero-valued log-mel frames "
+                "(openai's transcribe, qwhisper's default); *no previous-text prompt*: "
+                "condition_on_previous_text=False (whisper.cpp's no_context); *all*: both, plus best_of 5 when "
+                "falling back to sampling and no suppression of non-speech tokens. WER, and delta against "
+                "whisper.cpp's WER in points.", "",
+                "| model | type | qwhisper (openai conventions) | whisper.cpp | "
+                + " | ".join(title for _, title in diagnose) + " |",
+                "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in diagnose) + " |"]
+        for base, qtype in rows:
+            name = model_name(base, qtype)
+            ww = corpus_wer(utts, runs[("whispercpp", name)].hyps)
+            cells = []
+            for k, _ in diagnose:
+                r = runs.get((k, name))
+                cells.append(f"{corpus_wer(utts, r.hyps):.2f} % ({corpus_wer(utts, r.hyps) - ww:+.2f})" if r else "")
+            wq = corpus_wer(utts, runs[("qwhisper", name)].hyps)
+            diag.append(f"| {base} | {qtype} | {wq:.2f} % ({wq - ww:+.2f}) | {ww:.2f} % | " + " | ".join(cells) + " |")
+        diag.append("")
+    i = lines.index("__DIAGNOSIS__")
+    lines[i:i + 1] = diag
+    return "\n".join(lines)
+
+
+def _mark(a: str, b: str, context: int = 4) -> tuple[str, str]:
+    """The two word sequences with the words outside their longest common parts in bold; common
+    runs longer than 2 * context words are shortened to their ends around an ellipsis."""
+    import difflib
+
+    wa, wb = a.split(), b.split()
+    oa, ob = [], []
+    ops = difflib.SequenceMatcher(a=wa, b=wb, autojunk=False).get_opcodes()
+    for k, (op, i1, i2, j1, j2) in enumerate(ops):
+        seg_a, seg_b = " ".join(wa[i1:i2]), " ".join(wb[j1:j2])
+        if op == "equal":
+            words = wa[i1:i2]
+            if len(words) > 2 * context:
+                head = words[:context] if k > 0 else []
+                tail = words[-context:] if k < len(ops) - 1 else []
+                seg_a = seg_b = " ".join(head + ["…"] + tail)
+            oa.append(seg_a)
+            ob.append(seg_b)
+        else:
+            if seg_a:
+                oa.append(f"**{seg_a}**")
+            if seg_b:
+                ob.append(f"**{seg_b}**")
+    return " ".join(oa), " ".join(ob)
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS), help="comma list of base models")
+    p.add_argument("--types", default=",".join(TYPES), help="comma list of f16 and quantization types")
+    p.add_argument("--threads", type=int, default=2, help="threads of each engine (torch / whisper.cpp)")
+    p.add_argument("--reuse", default="", help=f"comma list of engines ({', '.join(RUNNERS)}) whose transcripts "
+                   "are taken from the existing JSON when the model file's SHA-1 matches")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also run qwhisper with whisper.cpp's conventions (run_qwhisper_wcpp_rules)")
+    p.add_argument("--report", type=Path, default=REPO / "docs" / "reports" / "wer-cpu.md")
+    args = p.parse_args(argv)
+
+    from qwhisper.audio import SAMPLE_RATE, load_audio
+    from qwhisper.models import resolve_model
+
+    sets = {"librivox": evalsets.librivox(), "speech": evalsets.speech(english_only=True)}
+    utts = [u for v in sets.values() for u in v]
+    audios = {u.name: load_audio(u.path) for u in utts}
+    audio_s = sum(len(a) for a in audios.values()) / SAMPLE_RATE
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+    json_path = args.report.with_suffix(".json")
+    old = {}
+    if json_path.is_file():
+        for r in json.loads(json_path.read_text(encoding="utf-8")).get("runs", []):
+            old[(r["engine"], r["model"], r["sha1"])] = r
+    reuse = {e for e in args.reuse.split(",") if e}
+    if reuse - set(RUNNERS):
+        p.error(f"--reuse: unknown engine(s) {sorted(reuse - set(RUNNERS))}")
+
+    rows = [(b, t) for b in args.models.split(",") for t in args.types.split(",")]
+    runs: dict[tuple[str, str], Run] = {}
+    for base, qtype in rows:
+        name = model_name(base, qtype)
+        path = Path(resolve_model(name))
+        sha1 = sha1_of(path)
+        for engine in ENGINES + (tuple(k for k, _ in DIAGNOSTICS) if args.diagnose else ()):
+            prev = old.get((engine, name, sha1))
+            if engine in reuse and prev and set(prev["hyps"]) >= set(audios):
+                run = Run(engine, name, str(path), sha1, prev["hyps"], prev["wall_s"], prev["cpu_s"])
+                print(f"{engine} {name}: reused from {json_path.name}", file=sys.stderr)
+            else:
+                print(f"{engine} {name}: transcribing {len(audios)} utterances ...", file=sys.stderr, flush=True)
+                hyps, wall, cpu = RUNNERS[engine](path, audios, args.threads)
+                run = Run(engine, name, str(path), sha1, hyps, wall, cpu)
+                print(f"  {wall:.1f} s wall, {cpu:.1f} s CPU, WER {corpus_wer(utts, hyps):.2f} %", file=sys.stderr)
+            runs[(engine, name)] = run
+
+    command = "python benchmarks/wer_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = markdown(utts, sets, runs, rows, command.strip(), args.threads, audio_s, load)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(report, encoding="utf-8")
+    raw = {"command": command.strip(), "threads": args.threads,
+           "references": {u.name: u.reference for u in utts},
+           "runs": [r.__dict__ for r in runs.values()]}
+    json_path.write_text(json.dumps(raw, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
