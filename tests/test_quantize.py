@@ -84,3 +84,15 @@ def test_requantizing_a_quantized_file(shared_q5_1, tmp_path):
     # (relative error <= 2^-11), which moves d*q by up to |q| * d * 2^-11 <= 127 * d * 2^-11.
     d = np.abs(ref.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
     assert np.all(np.abs(got - ref).reshape(-1, 32) <= d * (0.5 + 127 * 2.0**-11) + 1e-7)
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_real_tiny_en_dequantizes_like_gguf(tiny_en_f16, tmp_path, qtype):
+    """Every tensor of a real quantized tiny.en equals gguf's dequantization, bit for bit
+    (base is covered by scripts/report_ggml_files.py -> docs/reports/ggml-files.md)."""
+    gguf = pytest.importorskip("gguf")
+    f = read_ggml(quantize_file(tiny_en_f16, tmp_path / f"tiny.en-{qtype}.bin", qtype))
+    for t in f.tensors.values():
+        raw = np.asarray(t.data).reshape(*t.shape[:-1], -1)
+        theirs = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(int(t.ggml_type))).reshape(t.shape)
+        assert np.array_equal(t.dequantize().view(np.uint32), theirs.astype(np.float32).view(np.uint32)), t.name
