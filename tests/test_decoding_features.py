@@ -102,18 +102,21 @@ def _espeak(path: Path, voice: str, text: str, speed: int | None = None) -> Path
 
 def test_fallback_on_repetitive_speech_shows_in_json(tiny_q5_1, tmp_path):
     """'hello' said 40 times: the T = 0 decode is a loop (compression ratio > 2.4), so hotter
-    temperatures are tried; the json segments carry the temperature that was kept."""
+    temperatures are tried; the json segments carry the temperature that was kept. (Three
+    temperatures and 96 tokens a window instead of six and 224, to keep the test short.)"""
     from qwhisper.audio import load_audio
     from qwhisper.cli import main
 
     from qwhisper.decoding import decode
 
     wav = _espeak(tmp_path / "hello.wav", "en", "hello " * 40)
-    greedy = decode(tiny_q5_1.model, _first_window(tiny_q5_1, load_audio(wav))[0], tiny_q5_1.tokenizer)
+    greedy = decode(tiny_q5_1.model, _first_window(tiny_q5_1, load_audio(wav))[0], tiny_q5_1.tokenizer,
+                    sample_len=96)
     assert needs_fallback(greedy, TranscribeOptions())
     assert greedy.compression_ratio > 2.4  # "Hello, hello, hello, ..."
 
     rc = main(["transcribe", str(wav), "--model", str(SHARED_MODEL_Q5_1), "--device", "cpu", "--quiet",
+               "--temperature-increment-on-fallback", "0.5", "--sample-len", "96",
                "--output-format", "json", "--output-dir", str(tmp_path)])
     assert rc == 0
     doc = json.loads((tmp_path / "hello.json").read_text(encoding="utf-8"))
