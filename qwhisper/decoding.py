@@ -23,6 +23,7 @@ model.logits(tokens (B, T) int64, cache) -> (B, T, n_vocab) float32 (feeds T new
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import zlib
 from collections.abc import Iterable, Sequence
@@ -102,10 +103,18 @@ class Inference:
         window's n_group consecutive rows sharing its cross-attention K/V."""
         self.model = model
         self.cache = model.new_kv_cache(audio_features, n_group=n_group)
+        # models that can project only some positions onto the vocabulary (qwhisper.model.Whisper)
+        self._select = "logit_positions" in inspect.signature(model.logits).parameters
 
-    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (rows, T) all tokens so far -> (rows, T_new, n_vocab) for the unseen ones."""
-        return self.model.logits(tokens[:, self.cache.offset:], self.cache)
+    def logits(self, tokens: torch.Tensor, positions: Sequence[int] | None = None) -> torch.Tensor:
+        """tokens: (rows, T) all tokens so far -> (rows, T_new, n_vocab) for the unseen ones, or
+        (rows, len(positions), n_vocab) for those of the unseen ones (indices, negative from the end)."""
+        new = tokens[:, self.cache.offset:]
+        if positions is None:
+            return self.model.logits(new, self.cache)
+        if self._select:
+            return self.model.logits(new, self.cache, logit_positions=list(positions))
+        return self.model.logits(new, self.cache)[:, list(positions)]
 
     def rearrange_kv_cache(self, source_indices: Sequence[int] | torch.Tensor) -> None:
         """Row i of the cache becomes old row source_indices[i] (beam search)."""
@@ -531,9 +540,10 @@ class DecodingTask:
         sum_logprobs = torch.zeros(n_rows, device=tokens.device)
         no_speech_probs = [math.nan] * n_rows
         for i in range(self.sample_len):
-            logits = inference.logits(tokens)  # (rows, T_new, n_vocab)
+            # the first pass feeds the whole prompt: only two of its positions' logits are used
+            logits = inference.logits(tokens, [self.sot_index, -1] if i == 0 else None)  # (rows, T', n_vocab)
             if i == 0:  # P(<|nospeech|>) after <|startoftranscript|>
-                probs_at_sot = logits[:, self.sot_index].float().softmax(dim=-1)
+                probs_at_sot = logits[:, 0].float().softmax(dim=-1)
                 no_speech_probs = probs_at_sot[:, self.tokenizer.no_speech].tolist()
             logits = logits[:, -1].float()
             for logit_filter in self.logit_filters:

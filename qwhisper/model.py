@@ -413,12 +413,14 @@ class TextDecoder(nn.Module):
         cross = [block.cross_attn.kv(xa) for block in self.blocks]
         return KVCache(self_k, self_v, [k for k, _ in cross], [v for _, v in cross], n_group)
 
-    def forward(self, tokens: Tensor, cache: KVCache, alignment_heads: Sequence[tuple[int, int]] | None = None
-                ) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, tokens: Tensor, cache: KVCache, alignment_heads: Sequence[tuple[int, int]] | None = None,
+                logit_positions: Sequence[int] | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """tokens (B, T) at positions cache.offset.. -> logits (B, T, n_vocab) float32; advances the cache.
 
         alignment_heads: (layer, head) pairs; then also returns their cross-attention q.k
         (B, len(alignment_heads), T, n_audio_ctx) float32, pre-softmax (word timestamps).
+        logit_positions: indices into the T tokens (negative from the end); then only their logits
+        are computed, (B, len(logit_positions), n_vocab) (see forward_at).
         """
         b, t = tokens.shape
         offset = cache.offset
@@ -427,14 +429,14 @@ class TextDecoder(nn.Module):
         if b != cache.batch_size:
             raise ValueError(f"tokens have batch {b} but the cache holds {cache.batch_size} rows")
         graphed = getattr(cache, "_graphed", None)
-        if graphed is not None and t == 1 and alignment_heads is None:
+        if graphed is not None and t == 1 and alignment_heads is None and logit_positions is None:
             logits = graphed.step(self, tokens, offset, cache)
             if logits is not None:
                 cache.offset = offset + 1
                 return logits
         positions = torch.arange(offset, offset + t, device=tokens.device)  # (T,)
         qk_out: list[Tensor] = []
-        logits = self.forward_at(tokens, positions, cache, alignment_heads, qk_out)
+        logits = self.forward_at(tokens, positions, cache, alignment_heads, qk_out, logit_positions)
         cache.offset = offset + t
         if alignment_heads is None:
             return logits
@@ -445,8 +447,14 @@ class TextDecoder(nn.Module):
 
     def forward_at(self, tokens: Tensor, positions: Tensor, cache: KVCache,
                    alignment_heads: Sequence[tuple[int, int]] | None = None,
-                   qk_out: list[Tensor] | None = None) -> Tensor:
-        """tokens (B, T) at `positions` (T,) long on the device -> logits (B, T, n_vocab) float32.
+                   qk_out: list[Tensor] | None = None, logit_positions: Sequence[int] | None = None) -> Tensor:
+        """tokens (B, T) at `positions` (T,) long on the device -> logits (B, T, n_vocab) float32,
+        or (B, len(logit_positions), n_vocab) of those of the T tokens only.
+
+        logit_positions: the decoder's first pass over a window feeds the whole prompt (up to
+        224 tokens) but needs the logits of two positions (<|startoftranscript|>, the last);
+        projecting all T onto the vocabulary is T x n_vocab x n_state multiply-adds of waste
+        (tiny, 140 prompt tokens: 2.8 G, about half of that pass on the CPU).
 
         Writes their K/V into the cache but leaves cache.offset alone. Every shape and index is a
         device tensor or fixed by (B, T), nothing is read back to the host: one decoder step can
@@ -461,6 +469,8 @@ class TextDecoder(nn.Module):
             heads = [h for layer, h in alignment_heads if layer == i] if alignment_heads else None
             x = block(x, cross_kv=(cache.cross_k[i], cache.cross_v[i]), mask=mask, positions=positions,
                       cache=(cache.self_k[i], cache.self_v[i]), qk_heads=heads, qk_out=qk_out)
+        if logit_positions is not None:
+            x = x[:, list(logit_positions)]  # (B, len(logit_positions), C)
         x = self.ln(x)
         # the tied embedding as a QLinear: on CUDA the quantized blocks go through
         # triton_ops.linear (GEMV / few-row tensor cores) instead of a dequantized copy per step
@@ -507,8 +517,9 @@ class Whisper(nn.Module):
         return self.decoder.new_kv_cache(audio_features.to(self.device, self.dtype), n_group)
 
     @torch.no_grad()
-    def logits(self, tokens: Tensor, cache: KVCache, alignment_heads: Sequence[tuple[int, int]] | None = None
-               ) -> Tensor | tuple[Tensor, Tensor]:
+    def logits(self, tokens: Tensor, cache: KVCache, alignment_heads: Sequence[tuple[int, int]] | None = None,
+               logit_positions: Sequence[int] | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """tokens (B, T) -> logits (B, T, n_vocab) float32 of positions cache.offset..+T; advances cache.offset.
-        With alignment_heads [(layer, head), ...]: (logits, cross-attention q.k (B, heads, T, n_audio_ctx))."""
-        return self.decoder(tokens.to(self.device), cache, alignment_heads)
+        With alignment_heads [(layer, head), ...]: (logits, cross-attention q.k (B, heads, T, n_audio_ctx)).
+        With logit_positions (indices into the T tokens): only those logits, (B, len(logit_positions), n_vocab)."""
+        return self.decoder(tokens.to(self.device), cache, alignment_heads, logit_positions)
