@@ -8,8 +8,11 @@ qwhisper transcribes with word_timestamps=True and whisper.cpp (pywhispercpp, fl
 t_dtw of a token is where its DTW path enters the next token's row, i.e. the token's end; a
 word's end is its last token's t_dtw and its start the previous token's (0 at a window start).
 Words are matched by difflib over the normalised word sequences; the table gives per file the
-words matched, the median and largest |start difference| and |end difference|, and the share
-of matched words with both within 0.3 s.
+words matched, the median and largest |start difference| and |end difference|, the largest
+end difference over the words without trailing punctuation, and the share of matched words with
+both within 0.3 s. (A word's trailing comma/period is a token of its own; openai's merge, which
+we follow, keeps the word's end before it, where whisper.cpp ends the word after it -- so across
+a pause after a comma the two ends differ by the pause.)
 """
 
 from __future__ import annotations
@@ -87,22 +90,24 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     files = args.files or [str(u.path) for u in speech(english_only=True)] + [str(u.path) for u in librivox()]
     model = WhisperModel(args.model, "cpu")
-    print("| file | words (matched) | start Δ median / max | end Δ median / max | both within 0.3 s |")
-    print("| --- | --- | --- | --- | --- |")
-    all_s, all_e = [], []
+    print("| file | words (matched) | start Δ median / max | end Δ median / max | end Δ max, no punctuation | both within 0.3 s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    all_s, all_e, all_np = [], [], []
     for f in files:
         audio = load_audio(f)
         segments, _ = model.transcribe(audio, word_timestamps=True, verbose=False)
         ours = [(w.word, w.start, w.end) for s in segments for w in s.words]
         pairs, ds, de = compare(ours, whisper_cpp_words(args.model, args.preset, audio))
+        plain = np.array([not (o[0].rstrip()[-1:] in ".,!?;:" or t[0].rstrip()[-1:] in ".,!?;:") for o, t in pairs])
         all_s += ds.tolist()
         all_e += de.tolist()
-        within = np.mean((ds <= 0.3) & (de <= 0.3)) if len(pairs) else float("nan")
+        all_np += de[plain].tolist()
+        within = np.mean((ds <= 0.3 + 1e-9) & (de <= 0.3 + 1e-9)) if len(pairs) else float("nan")
         print(f"| {Path(f).name} | {len(ours)} ({len(pairs)}) | {np.median(ds):.2f} / {ds.max():.2f} s | "
-              f"{np.median(de):.2f} / {de.max():.2f} s | {100 * within:.0f} % |", flush=True)
-    s, e = np.array(all_s), np.array(all_e)
+              f"{np.median(de):.2f} / {de.max():.2f} s | {de[plain].max():.2f} s | {100 * within:.0f} % |", flush=True)
+    s, e, n = np.array(all_s), np.array(all_e), np.array(all_np)
     print(f"| all | {len(s)} matched | {np.median(s):.2f} / {s.max():.2f} s | {np.median(e):.2f} / {e.max():.2f} s | "
-          f"{100 * np.mean((s <= 0.3) & (e <= 0.3)):.1f} % |")
+          f"{n.max():.2f} s | {100 * np.mean((s <= 0.3 + 1e-9) & (e <= 0.3 + 1e-9)):.1f} % |")
     return 0
 
 
