@@ -22,9 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-
-from evalsets import devlong, librivox, speech  # noqa: E402
+import torch
+from evalsets import devlong, librivox, speech
 
 
 def main(argv: list[str] | None = None) -> int:

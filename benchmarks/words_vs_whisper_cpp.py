@@ -24,9 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-
-from evalsets import librivox, shared_dir, speech  # noqa: E402
+import numpy as np
+from evalsets import librivox, shared_dir, speech
 
 
 def whisper_cpp_words(model_path: str, preset: str, audio: np.ndarray) -> list[tuple[str, float, float]]:
@@ -67,7 +66,7 @@ def whisper_cpp_words(model_path: str, preset: str, audio: np.ndarray) -> list[t
 
 
 def compare(ours: list[tuple[str, float, float]], theirs: list[tuple[str, float, float]]):
-    norm = lambda w: w.strip().strip(".,!?;:\"'").lower()  # noqa: E731
+    norm = lambda w: w.strip().strip(".,!?;:\"'").lower()
     sm = difflib.SequenceMatcher(a=[norm(w[0]) for w in ours], b=[norm(w[0]) for w in theirs], autojunk=False)
     pairs = [(ours[a + i], theirs[b + i]) for a, b, n in sm.get_matching_blocks() for i in range(n)]
     ds = np.array([abs(o[1] - t[1]) for o, t in pairs])

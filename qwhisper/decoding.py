@@ -612,7 +612,20 @@ def decode(model, mel: torch.Tensor, tokenizer: Tokenizer,
 
 
 __all__ = [
-    "DecodingOptions", "DecodingResult", "OptionError", "DecodingTask", "decode", "detect_language",
-    "compression_ratio", "parse_suppress_tokens", "Inference", "GreedyDecoder", "BeamSearchDecoder",
-    "MaximumLikelihoodRanker", "SuppressBlank", "SuppressTokens", "ApplyTimestampRules", "NoRepeatNGram",
+    "ApplyTimestampRules",
+    "BeamSearchDecoder",
+    "DecodingOptions",
+    "DecodingResult",
+    "DecodingTask",
+    "GreedyDecoder",
+    "Inference",
+    "MaximumLikelihoodRanker",
+    "NoRepeatNGram",
+    "OptionError",
+    "SuppressBlank",
+    "SuppressTokens",
+    "compression_ratio",
+    "decode",
+    "detect_language",
+    "parse_suppress_tokens",
 ]

@@ -75,4 +75,4 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["language_probabilities", "add_arguments", "run"]
+__all__ = ["add_arguments", "language_probabilities", "run"]

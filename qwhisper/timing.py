@@ -312,7 +312,16 @@ def get_end(segments: Sequence[dict]) -> float | None:
 
 
 __all__ = [
-    "WordTiming", "find_alignment", "merge_punctuations", "add_word_timestamps", "median_filter", "dtw",
-    "alignment_heads_for", "decode_alignment_heads", "default_alignment_heads", "get_end",
-    "PREPEND_PUNCTUATIONS", "APPEND_PUNCTUATIONS",
+    "APPEND_PUNCTUATIONS",
+    "PREPEND_PUNCTUATIONS",
+    "WordTiming",
+    "add_word_timestamps",
+    "alignment_heads_for",
+    "decode_alignment_heads",
+    "default_alignment_heads",
+    "dtw",
+    "find_alignment",
+    "get_end",
+    "median_filter",
+    "merge_punctuations",
 ]

@@ -106,7 +106,6 @@ def test_fallback_on_repetitive_speech_shows_in_json(tiny_q5_1, tmp_path):
     temperatures and 96 tokens a window instead of six and 224, to keep the test short.)"""
     from qwhisper.audio import load_audio
     from qwhisper.cli import main
-
     from qwhisper.decoding import decode
 
     wav = _espeak(tmp_path / "hello.wav", "en", "hello " * 40)
@@ -148,7 +147,7 @@ def test_hallucination_silence_threshold_on_speech_with_a_long_silence(tiny_q5_1
 
     jfk = load_audio(need(SPEECH_DIR / "jfk.wav"))
     audio = np.concatenate([jfk, np.zeros(12 * 16000, np.float32), jfk])
-    segments, info = tiny_q5_1.transcribe(audio, word_timestamps=True, hallucination_silence_threshold=2.0)
+    segments, _ = tiny_q5_1.transcribe(audio, word_timestamps=True, hallucination_silence_threshold=2.0)
     segments = list(segments)
     text = normalize_english("".join(s.text for s in segments))
     once = normalize_english("And so my fellow Americans, ask not what your country can do for you, "

@@ -20,8 +20,8 @@ from conftest import SHARED_MODEL_Q5_1, SPEECH_DIR, need
 
 from qwhisper.architectures import ARCHITECTURES
 from qwhisper.timing import (
-    WordTiming,
     _ALIGNMENT_HEADS,
+    WordTiming,
     alignment_heads_for,
     decode_alignment_heads,
     default_alignment_heads,
@@ -31,7 +31,6 @@ from qwhisper.timing import (
     merge_punctuations,
 )
 from qwhisper.writers import iterate_cues
-
 
 # --- DTW and median filter ---------------------------------------------------------------------
 
@@ -245,7 +244,7 @@ def test_alignment_of_whisper_cpp_tokens_matches_its_dtw(model, jfk):
     # 0.02 s off, the rest equal).
     last_timestamp = 10.58  # the window's last timestamp token, whisper.cpp's segment t1
     cut = round(last_timestamp * AUDIO_STEPS_PER_SECOND)
-    logits, qk = model.model.logits(torch.tensor([[*tok.sot_sequence, tok.no_timestamps, *tokens, tok.eot]]),
+    _, qk = model.model.logits(torch.tensor([[*tok.sot_sequence, tok.no_timestamps, *tokens, tok.eot]]),
                                     model.model.new_kv_cache(features), alignment_heads=model.alignment_heads)
     w = qk[0].softmax(dim=-1)[:, :, :cut]
     std, mean = torch.std_mean(w, dim=-2, keepdim=True, unbiased=False)
@@ -274,7 +273,7 @@ def _words_vs_cpp(segments, cpp) -> list[tuple[str, float, float, float, float]]
         if word is not None:
             theirs.append(word)
     ours = [w for s in segments for w in s.words]
-    norm = lambda w: w.strip().strip(".,!?").lower()  # noqa: E731
+    norm = lambda w: w.strip().strip(".,!?").lower()
     sm = difflib.SequenceMatcher(a=[norm(w.word) for w in ours], b=[norm(w[0]) for w in theirs], autojunk=False)
     out = []
     for a, b, n in sm.get_matching_blocks():
