@@ -188,6 +188,32 @@ def test_initial_prompt_and_no_conditioning():
     assert model.initial_tokens[1] == [TOK.sot]
 
 
+def test_carry_initial_prompt():
+    w = {"tokens": [ts(0), HELLO, ts(2)]}
+    # the initial prompt stays at the head of every prompt, after resets too (openai's rule)
+    _, _, model = _run([dict(w), dict(w), dict(w)], 65.0, initial_prompt="Hello world", carry_initial_prompt=True,
+                       condition_on_previous_text=False)
+    assert model.initial_tokens[1] == model.initial_tokens[2] == [TOK.sot_prev, HELLO, WORLD, TOK.sot]
+    _, _, model = _run([dict(w), dict(w), dict(w)], 65.0, initial_prompt="Hello world", carry_initial_prompt=True)
+    assert model.initial_tokens[2] == [TOK.sot_prev, HELLO, WORLD, *w["tokens"], *w["tokens"], TOK.sot]
+
+
+def test_word_timestamps_need_the_torch_backend():
+    from qwhisper.transcribe import NumpyWhisper
+
+    fake = object.__new__(NumpyWhisper)
+    fake.dims = SimpleNamespace(n_text_ctx=448, n_audio_ctx=1500, n_mels=80)
+    with pytest.raises(OptionError, match="torch backend"):
+        transcribe(fake, np.zeros(16000, np.float32), tokenizer=TOK, mel_filters=np.ones((80, 201), np.float32),
+                   word_timestamps=True)
+
+
+def test_language_auto_means_detect():
+    assert TranscribeOptions(language="auto").language is None
+    assert TranscribeOptions(language=" Auto ").language is None
+    assert TranscribeOptions(language="German").language == "de"
+
+
 def test_empty_audio_gives_no_segments():
     segments, info, model = _run([], 0.0)
     assert segments == [] and info.duration == 0.0 and model.initial_tokens == []
