@@ -62,6 +62,8 @@ class TranscribeOptions:
     append_punctuations: str = APPEND_PUNCTUATIONS  # merged into the previous word
     # skip silences longer than this (s) around a likely hallucination (needs word_timestamps)
     hallucination_silence_threshold: float | None = None
+    # parts to transcribe: "start,end,start,end,..." seconds (the last end defaults to the audio's end)
+    clip_timestamps: str | tuple[float, ...] = "0"
 
     # passed on to every window's DecodingOptions
     beam_size: int | None = None
@@ -89,6 +91,16 @@ class TranscribeOptions:
             object.__setattr__(self, "language", normalize_language(self.language))
         except ValueError as e:
             raise OptionError(f"language: {e}") from None
+        clips = self.clip_timestamps
+        if isinstance(clips, str):
+            try:
+                clips = tuple(float(t) for t in clips.split(",") if t.strip())
+            except ValueError:
+                raise OptionError(f"clip_timestamps must be comma-separated seconds, not {self.clip_timestamps!r}") from None
+        clips = tuple(float(t) for t in clips) or (0.0,)
+        if any(t < 0 for t in clips) or any(b <= a for a, b in zip(clips[::2], clips[1::2])):
+            raise OptionError(f"clip_timestamps must be start,end pairs with start < end, not {self.clip_timestamps!r}")
+        object.__setattr__(self, "clip_timestamps", clips)
         if self.hallucination_silence_threshold is not None and not self.word_timestamps:
             raise OptionError("hallucination_silence_threshold needs word_timestamps")
         if self.hallucination_silence_threshold is not None and self.hallucination_silence_threshold <= 0:
@@ -290,6 +302,7 @@ class _Transcription:
         self.n_segments = 0
         self.last_speech_timestamp = 0.0
         self.last_word_end = 0.0  # words never start before the previous word's end
+        self.next_seek = 0  # where the window after the current one starts (mel frames)
 
     def prompt(self) -> list[int]:
         """This window's prompt: the text since the last reset (and the initial prompt when carried)."""
@@ -301,10 +314,10 @@ class _Transcription:
         recent = self.all_tokens[ignored:][-remaining:] if remaining > 0 else []
         return self.initial_prompt_tokens + recent
 
-    def decode_window(self, seek: int) -> tuple[DecodingResult, float, int, torch.Tensor]:
-        """Decode the window at `seek`: (result, the hottest temperature tried, the window's size
-        in frames, its audio features)."""
-        segment_size = min(N_FRAMES, self.content_frames - seek)
+    def decode_window(self, seek: int, end: int | None = None) -> tuple[DecodingResult, float, int, torch.Tensor]:
+        """Decode the window at `seek` (audio up to mel frame `end`): (result, the hottest
+        temperature tried, the window's size in frames, its audio features)."""
+        segment_size = min(N_FRAMES, (self.content_frames if end is None else end) - seek)
         mel = pad_or_trim(self.mel[:, seek: seek + segment_size], N_FRAMES)[None]
         audio_features = self.model.embed_audio(mel)  # once per window, for every temperature
         prompt = self.prompt()
@@ -396,50 +409,65 @@ class _Transcription:
             self.n_segments += 1
         return out
 
+    def clips(self) -> list[tuple[int, int]]:
+        """(start, end) mel frames of the parts to transcribe (openai's clip_timestamps: start,end
+        pairs in seconds, the last end defaulting to the end of the audio)."""
+        points = [min(round(t * FRAMES_PER_SECOND), self.content_frames) for t in self.options.clip_timestamps]
+        if len(points) % 2 == 1:
+            points.append(self.content_frames)
+        return list(zip(points[::2], points[1::2]))
+
     def segments(self) -> Iterator[Segment]:
         from tqdm import tqdm
 
         show_progress = self.verbose is not False and sys.stderr.isatty()
         seek = 0
         with tqdm(total=self.content_frames, unit="frames", disable=not show_progress, file=sys.stderr) as bar:
-            while seek < self.content_frames:
-                previous_seek = seek
-                time_offset = seek * HOP_LENGTH / SAMPLE_RATE
-                result, temperature, segment_size, audio_features = self.decode_window(seek)
-                if is_silence(result, self.options):
-                    seek += segment_size
+            for clip_start, clip_end in self.clips():
+                seek = max(seek, clip_start)
+                while seek < clip_end:
+                    previous_seek = seek
+                    yield from self.window(seek, clip_end)
+                    seek = self.next_seek
                     bar.update(min(self.content_frames, seek) - previous_seek)
-                    continue
-                split = split_window(result.tokens, self.tokenizer, segment_size, self.input_stride)
-                current = self.make_segments(seek, split, result)
-                seek += split.seek_advance if split.seek_advance > 0 else segment_size
-                single_timestamp_ending = split.single_timestamp_ending
-                if self.options.word_timestamps:
-                    self.add_words(current, audio_features, segment_size, time_offset)
-                    if not single_timestamp_ending:
-                        last_word_end = get_end(current)
-                        if last_word_end is not None and last_word_end > time_offset:
-                            seek = round(last_word_end * FRAMES_PER_SECOND)
-                    if self.options.hallucination_silence_threshold is not None:
-                        seek, skip = self.skip_hallucinations(current, seek, previous_seek, segment_size,
-                                                              single_timestamp_ending)
-                        if skip:
-                            bar.update(min(self.content_frames, seek) - previous_seek)
-                            continue
-                    last_word_end = get_end(current)
-                    if last_word_end is not None:
-                        self.last_speech_timestamp = last_word_end
-                if seek <= previous_seek:
-                    seek = previous_seek + segment_size  # never stall
-                for segment in self.finish(current):
-                    self.all_tokens.extend(segment.tokens)
-                    if self.verbose:
-                        print(format_line(segment), flush=True)
-                    yield segment
-                if (not self.options.condition_on_previous_text
-                        or temperature > self.options.prompt_reset_on_temperature):
-                    self.prompt_reset_since = len(self.all_tokens)
-                bar.update(min(self.content_frames, seek) - previous_seek)
+
+    def window(self, seek: int, clip_end: int) -> Iterator[Segment]:
+        """Transcribe the window at `seek` (up to clip_end): its segments; sets self.next_seek."""
+        previous_seek = seek
+        time_offset = seek * HOP_LENGTH / SAMPLE_RATE
+        result, temperature, segment_size, audio_features = self.decode_window(seek, clip_end)
+        if is_silence(result, self.options):
+            self.next_seek = seek + segment_size
+            return
+        split = split_window(result.tokens, self.tokenizer, segment_size, self.input_stride)
+        current = self.make_segments(seek, split, result)
+        seek += split.seek_advance if split.seek_advance > 0 else segment_size
+        single_timestamp_ending = split.single_timestamp_ending
+        if self.options.word_timestamps:
+            self.add_words(current, audio_features, segment_size, time_offset)
+            if not single_timestamp_ending:
+                last_word_end = get_end(current)
+                if last_word_end is not None and last_word_end > time_offset:
+                    seek = round(last_word_end * FRAMES_PER_SECOND)
+            if self.options.hallucination_silence_threshold is not None:
+                seek, skip = self.skip_hallucinations(current, seek, previous_seek, segment_size,
+                                                      single_timestamp_ending)
+                if skip:
+                    self.next_seek = seek
+                    return
+            last_word_end = get_end(current)
+            if last_word_end is not None:
+                self.last_speech_timestamp = last_word_end
+        if seek <= previous_seek:
+            seek = previous_seek + segment_size  # never stall
+        self.next_seek = seek
+        for segment in self.finish(current):
+            self.all_tokens.extend(segment.tokens)
+            if self.verbose:
+                print(format_line(segment), flush=True)
+            yield segment
+        if not self.options.condition_on_previous_text or temperature > self.options.prompt_reset_on_temperature:
+            self.prompt_reset_since = len(self.all_tokens)
 
 
 def format_line(segment: Segment) -> str:
@@ -666,6 +694,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--append-punctuations", default=APPEND_PUNCTUATIONS, help="with --word-timestamps: merged into the previous word")
     parser.add_argument("--hallucination-silence-threshold", type=_optional_float, default=None,
                         help="with --word-timestamps: skip silences longer than this (s) around a likely hallucination")
+    parser.add_argument("--clip-timestamps", default="0", help="start,end,start,end,... seconds to transcribe (last end: the audio's end)")
     parser.add_argument("--max-line-width", type=int, default=None, help="srt/vtt: characters per line before a break (needs --word-timestamps)")
     parser.add_argument("--max-line-count", type=int, default=None, help="srt/vtt: lines per cue (needs --max-line-width)")
     parser.add_argument("--max-words-per-line", type=int, default=None, help="srt/vtt: words per cue line (needs --word-timestamps)")

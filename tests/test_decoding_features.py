@@ -316,7 +316,8 @@ def test_every_option_has_its_cli_flag():
             "--word-timestamps", "--prepend-punctuations", "(", "--append-punctuations", ".",
             "--hallucination-silence-threshold", "2", "--best-of", "3", "--patience", "2",
             "--length-penalty", "0.5", "--suppress-tokens", "1,2", "--no-suppress-blank", "--without-timestamps",
-            "--max-initial-timestamp", "none", "--sample-len", "50", "--seed", "7", "--no-repeat-ngram-size", "3"]
+            "--max-initial-timestamp", "none", "--sample-len", "50", "--seed", "7", "--no-repeat-ngram-size", "3",
+            "--clip-timestamps", "1,20"]
     got = options_from_args(_parse(argv))
     assert got == TranscribeOptions(
         task="translate", language="de", temperature=(0.2, 0.6, 1.0), compression_ratio_threshold=None,
@@ -324,7 +325,7 @@ def test_every_option_has_its_cli_flag():
         prompt_reset_on_temperature=0.3, initial_prompt="Hi", carry_initial_prompt=True, word_timestamps=True,
         prepend_punctuations="(", append_punctuations=".", hallucination_silence_threshold=2.0, best_of=3,
         patience=2.0, length_penalty=0.5, suppress_tokens="1,2", suppress_blank=False, without_timestamps=True,
-        max_initial_timestamp=None, sample_len=50, seed=7, no_repeat_ngram_size=3)
+        max_initial_timestamp=None, sample_len=50, seed=7, no_repeat_ngram_size=3, clip_timestamps=(1.0, 20.0))
     assert options_from_args(_parse(["--language", "auto"])).language is None
 
 

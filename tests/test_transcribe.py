@@ -198,6 +198,18 @@ def test_carry_initial_prompt():
     assert model.initial_tokens[2] == [TOK.sot_prev, HELLO, WORLD, *w["tokens"], *w["tokens"], TOK.sot]
 
 
+def test_clip_timestamps():
+    w = {"tokens": [ts(0), HELLO, ts(2)]}  # ends in a single timestamp: the window is consumed
+    segments, _, model = _run([dict(w), dict(w)], 60.0, clip_timestamps="5,10,40")
+    # clip 1: 5..10 s (one 5-s window); clip 2: 40 s to the end (one 20-s window)
+    assert [(s.seek, s.start, s.end) for s in segments] == [(500, 5.0, 7.0), (4000, 40.0, 42.0)]
+    assert not model.scripts
+    assert TranscribeOptions(clip_timestamps=[1, 2.5]).clip_timestamps == (1.0, 2.5)
+    for bad in ("5,2", "a,b", "-1"):
+        with pytest.raises(OptionError, match="clip_timestamps"):
+            TranscribeOptions(clip_timestamps=bad)
+
+
 def test_word_timestamps_need_the_torch_backend():
     from qwhisper.transcribe import NumpyWhisper
 
