@@ -514,6 +514,11 @@ def transcribe(model, audio, options: TranscribeOptions | None = None, *, tokeni
         if isinstance(model, NumpyWhisper):
             raise OptionError("word_timestamps needs the torch backend (the numpy golden returns no attention weights)")
         heads = heads or alignment_heads_for(model.dims)
+        if options.task == "translate":
+            import warnings
+
+            warnings.warn("word-level timestamps on translations may not be reliable (openai's warning)",
+                          stacklevel=2)
     samples = _load_samples(audio)
     duration = samples.shape[0] / SAMPLE_RATE
     filters = torch.as_tensor(np.asarray(mel_filters, dtype=np.float32))
