@@ -37,6 +37,7 @@ from .timing import APPEND_PUNCTUATIONS, PREPEND_PUNCTUATIONS, add_word_timestam
 from .tokenizer import LANGUAGES, Tokenizer, normalize_language
 
 DEFAULT_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+PAD_WINDOW = ("zeros", "silence")
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100 mel frames per second
 
 
@@ -64,6 +65,9 @@ class TranscribeOptions:
     hallucination_silence_threshold: float | None = None
     # parts to transcribe: "start,end,start,end,..." seconds (the last end defaults to the audio's end)
     clip_timestamps: str | tuple[float, ...] = "0"
+    # a window shorter than 30 s is completed with "zeros" (zero-valued log-mel frames, openai's
+    # transcribe) or "silence" (the log-mel of the zero samples after the audio, whisper.cpp's)
+    pad_window: str = "zeros"
 
     # passed on to every window's DecodingOptions
     beam_size: int | None = None
@@ -101,6 +105,8 @@ class TranscribeOptions:
         if any(t < 0 for t in clips) or any(b <= a for a, b in zip(clips[::2], clips[1::2])):
             raise OptionError(f"clip_timestamps must be start,end pairs with start < end, not {self.clip_timestamps!r}")
         object.__setattr__(self, "clip_timestamps", clips)
+        if self.pad_window not in PAD_WINDOW:
+            raise OptionError(f"pad_window must be one of {', '.join(PAD_WINDOW)}, not {self.pad_window!r}")
         if self.hallucination_silence_threshold is not None and not self.word_timestamps:
             raise OptionError("hallucination_silence_threshold needs word_timestamps")
         if self.hallucination_silence_threshold is not None and self.hallucination_silence_threshold <= 0:
@@ -318,7 +324,10 @@ class _Transcription:
         """Decode the window at `seek` (audio up to mel frame `end`): (result, the hottest
         temperature tried, the window's size in frames, its audio features)."""
         segment_size = min(N_FRAMES, (self.content_frames if end is None else end) - seek)
-        mel = pad_or_trim(self.mel[:, seek: seek + segment_size], N_FRAMES)[None]
+        if self.options.pad_window == "silence":  # whisper.cpp: the mel of the padded audio goes on
+            mel = self.mel[:, seek: seek + N_FRAMES][None]  # self.mel ends with 30 s of silence
+        else:  # openai: zero-valued log-mel frames after the window's audio
+            mel = pad_or_trim(self.mel[:, seek: seek + segment_size], N_FRAMES)[None]
         audio_features = self.model.embed_audio(mel)  # once per window, for every temperature
         prompt = self.prompt()
 
@@ -699,6 +708,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--append-punctuations", default=APPEND_PUNCTUATIONS, help="with --word-timestamps: merged into the previous word")
     parser.add_argument("--hallucination-silence-threshold", type=_optional_float, default=None,
                         help="with --word-timestamps: skip silences longer than this (s) around a likely hallucination")
+    parser.add_argument("--pad-window", default="zeros", choices=PAD_WINDOW,
+                        help="complete a short window with zero log-mel frames (openai) or the mel of silence (whisper.cpp)")
     parser.add_argument("--clip-timestamps", default="0", help="start,end,start,end,... seconds to transcribe (last end: the audio's end)")
     parser.add_argument("--max-line-width", type=int, default=None, help="srt/vtt: characters per line before a break (needs --word-timestamps)")
     parser.add_argument("--max-line-count", type=int, default=None, help="srt/vtt: lines per cue (needs --max-line-width)")
