@@ -1,4 +1,5 @@
-"""The decoder's first pass projects only the positions decoding reads (`logit_positions`).
+"""CPU speed fixes: the decoder's first pass projects only the positions decoding reads
+(`logit_positions`), and importing qwhisper asks OpenMP for passive waiting.
 
 A window's first pass feeds the whole prompt (up to 224 tokens) but decoding reads the logits
 of two positions only: <|startoftranscript|> (P(no speech)) and the last one (the first sampled
@@ -7,6 +8,10 @@ behind, and on the decoded tokens, including models without the keyword (duck-ty
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -78,3 +83,18 @@ def test_decoding_with_a_prompt_is_unchanged(toy_f16, monkeypatch):
         assert s.tokens == f.tokens
         assert abs(s.no_speech_prob - f.no_speech_prob) < 1e-5
         assert abs(s.avg_logprob - f.avg_logprob) < 1e-4
+
+
+def _omp_wait_policy_after_import(preset: str | None) -> str:
+    """OMP_WAIT_POLICY seen by a fresh interpreter after `import qwhisper` and torch."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import os, qwhisper, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_import_sets_passive_omp_wait_unless_given():
+    assert _omp_wait_policy_after_import(None) == "PASSIVE"
+    assert _omp_wait_policy_after_import("ACTIVE") == "ACTIVE"  # the user's choice wins
