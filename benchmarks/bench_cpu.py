@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             del live
     command = "python benchmarks/bench_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"Command: `{command.strip()}` (commit {git_commit()}); {cpu_name()}; torch {version('torch')}, "
-          f"pywhispercpp {version('pywhispercpp')}\n")
+          f"pywhispercpp {version('pywhispercpp')}; OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')!r}\n")
     print(markdown(results, command))
     if args.json:
         old = json.loads(args.json.read_text()) if args.json.is_file() else []

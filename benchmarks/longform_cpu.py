@@ -194,6 +194,23 @@ def timestamp_checks(result: Result, duration: float) -> dict:
             "outside_audio": bad_span, "gaps": gaps}
 
 
+NOTES = """\
+Notes (written for the runs of 2026-11-26; the tables are recomputed on every run):
+
+* qwhisper's transcript does not depend on the thread count; whisper.cpp's does (ggml splits its
+  products differently): an earlier run of this script with `--threads 1` gave qwhisper the same
+  8.71 % (q5_1) and 7.19 % (f16), and whisper.cpp 13.57 % and 6.90 % (qwhisper +0.29 point on
+  f16 then, within the 0.5-point bar as well).
+* whisper.cpp's higher WER on q5_1 comes from speech it drops although its segments cover it in
+  time (the ⚠ rows: with 2 threads, segments 87.6–106.0 s "life, he should make inquiries as to
+  symptoms and time at which fruit or medicine must" and 106.0–135.4 s "be." span about 50 s of
+  speech); qwhisper loses no utterance (no row with more than half of its words deleted, no gap
+  > 5 s between segments; coverage below 100 % is pauses between its segments, see the lowest
+  coverage under each table).
+* qwhisper follows openai's conventions (condition_on_previous_text, zero-padded short windows);
+  whisper.cpp its own (no_context, silence padding, best_of 5 on fallback): see wer-cpu.md."""
+
+
 # --- report ---------------------------------------------------------------------------------------
 
 def markdown(results: list[Result], pieces: list[Piece], duration: float, command: str, threads: int,
@@ -232,7 +249,7 @@ def markdown(results: list[Result], pieces: list[Piece], duration: float, comman
                 ok = "yes" if w - w_ref <= MAX_DELTA_POINTS + 1e-9 else "NO"
             lines.append(f"| {model} | {name} | {w:.2f} % | {delta} | {ok} | {r.wall_s:.1f} | "
                          f"{duration / r.wall_s:.1f} | {r.cpu_s:.1f} | {len(r.segments)} |")
-    lines += ["", "Wall times depend on the machine's load (shared); CPU seconds less so.", ""]
+    lines += ["", "Wall times depend on the machine's load (shared); CPU seconds less so.", "", NOTES, ""]
 
     for model, engines in by_model.items():
         lines += [f"## {model}: timestamps and coverage", ""]
@@ -263,7 +280,8 @@ def markdown(results: list[Result], pieces: list[Piece], duration: float, comman
             low = [k for k, s in enumerate(stats[n]) if s["coverage"] < 0.5]
             lines += ["", f"{n}: utterances with more than half of their words deleted: "
                       f"{', '.join(map(str, lost)) or 'none'}; covered less than 50 % by segments: "
-                      f"{', '.join(map(str, low)) or 'none'}."]
+                      f"{', '.join(map(str, low)) or 'none'}; lowest coverage "
+                      f"{100 * min(s['coverage'] for s in stats[n]):.0f} %."]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -279,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--engines", default="qwhisper,whisper.cpp")
     p.add_argument("--report", type=Path, default=REPO / "docs" / "reports" / "longform-cpu.md")
+    p.add_argument("--from-json", action="store_true",
+                   help="rewrite the report from the results saved next to it (no transcription)")
     args = p.parse_args(argv)
 
     from qwhisper.audio import SAMPLE_RATE
@@ -289,7 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     duration = len(audio) / SAMPLE_RATE
     runners = {"qwhisper": run_qwhisper, "whisper.cpp": run_whispercpp}
     results = []
-    for model in args.models.split(","):
+    json_path = args.report.with_suffix(".json")
+    if args.from_json:
+        saved = json.loads(json_path.read_text(encoding="utf-8"))
+        results = [Result(r["engine"], r["model"], [tuple(x) for x in r["segments"]], r["wall_s"], r["cpu_s"])
+                   for r in saved["results"]]
+        argv, load = saved["command"].split()[2:], saved.get("load", "?")
+        args.threads = saved.get("threads", args.threads)
+    for model in ([] if args.from_json else args.models.split(",")):
         path = Path(resolve_model(model))
         for e in args.engines.split(","):
             print(f"{e} {model}: transcribing {duration:.0f} s ...", file=sys.stderr, flush=True)
@@ -301,9 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     report = markdown(results, pieces, duration, command.strip(), args.threads, load)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(report, encoding="utf-8")
-    args.report.with_suffix(".json").write_text(json.dumps(
-        {"command": command.strip(), "results": [r.__dict__ for r in results]}, indent=1, ensure_ascii=False) + "\n",
-        encoding="utf-8")
+    json_path.write_text(json.dumps(
+        {"command": command.strip(), "load": load, "threads": args.threads, "results": [r.__dict__ for r in results]},
+        indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(report)
     return 0
 
