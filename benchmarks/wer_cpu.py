@@ -97,50 +97,17 @@ def run_qwhisper(path: Path, audios: dict, threads: int, **options) -> tuple[dic
     return hyps, wall, cpu
 
 
-@contextlib.contextmanager
-def silence_mel_padding():
-    """Diagnostic: pad each window the way whisper.cpp does, with the log-mel of the 30 s of zero
-    samples appended to the audio, instead of openai's zero-valued log-mel frames.
-
-    openai (and qwhisper) take mel[:, seek:seek + segment_size] and pad_or_trim it with zeros in
-    the log-mel domain; whisper.cpp encodes mel[:, seek:seek + 3000] of the padded audio. The
-    window handed to pad_or_trim is a view of the whole-file mel, so its 3000-frame extension is
-    read from the same storage."""
-    import torch
-
-    from qwhisper import transcribe as tr
-
-    original = tr.pad_or_trim
-
-    def pad_like_whispercpp(segment, length=tr.N_FRAMES, **kw):
-        # segment: (n_mels, frames) slice of a contiguous (n_mels, total) mel: row stride = total
-        if torch.is_tensor(segment) and segment.ndim == 2 and segment.stride(1) == 1 and segment.shape[1] < length:
-            total = segment.stride(0)
-            start = segment.storage_offset() % total
-            if start + length <= total:
-                return segment.as_strided((segment.shape[0], length), segment.stride())
-        return original(segment, length, **kw)
-
-    tr.pad_or_trim = pad_like_whispercpp
-    try:
-        yield
-    finally:
-        tr.pad_or_trim = original
-
-
 def run_qwhisper_wcpp_rules(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
-    """Diagnostic: qwhisper with whisper.cpp's conventions where it has an option for them (no
-    previous-text prompt, best_of 5 when falling back to sampling, non-speech tokens not
-    suppressed) and whisper.cpp's window padding (silence_mel_padding)."""
-    with silence_mel_padding():
-        return run_qwhisper(path, audios, threads, condition_on_previous_text=False, best_of=5,
-                            suppress_tokens=None)
+    """Diagnostic: qwhisper with whisper.cpp's conventions where it has an option for them:
+    short windows padded with the mel of silence (pad_window="silence"), no previous-text prompt,
+    best_of 5 when falling back to sampling, non-speech tokens not suppressed."""
+    return run_qwhisper(path, audios, threads, pad_window="silence", condition_on_previous_text=False, best_of=5,
+                        suppress_tokens=None)
 
 
 def run_qwhisper_silence_pad(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
-    """Diagnostic: openai's defaults but whisper.cpp's window padding only."""
-    with silence_mel_padding():
-        return run_qwhisper(path, audios, threads)
+    """Diagnostic: openai's defaults but whisper.cpp's window padding (pad_window="silence") only."""
+    return run_qwhisper(path, audios, threads, pad_window="silence")
 
 
 def run_qwhisper_no_context(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
@@ -216,7 +183,8 @@ Reading (analysis of 2026-11-26 on these files; the tables above are recomputed 
   Example, base f16, 1089-134686-0001 ("STUFF IT INTO YOU ..."), after `<|0.00|> Stuff`:
   silence padding gives log P(" it") = -0.49 vs log P("ed") = -1.04; zero padding gives
   log P("ed") = -0.60 vs log P(" it") = -0.87, so qwhisper writes "Stuffed into you" (3 edits
-  instead of 0). With whisper.cpp's padding alone, qwhisper's normalised transcripts equal
+  instead of 0). (`TranscribeOptions(pad_window="silence")` / `--pad-window silence` now selects
+  whisper.cpp's padding.) With whisper.cpp's padding alone, qwhisper's normalised transcripts equal
   whisper.cpp's on every utterance for tiny.en f16 and q5_1 and base q8_0 and q5_1, and 7 of 8
   rows pass.
 * **condition_on_previous_text** matters for the one file longer than 30 s (44 s, two windows):
@@ -231,9 +199,8 @@ Reading (analysis of 2026-11-26 on these files; the tables above are recomputed 
   conventions).
 * The corpus is small (413 words): 0.5 point is 2 words, one utterance.
 * No decoding bug was found: qwhisper implements openai's rules; the rows that fail under
-  openai's conventions fail because of the padding rule (and, once, arithmetic noise). Options:
-  offer whisper.cpp's padding as an option (e.g. `TranscribeOptions(pad_window="silence")`), or
-  keep openai's and accept these rows as convention differences.
+  openai's conventions fail because of the padding rule (and, once, arithmetic noise). The
+  default stays openai's; `pad_window="silence"` gives whisper.cpp's.
 """
 
 
@@ -366,9 +333,9 @@ def markdown(utts, sets: dict[str, list], runs: dict[tuple[str, str], Run], rows
     if diagnose:
         diag = ["## Diagnosis: the decoding conventions behind the differences", "",
                 "qwhisper rerun with one of whisper.cpp's conventions at a time (benchmarks/wer_cpu.py "
-                "`--diagnose`): *silence padding*: a window shorter than 30 s is completed with the log-mel of "
-                "the zero samples that follow the audio (whisper.cpp) instead of zero-valued log-mel frames "
-                "(openai's transcribe, qwhisper's default); *no previous-text prompt*: "
+                "`--diagnose`): *silence padding*: `pad_window=\"silence\"`, a window shorter than 30 s is "
+                "completed with the log-mel of the zero samples that follow the audio (whisper.cpp) instead of "
+                "zero-valued log-mel frames (openai's transcribe, qwhisper's default); *no previous-text prompt*: "
                 "condition_on_previous_text=False (whisper.cpp's no_context); *all*: both, plus best_of 5 when "
                 "falling back to sampling and no suppression of non-speech tokens. WER, and delta against "
                 "whisper.cpp's WER in points.", "",
