@@ -211,7 +211,8 @@ def run(args: argparse.Namespace) -> None:
         utts = utts[: args.limit]
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    result = {"env": environment(args.device), "device": args.device, "backend": args.backend, "models": {}}
+    result = {"env": environment(args.device), "device": args.device, "backend": args.backend,
+              "compute_type": args.compute_type, "models": {}}
     if Path(args.out).exists() and args.resume:
         result = json.loads(Path(args.out).read_text())
     for path in args.models:
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace) -> None:
             torch.cuda.reset_peak_memory_stats()
             base_alloc = torch.cuda.memory_allocated()
         t0 = time.perf_counter()
-        model = WhisperModel(path, device=args.device, backend=args.backend)
+        model = WhisperModel(path, device=args.device, backend=args.backend, compute_type=args.compute_type)
         sync()
         entry = {"file_bytes": os.path.getsize(path), "sha256": sha256(path),
                  "load_s": time.perf_counter() - t0, "utterances": {}}
@@ -343,6 +344,8 @@ def main(argv=None) -> int:
     r.add_argument("--models", nargs="+", required=True, help="GGML files")
     r.add_argument("--device", default="cuda")
     r.add_argument("--backend", default="torch", choices=["torch", "numpy"])
+    r.add_argument("--compute-type", default="auto", choices=["auto", "float16", "float32"],
+                   help="torch backend activation dtype (auto: float16 on CUDA, float32 on CPU)")
     r.add_argument("--out", required=True)
     r.add_argument("--repeat", type=int, default=1, help="transcribe each utterance this often, keep the fastest")
     r.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")

@@ -84,6 +84,10 @@ class TranscribeOptions:
     seed: int = 0
     no_repeat_ngram_size: int = 0  # > 0: no n-gram of this size twice in a window (repeat guard)
 
+    # 0 or 1: the seek loop above; N > 1: cut the file at silences into <= 30-s chunks and decode
+    # N chunks at a time, without previous-text prompts (qwhisper.batched, docs/batched.md)
+    batch_size: int = 0
+
     def __post_init__(self):
         temps = (self.temperature,) if isinstance(self.temperature, (int, float)) else tuple(self.temperature)
         if not temps or any(not t >= 0 for t in temps):
@@ -116,6 +120,8 @@ class TranscribeOptions:
                               f"not {self.hallucination_silence_threshold}")
         if self.no_repeat_ngram_size < 0:
             raise OptionError(f"no_repeat_ngram_size must be >= 0, not {self.no_repeat_ngram_size}")
+        if self.batch_size < 0:
+            raise OptionError(f"batch_size must be >= 0, not {self.batch_size}")
 
     def decoding_options(self, temperature: float, language: str | None,
                          prompt: Sequence[int] | None) -> DecodingOptions:
@@ -531,6 +537,11 @@ def transcribe(model, audio, options: TranscribeOptions | None = None, *, tokeni
     Returns (lazy segment iterator, info); decoding happens while iterating.
     """
     options = dataclasses.replace(options or TranscribeOptions(), **overrides)
+    if options.batch_size > 1:
+        from .batched import transcribe_batched
+
+        return transcribe_batched(model, audio, options, tokenizer=tokenizer, mel_filters=mel_filters,
+                                  verbose=verbose)
     heads = getattr(model, "alignment_heads", None) if isinstance(model, WhisperModel) else None
     model, tokenizer, mel_filters = _model_parts(model, tokenizer, mel_filters)
     if options.word_timestamps:
@@ -625,6 +636,7 @@ class NumpyWhisper:
 
 
 BACKENDS = ("torch", "numpy")
+COMPUTE_TYPES = ("auto", "float16", "float32")
 
 
 class WhisperModel:
@@ -633,15 +645,20 @@ class WhisperModel:
     model: a name ("tiny.en", "base-q5_1", resolved by qwhisper.models) or a GGML file path.
     backend: "torch" (qwhisper.model on `device`; Triton kernels on CUDA) or "numpy" (the golden
     reference, qwhisper.model_ref, on the CPU).
+    compute_type: activation dtype of the torch backend: "auto" (float16 on CUDA, float32 on the
+    CPU), "float16" (CUDA only) or "float32" (weights stay in their GGML type either way; float32
+    on CUDA follows the golden more closely at some speed cost, docs/reports/gpu-end-to-end.md).
     """
 
     def __init__(self, model: str | os.PathLike = "tiny.en", device: str | torch.device = "auto",
-                 backend: str = "torch"):
+                 backend: str = "torch", compute_type: str = "auto"):
         from .ggml_file import read_ggml
         from .models import resolve_model
 
         if backend not in BACKENDS:
             raise OptionError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if compute_type not in COMPUTE_TYPES:
+            raise OptionError(f"compute_type must be one of {', '.join(COMPUTE_TYPES)}, not {compute_type!r}")
         self.path = Path(resolve_model(model))
         ggml = read_ggml(self.path)
         self.backend = backend
@@ -654,7 +671,10 @@ class WhisperModel:
             from .loader import load_model
 
             self.device = resolve_device(device)
-            self.model = load_model(ggml, self.device)
+            if compute_type == "float16" and self.device.type != "cuda":
+                raise OptionError(f"compute_type float16 needs a CUDA device, not {str(self.device)!r}")
+            dtype = None if compute_type == "auto" else getattr(torch, compute_type)
+            self.model = load_model(ggml, self.device, dtype=dtype)
         self.tokenizer = Tokenizer.from_ggml(ggml)
         self.mel_filters = np.array(ggml.mel_filters, dtype=np.float32)
         self.dims = ggml.hparams
@@ -674,8 +694,8 @@ class WhisperModel:
 
 
 def load_model(name: str | os.PathLike = "tiny.en", device: str | torch.device = "auto",
-               backend: str = "torch") -> WhisperModel:
-    return WhisperModel(name, device, backend)
+               backend: str = "torch", compute_type: str = "auto") -> WhisperModel:
+    return WhisperModel(name, device, backend, compute_type)
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -693,6 +713,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", default=DEFAULT_MODEL, help="model name (tiny.en, base-q5_1, ...) or GGML file path")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     parser.add_argument("--backend", default="torch", choices=BACKENDS, help="torch model, or the numpy golden reference (CPU)")
+    parser.add_argument("--compute-type", default="auto", choices=COMPUTE_TYPES,
+                        help="activation dtype: auto (float16 on CUDA, float32 on CPU), float16 or float32")
     parser.add_argument("--language", "-l", default=None, help="spoken language (code or name); default or 'auto': detect (English for .en models)")
     parser.add_argument("--task", default="transcribe", choices=["transcribe", "translate"], help="transcribe, or translate to English")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the first try")
@@ -717,6 +739,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-len", type=int, default=None, help="most tokens sampled per window (default n_text_ctx / 2)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling at temperature > 0")
     parser.add_argument("--no-repeat-ngram-size", type=int, default=0, help="ban repeating an n-gram of this size within a window (0: off)")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="N > 1: cut at silences into <= 30-s chunks, decode N chunks (of all files) at once, no previous-text prompt")
     parser.add_argument("--word-timestamps", action="store_true", help="word-level timestamps (cross-attention DTW), in json/srt/vtt")
     parser.add_argument("--prepend-punctuations", default=PREPEND_PUNCTUATIONS, help="with --word-timestamps: merged into the next word")
     parser.add_argument("--append-punctuations", default=APPEND_PUNCTUATIONS, help="with --word-timestamps: merged into the previous word")
@@ -774,7 +798,9 @@ def run(args: argparse.Namespace) -> int:
         resolve_formats(args.output_format)
     except ValueError as e:
         raise OptionError(f"--output-format: {e}") from None
-    model = WhisperModel(args.model, args.device, args.backend)
+    model = WhisperModel(args.model, args.device, args.backend, args.compute_type)
+    if options.batch_size > 1:
+        return _run_batched(model, args, options, writer_options)
     failed = 0
     for path in args.audio:
         try:
@@ -782,6 +808,25 @@ def run(args: argparse.Namespace) -> int:
             segments = list(segments)
         except AudioError as e:
             print(f"qwhisper transcribe: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        written = write_result(segments, path, args.output_dir, args.output_format, language=info.language,
+                               **writer_options)
+        if args.verbose:
+            print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _run_batched(model: WhisperModel, args: argparse.Namespace, options: TranscribeOptions,
+                 writer_options: dict) -> int:
+    """--batch-size N: the chunks of all files share batches (qwhisper.batched.transcribe_files)."""
+    from .batched import transcribe_files
+    from .writers import write_result
+
+    failed = 0
+    for path, segments, info in transcribe_files(model, args.audio, options, verbose=args.verbose):
+        if isinstance(segments, Exception):
+            print(f"qwhisper transcribe: error: {segments}", file=sys.stderr)
             failed += 1
             continue
         written = write_result(segments, path, args.output_dir, args.output_format, language=info.language,
