@@ -132,14 +132,19 @@ class SequenceRanker:
 
 
 class MaximumLikelihoodRanker(SequenceRanker):
-    """Highest sum logprob / length (or / Google NMT's ((5 + length) / 6) ** alpha)."""
+    """Highest sum logprob / length (or / Google NMT's ((5 + length) / 6) ** alpha). An empty
+    candidate (EOT first: possible without timestamps and suppress_blank) scores its sum, where
+    openai's ranker divides by zero."""
 
     def __init__(self, length_penalty: float | None):
         self.length_penalty = length_penalty
 
     def rank(self, tokens, sum_logprobs):
         def score(logprob: float, length: int) -> float:
-            penalty = length if self.length_penalty is None else ((5 + length) / 6) ** self.length_penalty
+            if self.length_penalty is None:
+                penalty = max(length, 1)
+            else:
+                penalty = ((5 + length) / 6) ** self.length_penalty
             return logprob / penalty
 
         return [max(range(len(lps)), key=lambda i: score(lps[i], len(toks[i])))

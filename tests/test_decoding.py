@@ -219,9 +219,110 @@ def test_beam_search_step_hand_computed():
     assert cands[0][0] == [8, 3] and [7, 0, 3] in cands[0] and len(cands[0]) == 2
 
 
+class _OpenaiBeamSearch:
+    """openai/whisper's BeamSearchDecoder (whisper/decoding.py), transcribed line for line as the
+    reference: per-row Python loops, tensor .item() sums, dict insertion order."""
+
+    def __init__(self, beam_size, eot, inference, patience=None):
+        self.beam_size, self.eot, self.inference = beam_size, eot, inference
+        self.patience = patience or 1.0
+        self.max_candidates = round(beam_size * self.patience)
+        self.finished_sequences = None
+
+    def update(self, tokens, logits, sum_logprobs):
+        n_audio = tokens.shape[0] // self.beam_size
+        if self.finished_sequences is None:
+            self.finished_sequences = [{} for _ in range(n_audio)]
+        logprobs = F.log_softmax(logits.float(), dim=-1)
+        next_tokens, source_indices, finished_sequences = [], [], []
+        for i in range(n_audio):
+            scores, sources, finished = {}, {}, {}
+            for j in range(self.beam_size):
+                idx = i * self.beam_size + j
+                prefix = tokens[idx].tolist()
+                for logprob, token in zip(*logprobs[idx].topk(self.beam_size + 1)):
+                    new_logprob = (sum_logprobs[idx] + logprob).item()
+                    sequence = tuple(prefix + [token.item()])
+                    scores[sequence] = new_logprob
+                    sources[sequence] = idx
+            saved = 0
+            for sequence in sorted(scores, key=scores.get, reverse=True):
+                if sequence[-1] == self.eot:
+                    finished[sequence] = scores[sequence]
+                else:
+                    sum_logprobs[len(next_tokens)] = scores[sequence]
+                    next_tokens.append(sequence)
+                    source_indices.append(sources[sequence])
+                    saved += 1
+                    if saved == self.beam_size:
+                        break
+            finished_sequences.append(finished)
+        tokens = torch.tensor(next_tokens, device=tokens.device)
+        self.inference.rearrange_kv_cache(source_indices)
+        for previously_finished, newly_finished in zip(self.finished_sequences, finished_sequences):
+            for seq in sorted(newly_finished, key=newly_finished.get, reverse=True):
+                if len(previously_finished) >= self.max_candidates:
+                    break
+                previously_finished[seq] = newly_finished[seq]
+        completed = all(len(sequences) >= self.max_candidates for sequences in self.finished_sequences)
+        return tokens, completed
+
+    def finalize(self, preceding_tokens, sum_logprobs):
+        sum_logprobs = sum_logprobs.cpu()
+        for i, sequences in enumerate(self.finished_sequences):
+            if len(sequences) < self.beam_size:
+                for j in list(sum_logprobs[i].numpy().argsort())[::-1]:
+                    sequence = preceding_tokens[i, j].tolist() + [self.eot]
+                    sequences[tuple(sequence)] = sum_logprobs[i][j].item()
+                    if len(sequences) >= self.beam_size:
+                        break
+        return ([[list(seq) for seq in sequences] for sequences in self.finished_sequences],
+                [list(sequences.values()) for sequences in self.finished_sequences])
+
+
+@pytest.mark.parametrize("beam_size, patience, n_audio", [(1, None, 1), (2, None, 3), (3, 2.0, 2), (5, None, 2),
+                                                           (5, 0.5, 1), (4, 1.5, 2)])
+def test_beam_search_equals_openai_reference(beam_size, patience, n_audio):
+    """Our BeamSearchDecoder and openai's, driven by the same random logits for 12 steps (EOT
+    likely enough that beams finish at different steps; some rows with fewer than beam_size + 1
+    finite logits, as the timestamp rules make near the end of a window): the same tokens, sums,
+    cache moves, finished candidates, completion step and final candidates."""
+    g = torch.Generator().manual_seed(beam_size * 10 + n_audio)
+    vocab, eot, rows = 12, 11, n_audio * beam_size
+    moves = {"ours": [], "ref": []}
+    ours = BeamSearchDecoder(beam_size, eot, SimpleNamespace(rearrange_kv_cache=lambda i: moves["ours"].append(
+        list(i))), patience)
+    ref = _OpenaiBeamSearch(beam_size, eot, SimpleNamespace(rearrange_kv_cache=lambda i: moves["ref"].append(
+        list(i))), patience)
+    tok_a = tok_b = torch.full((rows, 1), 50, dtype=torch.long)  # every beam of a window starts alike
+    sum_a, sum_b = torch.zeros(rows), torch.zeros(rows)
+    for step in range(12):
+        logits = torch.randn(rows, vocab, generator=g) * 2
+        logits[:, eot] += step * 0.3  # later steps finish more often
+        few = torch.rand(rows, generator=g) < 0.2  # rows where only 2 tokens (one maybe EOT) are allowed
+        logits[few, 2:eot] = -INF
+        tok_a, done_a = ours.update(tok_a, logits.clone(), sum_a)
+        tok_b, done_b = ref.update(tok_b, logits.clone(), sum_b)
+        assert torch.equal(tok_a, tok_b), step
+        assert torch.equal(sum_a, sum_b), step
+        assert moves["ours"] == moves["ref"] and done_a == done_b
+        assert ours.finished_sequences == ref.finished_sequences
+        if done_a:
+            break
+    fin_a = ours.finalize(tok_a.reshape(n_audio, beam_size, -1), sum_a.reshape(n_audio, beam_size))
+    fin_b = ref.finalize(tok_b.reshape(n_audio, beam_size, -1), sum_b.reshape(n_audio, beam_size))
+    assert fin_a == fin_b
+    cands = [[c[1:c.index(eot)] for c in group] for group in fin_a[0]]
+    assert all(len(group) >= min(beam_size, len(group)) for group in cands)
+    ranked = MaximumLikelihoodRanker(None).rank(cands, fin_a[1])
+    assert ranked == [max(range(len(lp)), key=lambda k: lp[k] / max(len(c[k]), 1)) for c, lp in zip(cands, fin_a[1])]
+
+
 def test_ranker_length_normalisation():
     r = MaximumLikelihoodRanker(None)
     assert r.rank([[[1, 2], [1, 2, 3, 4]]], [[-2.0, -3.0]]) == [1]  # -1.0 vs -0.75 per token
+    # an empty candidate (EOT first) scores its sum instead of dividing by zero
+    assert r.rank([[[], [1, 2]]], [[-0.5, -2.0]]) == [0] and r.rank([[[], [1, 2]]], [[-1.5, -2.0]]) == [1]
     r = MaximumLikelihoodRanker(1.0)  # Google NMT: ((5 + len) / 6) ** alpha: 1 for len 1, 2 for len 7
     assert r.rank([[[1] * 1, [1] * 7]], [[-1.0, -2.1]]) == [0]  # -1.0 vs -1.05
     assert r.rank([[[1] * 1, [1] * 7]], [[-1.0, -1.9]]) == [1]  # -1.0 vs -0.95
