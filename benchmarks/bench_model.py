@@ -3,16 +3,19 @@ real shapes (tiny, small, large-v3, large-v3-turbo; f16, q8_0, q5_0, q4_0).
 
     python benchmarks/bench_model.py [--archs tiny,small,large-v3,large-v3-turbo] [--types f16,q8_0,q5_0,q4_0]
         [--dir /tmp/qwhisper-bench] [--out DIR] [--append benchmarks/README.md] [--generator fast|reference]
+        [--decode-only]
 
 Per model file:
 - encoder: ms per 30-s window at batch 1 and per window at batch --batch (default 8);
 - decode: ms per token at batch 1 (one decoder step, model.logits of 1 token with the KV cache,
-  no host sync per step), eager (TextDecoder.cuda_graphs off), the same with the old vocabulary
-  projection (the tied embedding dequantized to float16 every step, then a matmul: the path
-  before Whisper.logits went through triton_ops.linear), and as transcription runs it on CUDA:
-  replayed from the model's CUDA graph of the step (model._GraphedStep);
-- per token of a 5-row step (5 beams sharing the window's cross K/V), eager and graphed, and
-  per token of a 256-token prompt (one call);
+  no host sync per step), eager and unfused (TextDecoder.cuda_graphs and fused_step off), the
+  same with the old vocabulary projection (the tied embedding dequantized to float16 every
+  step, then a matmul: the path before Whisper.logits went through triton_ops.linear), and as
+  transcription runs it on CUDA: replayed from the model's CUDA graph of the step
+  (model._GraphedStep) of the fused kernels (quants/triton_decoder.py), and the graph of the
+  unfused step (fused_step off) as the baseline;
+- per token of a 5-row step (5 beams sharing the window's cross K/V), eager unfused and
+  graphed (fused, unfused), and per token of a 256-token prompt (one call);
 - memory: bytes of the model's tensors on the GPU against the file size; peak allocated.
 Times: CUDA events around each measured region, median of --reps repetitions after warm-up.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import math
 import os
@@ -170,9 +174,38 @@ def _tensor_bytes(module) -> int:
     return total
 
 
-def bench_file(path: str, reps: int, batch: int, steps: int) -> dict:
+def _bench_eager(r: dict, model, xa, sot, decode_steps, reps: int, steps: int, g) -> None:
+    """Eager (unfused, no graph) decode, old-logits A/B, 5-beam step and 256-token prompt, into r."""
     import torch
     import torch.nn.functional as F
+
+    dev = xa.device
+    cache = model.new_kv_cache(xa)
+    model.logits(sot, cache)
+    r["decode_ms_per_token"] = _median_ms(decode_steps(cache, 1), reps) / steps
+
+    # A/B: the vocabulary projection as it was (dequantize the tied embedding every step)
+    te = model.decoder.token_embedding
+    te.forward = lambda x: F.linear(x, te.dequantized(x.dtype))
+    try:
+        r["decode_ms_per_token_old_logits"] = _median_ms(decode_steps(cache, 1), reps) / steps
+    finally:
+        del te.forward
+
+    cache5 = model.new_kv_cache(xa, n_group=BEAMS)
+    model.logits(sot.repeat(BEAMS, 1), cache5)
+    r["batch5_ms_per_token"] = _median_ms(decode_steps(cache5, BEAMS), reps) / steps / BEAMS
+
+    prompt = torch.randint(0, 50000, (1, PROMPT_TOKENS), device=dev, generator=g)
+
+    def run_prompt():
+        cache.offset = 0
+        model.logits(prompt, cache)
+    r["prompt_ms_per_token"] = _median_ms(run_prompt, reps) / PROMPT_TOKENS
+
+
+def bench_file(path: str, reps: int, batch: int, steps: int, decode_only: bool = False) -> dict:
+    import torch
 
     from qwhisper.loader import load_model
     from qwhisper.quants import triton_ops
@@ -191,10 +224,11 @@ def bench_file(path: str, reps: int, batch: int, steps: int) -> dict:
     dims = model.dims
     g = torch.Generator(device=dev).manual_seed(0)
     mel1 = torch.randn(1, dims.n_mels, 2 * dims.n_audio_ctx, device=dev, generator=g)
-    melb = torch.randn(batch, dims.n_mels, 2 * dims.n_audio_ctx, device=dev, generator=g)
+    melb = None if decode_only else torch.randn(batch, dims.n_mels, 2 * dims.n_audio_ctx, device=dev, generator=g)
     with torch.no_grad():
-        r["encoder_ms"] = _median_ms(lambda: model.embed_audio(mel1), reps)
-        r["encoder_batch_ms_per_window"] = _median_ms(lambda: model.embed_audio(melb), max(3, reps // 3)) / batch
+        if not decode_only:
+            r["encoder_ms"] = _median_ms(lambda: model.embed_audio(mel1), reps)
+            r["encoder_batch_ms_per_window"] = _median_ms(lambda: model.embed_audio(melb), max(3, reps // 3)) / batch
         xa = model.embed_audio(mel1)
         sot = torch.tensor([[1, 2, 3, 4]], device=dev)  # a 4-token start (ids only index the embedding)
 
@@ -208,41 +242,28 @@ def bench_file(path: str, reps: int, batch: int, steps: int) -> dict:
                     model.logits(tok, cache)
             return run
 
-        model.decoder.cuda_graphs = False  # eager steps first
-        cache = model.new_kv_cache(xa)
-        model.logits(sot, cache)
-        r["decode_ms_per_token"] = _median_ms(decode_steps(cache, 1), reps) / steps
+        model.decoder.cuda_graphs = False  # eager unfused steps first
+        model.decoder.fused_step = False
+        if not decode_only:
+            _bench_eager(r, model, xa, sot, decode_steps, reps, steps, g)
 
-        # A/B: the vocabulary projection as it was (dequantize the tied embedding every step)
-        te = model.decoder.token_embedding
-        te.forward = lambda x: F.linear(x, te.dequantized(x.dtype))
-        try:
-            r["decode_ms_per_token_old_logits"] = _median_ms(decode_steps(cache, 1), reps) / steps
-        finally:
-            del te.forward
-
-        cache5 = model.new_kv_cache(xa, n_group=BEAMS)
-        model.logits(sot.repeat(BEAMS, 1), cache5)
-        r["batch5_ms_per_token"] = _median_ms(decode_steps(cache5, BEAMS), reps) / steps / BEAMS
-
-        prompt = torch.randint(0, 50000, (1, PROMPT_TOKENS), device=dev, generator=g)
-
-        def run_prompt():
-            cache.offset = 0
-            model.logits(prompt, cache)
-        r["prompt_ms_per_token"] = _median_ms(run_prompt, reps) / PROMPT_TOKENS
-
-        # the production path: one-token steps replayed from the model's CUDA graphs (model._GraphedStep)
+        # one-token steps replayed from the model's CUDA graphs (model._GraphedStep): the unfused
+        # step (baseline), then the production path, the fused kernels (quants/triton_decoder.py)
         model.decoder.cuda_graphs = True
-        del cache5  # (run_prompt keeps `cache`: eager buffers, no graph set)
-        gcache = model.new_kv_cache(xa)
-        model.logits(sot, gcache)
-        r["graph_decode_ms_per_token"] = _median_ms(decode_steps(gcache, 1), reps) / steps
-        gcache5 = model.new_kv_cache(xa, n_group=BEAMS)
-        model.logits(sot.repeat(BEAMS, 1), gcache5)
-        r["graph_batch5_ms_per_token"] = _median_ms(decode_steps(gcache5, BEAMS), reps) / steps / BEAMS
+        for fused, tag in ((False, "_unfused"), (True, "")):
+            model.decoder.fused_step = fused  # (drops the captured graphs: each set recaptures)
+            gcache = model.new_kv_cache(xa)
+            model.logits(sot, gcache)
+            r[f"graph_decode_ms_per_token{tag}"] = _median_ms(decode_steps(gcache, 1), reps) / steps
+            gcache5 = model.new_kv_cache(xa, n_group=BEAMS)
+            model.logits(sot.repeat(BEAMS, 1), gcache5)
+            r[f"graph_batch5_ms_per_token{tag}"] = _median_ms(decode_steps(gcache5, BEAMS), reps) / steps / BEAMS
+            del gcache, gcache5
+            gc.collect()  # frees the buffer sets for the next round
         if any(st.failed for sets in model.decoder._graphed.values() for st in sets):
             r["graph_error"] = "capture failed: eager steps were timed"
+        if model.decoder._fused_error or not model.decoder._fused_ran:
+            r["fused_error"] = model.decoder._fused_error or "the fused step did not run"
     r["peak_vram_bytes"] = torch.cuda.max_memory_allocated() - base
     return r
 
@@ -262,26 +283,33 @@ def environment() -> dict:
             "python": platform.python_version()}
 
 
+def _ms(r: dict, key: str, digits: int = 3) -> str:
+    return f"{r[key]:.{digits}f}" if key in r else "-"
+
+
 def table(results: dict, env: dict) -> str:
     lines = [(f"### {env['date']}, commit {env['commit']}, {env['gpu']} ({env['sms']} SMs), torch {env['torch']}, "
              f"triton {env['triton']}, CUDA {env['cuda']}"), "",
              ("Random weights of the real shapes; ms. whisper.cpp columns: its whisper-bench on an **H200** "
              "(shared/DESIGN.md), not this card."), "",
+             ("Eager columns: the unfused step. CUDA graph columns: the fused step (quants/triton_decoder.py), "
+              "and the unfused one's graph as the baseline."), "",
              ("| model | type | encoder b1 | encoder per window b8 | decode/token | decode/token, old logits "
-             "| decode/token, CUDA graph | 5-beam step/token | 5-beam, CUDA graph | prompt/token | decoder weights GB/s (graph) "
+             "| decode/token, CUDA graph | decode/token, CUDA graph, unfused | 5-beam step/token | 5-beam, CUDA graph "
+             "| 5-beam, CUDA graph, unfused | prompt/token | decoder weights GB/s (graph) "
              "| VRAM weights / file MB | peak MB | whisper.cpp H200: enc, dec, 5-batch, prompt |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (arch, ftype), r in results.items():
         if "error" in r:
-            lines.append(f"| {arch} | {ftype} | error: {r['error']} |" + " |" * 11)
+            lines.append(f"| {arch} | {ftype} | error: {r['error']} |" + " |" * 13)
             continue
         g = r.get("graph_decode_ms_per_token")
         ref = WHISPER_CPP_H200.get((arch, ftype))
-        cells = [arch, ftype, f"{r['encoder_ms']:.2f}", f"{r['encoder_batch_ms_per_window']:.2f}",
-                 f"{r['decode_ms_per_token']:.3f}", f"{r['decode_ms_per_token_old_logits']:.3f}",
-                 f"{g:.3f}" if g else "-", f"{r['batch5_ms_per_token']:.3f}",
-                 f"{r['graph_batch5_ms_per_token']:.3f}" if "graph_batch5_ms_per_token" in r else "-",
-                 f"{r['prompt_ms_per_token']:.4f}",
+        cells = [arch, ftype, _ms(r, "encoder_ms", 2), _ms(r, "encoder_batch_ms_per_window", 2),
+                 _ms(r, "decode_ms_per_token"), _ms(r, "decode_ms_per_token_old_logits"),
+                 f"{g:.3f}" if g else "-", _ms(r, "graph_decode_ms_per_token_unfused"), _ms(r, "batch5_ms_per_token"),
+                 _ms(r, "graph_batch5_ms_per_token"), _ms(r, "graph_batch5_ms_per_token_unfused"),
+                 _ms(r, "prompt_ms_per_token", 4),
                  f"{r['decoder_weight_bytes'] / (g * 1e-3) / 1e9:.0f}" if g else "-",
                  f"{r['weights_vram_bytes'] / 1e6:.0f} / {r['file_bytes'] / 1e6:.0f}", f"{r['peak_vram_bytes'] / 1e6:.0f}",
                  " / ".join(f"{v:g}" for v in ref) if ref else "-"]
@@ -302,6 +330,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="folder for bench_model.json / .md")
     p.add_argument("--append", default=None, help="append the table to this markdown file")
     p.add_argument("--keep-files", action="store_true", help="leave the random model files in --dir")
+    p.add_argument("--decode-only", action="store_true",
+                   help="only the graphed decoder steps (fused and unfused): no encoder, eager or prompt measures")
     args = p.parse_args(argv)
 
     import torch
@@ -324,7 +354,7 @@ def main(argv=None) -> int:
     for path, arch, ftype, _ in jobs:
         t1 = time.perf_counter()
         try:
-            r = bench_file(path, args.reps, args.batch, args.steps)
+            r = bench_file(path, args.reps, args.batch, args.steps, args.decode_only)
         except Exception as e:  # noqa: BLE001 -- one model's failure must not end the run
             r = {"error": f"{type(e).__name__}: {e}"[:300]}
         torch.cuda.empty_cache()

@@ -9,6 +9,9 @@ Precision policy
 * Activations run in the model's dtype: float32 on CPU; float16 on CUDA.
 * LayerNorm runs in float32 and casts back (openai's LayerNorm); SDPA's softmax accumulates
   in float32 in every backend; logits are returned in float32.
+* Exception: one-token decoder steps on CUDA (TextDecoder.fused_step) run the fused kernels of
+  quants/triton_decoder.py, whose residual stream, q, attention outputs and MLP hidden are
+  float32 (the KV cache keeps the model's dtype).
 * Weights stay in their GGML type. QLinear dequantizes to the activation dtype on use
   (quants/torch_ops.py; the CUDA path will swap in Triton kernels behind the same class).
   With `cache_dequantized` set (the loader does so on CPU) the dequantized weight is kept
@@ -31,11 +34,15 @@ from .quants import GGMLType, row_nbytes, torch_ops
 
 
 class LayerNorm(nn.LayerNorm):
-    """nn.LayerNorm (eps 1e-5) computed in float32 whatever the activation dtype."""
+    """nn.LayerNorm (eps 1e-5) computed in float32 whatever the activation dtype.
+
+    float16/bfloat16 inputs go to F.layer_norm as they are: its kernels accumulate the statistics
+    and apply the affine map in float32 and round once to the input dtype, openai's x.float() ...
+    .type(x.dtype) without the two casting passes (on CUDA those were a quarter of the encoder's
+    kernel time)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
-                            self.eps).type(x.dtype)
+        return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
 
 class Conv1d(nn.Conv1d):
@@ -258,6 +265,54 @@ class AudioEncoder(nn.Module):
         return self.ln_post(x)
 
 
+# The encoder of a batch of at most this many windows is replayed from a CUDA graph on CUDA: at
+# batch 1 its ~750-950 launches cost 2-5x the GPU time (large-v3 q5_0, H100: 51 ms wall for 9.7 ms
+# of kernels); from ~8 windows the kernels outlast the launches and a graph's memory is not worth it.
+ENCODER_GRAPH_MAX_BATCH = 4
+
+
+class _GraphedEncoder:
+    """A CUDA graph of AudioEncoder.forward for one (batch, dtype, device): a static mel input
+    buffer, captured on first use, replayed for every later window of that shape.
+
+    The quantized layers dequantize into triton_ops' shared scratch buffer; the buffers that
+    existed at capture are kept alive here, so a later growth of the scratch (the vocabulary of a
+    prompt pass) leaves the graph's addresses valid."""
+
+    def __init__(self, mel: Tensor):
+        self.mel = torch.zeros_like(mel)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: Tensor | None = None
+        self.failed = False
+        self._keep: list[Tensor] = []
+
+    def run(self, encoder: AudioEncoder, mel: Tensor) -> Tensor | None:
+        """Audio features of mel (B, n_mels, frames), or None if the graph cannot be captured."""
+        if self.failed:
+            return None
+        self.mel.copy_(mel)
+        if self.graph is None:
+            try:
+                side = torch.cuda.Stream(mel.device)
+                side.wait_stream(torch.cuda.current_stream(mel.device))
+                with torch.cuda.stream(side):  # compiles kernels, grows the scratch buffer, cuBLAS handles
+                    encoder(self.mel)
+                torch.cuda.current_stream(mel.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.out = encoder(self.mel)
+                self.graph = graph
+                from .quants import triton_ops
+
+                self._keep = list(triton_ops._scratch.values())
+            except (RuntimeError, ImportError) as e:
+                warnings.warn(f"CUDA graph capture of the encoder failed ({e}); encoding eagerly")
+                self.failed, self.graph, self.out = True, None, None
+                return None
+        self.graph.replay()
+        return self.out.clone()  # the next replay overwrites the graph's output
+
+
 # ------------------------------------------------------------------------------------------
 # decoder and its static KV cache
 # ------------------------------------------------------------------------------------------
@@ -388,6 +443,42 @@ class TextDecoder(nn.Module):
         # CUDA: one-token steps of <= GRAPH_MAX_ROWS rows replay a CUDA graph (_GraphedStep)
         self.cuda_graphs = True
         self._graphed: dict[tuple, list[_GraphedStep]] = {}
+        # CUDA: one-token steps run the fused kernels of quants/triton_decoder.py (see fused_step)
+        self._fused_step = True
+        self._fused_error: str | None = None  # why the fused step is off for this decoder, once warned
+        self._fused_ran = False  # a fused step has run: later errors are raised, not fallen back from
+
+    @property
+    def fused_step(self) -> bool:
+        """One-token CUDA steps (no alignment heads) through quants/triton_decoder.py: about 8
+        kernels a layer with a float32 residual stream, instead of ~30 torch/Triton ops. Off: the
+        unfused path below (also the fallback where the fused step can't run). Setting it drops
+        the captured graphs, which recapture on their next step."""
+        return self._fused_step
+
+    @fused_step.setter
+    def fused_step(self, on: bool) -> None:
+        self._fused_step = bool(on)
+        self.drop_graphs()
+
+    def drop_graphs(self) -> None:
+        """Forget the captured step graphs (they hold the addresses of the weights and kernels
+        they ran); each buffer set recaptures on its next step."""
+        for sets in self._graphed.values():
+            for st in sets:
+                st.graph = st.logits = None
+
+    def _fused(self, rows: int):
+        """The fused step (quants.triton_decoder.decoder_step) if it can run `rows` rows, else None."""
+        if not self._fused_step or self._fused_error is not None:
+            return None
+        try:
+            from .quants import triton_decoder
+        except ImportError as e:
+            self._fused_error = f"Triton unavailable ({e})"
+            return None
+        why = triton_decoder.unsupported(self, rows)
+        return None if why else triton_decoder.decoder_step
 
     def new_kv_cache(self, xa: Tensor, n_group: int = 1) -> KVCache:
         """Empty self-attention buffers for B * n_group rows and the cross K/V of audio features
@@ -460,6 +551,17 @@ class TextDecoder(nn.Module):
         device tensor or fixed by (B, T), nothing is read back to the host: one decoder step can
         be captured in a CUDA graph and replayed with new tokens/positions copied in.
         """
+        if (tokens.is_cuda and tokens.shape[1] == 1 and alignment_heads is None and logit_positions is None
+                and (step := self._fused(tokens.shape[0])) is not None):
+            if self._fused_ran:
+                return step(self, tokens, positions, cache)
+            try:  # first fused step: a kernel that can't compile here must not stop decoding
+                logits = step(self, tokens, positions, cache)
+                self._fused_ran = True
+                return logits
+            except (RuntimeError, ValueError, ImportError, triton_errors()) as e:
+                self._fused_error = f"{type(e).__name__}: {e}"
+                warnings.warn(f"fused decoder step failed ({self._fused_error[:300]}); using the unfused step")
         dtype = cache.self_k[0].dtype
         # query at position p sees cache rows 0..p (rows beyond are zeros or stale: masked)
         mask = torch.arange(self.n_ctx, device=tokens.device)[None, :] <= positions[:, None]  # (T, n_ctx)
@@ -477,6 +579,15 @@ class TextDecoder(nn.Module):
         return self.token_embedding(x).float()  # (B, T, n_vocab)
 
 
+def triton_errors() -> type[Exception]:
+    """Triton's compile error class (not a RuntimeError), or RuntimeError if triton is absent."""
+    try:
+        from triton.compiler.errors import CompilationError
+    except ImportError:
+        return RuntimeError
+    return CompilationError
+
+
 # ------------------------------------------------------------------------------------------
 # the model
 # ------------------------------------------------------------------------------------------
@@ -492,6 +603,9 @@ class Whisper(nn.Module):
                                     dims.n_audio_layer, types)
         self.decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
                                    dims.n_text_layer, types)
+        # CUDA: encoder batches of <= ENCODER_GRAPH_MAX_BATCH windows replay a CUDA graph
+        self.encoder_graphs = True
+        self._encoder_graphs: dict[tuple, _GraphedEncoder] = {}
 
     @property
     def device(self) -> torch.device:
@@ -508,7 +622,16 @@ class Whisper(nn.Module):
         expected = (self.dims.n_mels, 2 * self.dims.n_audio_ctx)
         if mel.ndim != 3 or tuple(mel.shape[1:]) != expected:
             raise ValueError(f"mel must be (batch, {expected[0]}, {expected[1]}), got {tuple(mel.shape)}")
-        return self.encoder(mel.to(self.device, self.dtype))
+        mel = mel.to(self.device, self.dtype)
+        if mel.is_cuda and self.encoder_graphs and mel.shape[0] <= ENCODER_GRAPH_MAX_BATCH:
+            key = (mel.shape[0], mel.dtype, mel.device)
+            graphed = self._encoder_graphs.get(key)
+            if graphed is None:
+                graphed = self._encoder_graphs[key] = _GraphedEncoder(mel)
+            out = graphed.run(self.encoder, mel)
+            if out is not None:
+                return out
+        return self.encoder(mel)
 
     @torch.no_grad()
     def new_kv_cache(self, audio_features: Tensor, n_group: int = 1) -> KVCache:

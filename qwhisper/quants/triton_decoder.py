@@ -1,0 +1,622 @@
+"""Fused one-token decoder step for CUDA: eight kernels per decoder layer instead of ~30.
+
+One greedy (or beam) step of M <= 8 rows, one token per row, is bound by kernel count x
+per-kernel latency, not by the ~0.5 GB of weights it reads. This module runs the step as:
+
+    embed      x = dequant(token_embedding[tokens]) + positional_embedding[pos]   (float32 residual)
+    per layer:
+      1. LN(attn_ln) -> GEMV over the concatenated q|k|v rows -> q; k, v written into the
+         static self-attention cache at row `pos` (read from a device tensor)
+      2. single-query attention over cache rows 0..pos (no mask tensor)
+      3. GEMV attn.out, epilogue: + bias + residual (x updated in place)
+      4. LN(cross_attn_ln) -> GEMV cross_attn.query -> q
+      5. single-query attention over the cross K/V (the n_group rows of a window share one)
+      6. GEMV cross_attn.out + bias + residual
+      7. LN(mlp_ln) -> GEMV mlp.0 + bias -> exact GELU -> h
+      8. GEMV mlp.2 + bias + residual
+    LN(ln) -> GEMV over the tied embedding -> float32 logits
+
+The residual stream stays in float32 (the unfused CUDA path rounds it to float16 after every
+add); q, attention outputs and the MLP hidden are float32 too; the KV cache keeps its dtype.
+LayerNorm statistics are float32 (Chan's pairwise combination of chunk means and sums of
+squares, one pass over x); every program of a LN-GEMV normalises the few x rows itself.
+
+Weights stay raw GGML blocks (F16 or Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) and are decoded with
+triton_ops' helpers (the ones its bit-exact dequantize test covers). The q, k, v rows of each
+self-attention are concatenated once (a GGML row is self-contained, so that is a byte concat)
+and the three QLinear weights become views of it (no extra memory).
+
+Attention splits the keys over programs (SPLIT_S rows each, online softmax inside); the last
+program of a (row, head) to finish, found with an atomic counter, combines the partial results
+in split order (so the result does not depend on which program finished last) and resets the
+counter: no combine kernel. Everything is fixed by (M, weights): a step can be captured in a
+CUDA graph and replayed with new tokens and position.
+
+Callers: model.TextDecoder.forward_at (one-token steps on CUDA, `fused_step` switch). The
+kernels run on CPU tensors under TRITON_INTERPRET=1 (tests/test_triton_decoder.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from . import QK, GGMLType, row_nbytes
+from .triton_ops import (
+    _LAYOUT,
+    _MAGIC_BITS,
+    _QK,
+    _as_type,
+    _decode_int8,
+    _decode_nibbles,
+    _f16_at,
+    _gemv_config,
+    _next_pow2,
+    _qh_at,
+)
+
+MAX_ROWS = 8  # rows of one fused step (model.GRAPH_MAX_ROWS)
+FUSED_TYPES = (GGMLType.F16,) + tuple(_LAYOUT)  # weight types the kernels read
+
+# Tests under the interpreter raise this (fewer, larger programs: it runs them one by one);
+# on the GPU the tile table (triton_ops._gemv_config) decides.
+MIN_BLOCK_N = 1
+
+EPI_STORE, EPI_RESIDUAL, EPI_GELU, EPI_QKV = 0, 1, 2, 3
+_EPILOGUES = {"store": EPI_STORE, "residual": EPI_RESIDUAL, "gelu": EPI_GELU}
+
+
+# ------------------------------------------------------------------------------------------
+# LN-prologue GEMV with fused epilogues
+# ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _row_stats(x_ptr, stride_xm, M, K, eps, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+    """Mean and 1/sqrt(var + eps) of BLOCK_M rows of x (rows past M repeat row M-1): [BLOCK_M] each.
+
+    One pass: each chunk's mean and sum of squared deviations (exact two-pass within the chunk,
+    from registers) merged into the running ones with Chan's formula (no E[x^2] - mean^2
+    cancellation)."""
+    mm = tl.arange(0, BLOCK_M)[:, None]
+    kk = tl.arange(0, CHUNK)[None, :]
+    row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm
+    n_a = 0.0
+    mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, CHUNK):
+        ok = k0 + kk < K
+        xv = tl.load(row + k0 + kk, mask=ok, other=0.0).to(tl.float32)
+        n_b = tl.minimum(K - k0, CHUNK).to(tl.float32)
+        mean_b = tl.sum(xv, axis=1) / n_b
+        dev = tl.where(ok, xv - mean_b[:, None], 0.0)
+        m2_b = tl.sum(dev * dev, axis=1)
+        n = n_a + n_b
+        delta = mean_b - mean
+        mean += delta * (n_b / n)
+        m2 += m2_b + delta * delta * (n_a * n_b / n)
+        n_a = n
+    rstd = 1.0 / tl.sqrt_rn(m2 / K + eps)
+    return mean, rstd
+
+
+@triton.jit
+def _x_at(x_row, k, mean, rstd, ln_w, ln_b, LN: tl.constexpr):
+    """x[m, k] as float32, layer-normalised when LN ((x - mean) * rstd * w + b)."""
+    x = tl.load(x_row + k).to(tl.float32)
+    if LN:
+        x = (x - mean) * rstd * tl.load(ln_w + k).to(tl.float32) + tl.load(ln_b + k).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _step_gemv_kernel(
+    x_ptr, stride_xm,  # (M, K) activations, last axis contiguous, any float dtype
+    ln_w, ln_b, eps,  # LayerNorm (K,) weight and bias when LN
+    w8, w16,  # raw (N, K) weight: uint8 and int16 views of the same bytes
+    bias_ptr,  # (N,) when HAS_BIAS
+    out_ptr, stride_om,  # (M, N) output (EPI_RESIDUAL: also the residual, updated in place); EPI_QKV: q (M, n_seg)
+    kc_ptr, vc_ptr, stride_cr, stride_cs, pos_ptr, n_seg,  # EPI_QKV: caches (rows, n_ctx, n_seg), position
+    M, N, K, magic,
+    TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
+    BITS: tl.constexpr, ZERO: tl.constexpr,  # block layout (triton_ops._LAYOUT); BITS 16: F16 rows
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, EVEN_K: tl.constexpr,
+    LN: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
+):
+    # The loop is triton_ops._qgemv_kernel's (4-D tiles [NB, BLOCK_M, BLOCK_N, QB], clamped
+    # rather than masked loads); x comes through _x_at (normalised on the fly), and the
+    # epilogue adds bias and residual, applies GELU or scatters q|k|v.
+    QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
+    n_blk = K // _QK
+    pid = tl.program_id(0)
+    bb = tl.arange(0, NB)[:, None, None, None]
+    mm = tl.arange(0, BLOCK_M)[None, :, None, None]
+    nn = pid * BLOCK_N + tl.arange(0, BLOCK_N)[None, None, :, None]
+    jj = tl.arange(0, QB)[None, None, None, :]
+    mean = tl.zeros([1, BLOCK_M, 1, 1], dtype=tl.float32)
+    rstd = mean
+    if LN:
+        mean1, rstd1 = _row_stats(x_ptr, stride_xm, M, K, eps, BLOCK_M, CHUNK)
+        mean = mean1[None, :, None, None]
+        rstd = rstd1[None, :, None, None]
+    if BITS == 16:
+        w_row = tl.minimum(nn, N - 1).to(tl.int64) * K  # [1, 1, BN, 1] element offsets
+    else:
+        w_row = tl.minimum(nn, N - 1).to(tl.int64) * (n_blk * TS)  # byte offsets
+    x_row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm  # [1, BM, 1, 1]
+    acc = tl.zeros([NB, BLOCK_M, BLOCK_N, QB], dtype=tl.float32)
+    for b0 in range(0, n_blk, NB):
+        blk = b0 + bb  # [NB, 1, 1, 1]
+        if not EVEN_K:
+            blk = tl.minimum(blk, n_blk - 1)
+        k_lo = blk * _QK + jj  # [NB, 1, 1, QB] x index of weight j of each block
+        if BITS == 16:
+            w = tl.load(w16 + w_row + k_lo).to(tl.float16, bitcast=True).to(tl.float32)
+            if not EVEN_K:
+                w = tl.where(b0 + bb < n_blk, w, 0.0)
+            acc += w * _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
+        else:
+            base = w_row + blk * TS
+            d = tl.load(w16 + base // 2).to(tl.float16, bitcast=True).to(tl.float32)
+            if not EVEN_K:
+                d = tl.where(b0 + bb < n_blk, d, 0.0)
+            qs = tl.load(w8 + base + QS_B + jj).to(tl.int32)
+            if BITS == 8:
+                q = _decode_int8(qs, magic)
+                x = _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
+                if BLOCK_M == 1:
+                    acc += d * (q * x)
+                else:
+                    acc += (q * d) * x
+            else:
+                qh = qs  # unused unless BITS == 5
+                if BITS == 5:
+                    qh = _qh_at(w16, base + QH_B, None, True)
+                q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+                x_lo = _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
+                x_hi = _x_at(x_row, k_lo + 16, mean, rstd, ln_w, ln_b, LN)
+                m = d  # unused unless M_B >= 0
+                if M_B >= 0:
+                    m = _f16_at(w16, base + M_B, None, True)
+                    if not EVEN_K:
+                        m = tl.where(b0 + bb < n_blk, m, 0.0)
+                if BLOCK_M == 1:
+                    acc += d * (q_lo * x_lo + q_hi16 * (x_hi * 0.0625))
+                    if M_B >= 0:
+                        acc += m * (x_lo + x_hi)
+                else:
+                    w_lo = q_lo * d
+                    w_hi = q_hi16 * (d * 0.0625)
+                    if M_B >= 0:
+                        w_lo += m
+                        w_hi += m
+                    acc += w_lo * x_lo
+                    acc += w_hi * x_hi
+    y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
+    n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    m1 = tl.arange(0, BLOCK_M)
+    ok = (m1 < M)[:, None] & (n1 < N)[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + n1, mask=n1 < N, other=0.0).to(tl.float32)[None, :]
+    if EPI == 3:  # q | k | v: q to out, k and v into the caches at row pos
+        pos = tl.load(pos_ptr).to(tl.int64)
+        seg = n1[None, :] // n_seg
+        col = n1[None, :] - seg * n_seg
+        rows = m1.to(tl.int64)[:, None]
+        tl.store(out_ptr + rows * stride_om + col, y.to(out_ptr.dtype.element_ty), mask=ok & (seg == 0))
+        at = rows * stride_cr + pos * stride_cs + col
+        tl.store(kc_ptr + at, y.to(kc_ptr.dtype.element_ty), mask=ok & (seg == 1))
+        tl.store(vc_ptr + at, y.to(vc_ptr.dtype.element_ty), mask=ok & (seg == 2))
+    else:
+        out = out_ptr + (m1.to(tl.int64) * stride_om)[:, None] + n1[None, :]
+        if EPI == 1:
+            y += tl.load(out, mask=ok, other=0.0).to(tl.float32)
+        if EPI == 2:  # exact GELU, as nn.GELU()
+            y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+        tl.store(out, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _kernel_layout(ggml_type: GGMLType) -> tuple[int, int, int, int, int, int]:
+    if ggml_type == GGMLType.F16:
+        return 0, -1, -1, 0, 16, 0
+    if ggml_type not in _LAYOUT:
+        raise ValueError(f"the fused decoder step reads {[t.name for t in FUSED_TYPES]}, got {ggml_type.name}")
+    return _LAYOUT[ggml_type]
+
+
+def _raw_views(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if raw.dtype != torch.uint8 or raw.numel() != n * row_nbytes(ggml_type, k):
+        raise ValueError(f"{ggml_type.name} weight of shape ({n}, {k}) needs {n * row_nbytes(ggml_type, k)} "
+                         f"uint8 bytes, got {raw.numel()} {raw.dtype}")
+    raw = raw.reshape(-1)
+    if raw.storage_offset() % 2:
+        raw = raw.clone()
+    return raw, raw.view(torch.int16)
+
+
+def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
+    ggml_type = _as_type(ggml_type)
+    m, k = x.shape
+    if not 1 <= m <= MAX_ROWS or k % QK:
+        raise ValueError(f"the fused GEMV takes 1..{MAX_ROWS} rows of a multiple of {QK}, got {tuple(x.shape)}")
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    w8, w16 = _raw_views(raw, ggml_type, n, k)
+    ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
+    # F16 rows are read 32 halfs a block, like Q8_0's 32 bytes: same tile table
+    block_m, block_n, nb, num_warps = _gemv_config(m, n, k, GGMLType.Q8_0 if bits == 16 else ggml_type)
+    block_n = max(block_n, MIN_BLOCK_N)
+    ln_w, ln_b, eps = ln if ln is not None else (x, x, 0.0)
+    kc, vc, stride_cr, stride_cs, pos, n_seg = qkv if qkv is not None else (out, out, 0, 0, out, 1)
+    _step_gemv_kernel[(triton.cdiv(n, block_n),)](
+        x, x.stride(0), ln_w, ln_b, float(eps), w8, w16, bias if bias is not None else x,
+        out, out.stride(0), kc, vc, stride_cr, stride_cs, pos, n_seg, m, n, k, _MAGIC_BITS,
+        TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
+        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
+        LN=ln is not None, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
+        HAS_BIAS=bias is not None, EPI=epi, num_warps=num_warps)
+    return out
+
+
+def gemv(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, n: int, bias: torch.Tensor | None = None,
+         ln: tuple[torch.Tensor, torch.Tensor, float] | None = None, epilogue: str = "store",
+         out: torch.Tensor | None = None) -> torch.Tensor:
+    """y = f(LN(x) @ W.T + bias) for x (M, K), 1 <= M <= 8, W raw (n, K) blocks; fp32 accumulation.
+
+    ln: (weight, bias, eps) of a LayerNorm applied to x first (statistics in float32), or None.
+    epilogue: 'store' (out = y), 'gelu' (out = GELU(y), exact erf form), 'residual'
+    (out += y: `out` is the residual stream, updated in place). out: (M, n), row stride free,
+    last axis contiguous; default a new float32 tensor ('residual' needs one).
+    """
+    if epilogue not in _EPILOGUES:
+        raise ValueError(f"epilogue must be one of {list(_EPILOGUES)}, got {epilogue!r}")
+    if out is None:
+        if epilogue == "residual":
+            raise ValueError("the 'residual' epilogue adds into `out`: pass the residual stream")
+        out = torch.empty((x.shape[0], n), dtype=torch.float32, device=x.device)
+    if tuple(out.shape) != (x.shape[0], n) or out.stride(1) != 1:
+        raise ValueError(f"out must be ({x.shape[0]}, {n}) with a contiguous last axis, got {tuple(out.shape)}")
+    return _launch_gemv(x, raw, ggml_type, n, bias, ln, out, _EPILOGUES[epilogue])
+
+
+def gemv_qkv(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, bias: torch.Tensor | None,
+             ln: tuple[torch.Tensor, torch.Tensor, float] | None, q_out: torch.Tensor,
+             k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """The self-attention projections of one token per row, written where they are used.
+
+    raw: the (3C, C) rows of query | key | value; bias (3C,) (zeros for the key).
+    q_out (M, C) <- q; k_cache[m, pos], v_cache[m, pos] (each (>= M, n_ctx, C)) <- k, v, with
+    pos = position[0] read on the device (a one-element long tensor). Returns q_out.
+    """
+    m, c = x.shape
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if cache.dim() != 3 or cache.shape[0] < m or cache.shape[2] != c or cache.stride(2) != 1:
+            raise ValueError(f"{name} must be (>= {m}, n_ctx, {c}) with a contiguous last axis, got {tuple(cache.shape)}")
+    if k_cache.stride() != v_cache.stride():
+        raise ValueError("k_cache and v_cache must have the same strides")
+    if tuple(q_out.shape) != (m, c) or q_out.stride(1) != 1:
+        raise ValueError(f"q_out must be ({m}, {c}), got {tuple(q_out.shape)}")
+    return _launch_gemv(x, raw, ggml_type, 3 * c, bias, ln, q_out, EPI_QKV,
+                        (k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), position, c))
+
+
+# ------------------------------------------------------------------------------------------
+# Single-query attention, split over the keys, combined by the last program
+# ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_kernel(
+    q_ptr, stride_qm,  # (M, H*D) queries
+    k_ptr, v_ptr, stride_kr, stride_ks,  # (R, S_max, H*D) keys / values, R = M / G; same strides
+    out_ptr, stride_om,  # (M, H*D) output
+    part_o, part_ml,  # float32 scratch (M, H, SPLITS, D) and (M, H, SPLITS, 2)
+    counters,  # int32 (>= R*H,), zero on entry, left zero
+    pos_ptr,  # CAUSAL: keys 0..pos attended
+    S, G, H, qk_scale,  # keys (not CAUSAL); query rows per K/V row; heads; log2(e)/sqrt(D)
+    D: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr, SPLIT_S: tl.constexpr, SPLITS: tl.constexpr,
+    CAUSAL: tl.constexpr,
+):
+    pid = tl.program_id(0)  # (K/V row r, head h)
+    split = tl.program_id(1)
+    r = pid // H
+    h = pid % H
+    if CAUSAL:
+        n_keys = tl.load(pos_ptr).to(tl.int32) + 1
+    else:
+        n_keys = S
+    n_split = tl.cdiv(n_keys, SPLIT_S)
+    if split < n_split:  # splits past the keys (self-attention early in a window) do nothing
+        gg = tl.arange(0, BG)
+        dd = tl.arange(0, D)
+        rows = (r * G + tl.minimum(gg, G - 1)).to(tl.int64)  # padding rows repeat the last one
+        q = tl.load(q_ptr + rows[:, None] * stride_qm + h * D + dd[None, :]).to(tl.float32) * qk_scale  # [BG, D]
+        kv = r.to(tl.int64) * stride_kr + h * D + dd[None, :]
+        m_i = tl.full([BG], float("-inf"), tl.float32)
+        l_i = tl.zeros([BG], dtype=tl.float32)
+        acc = tl.zeros([BG, D], dtype=tl.float32)
+        for s0 in range(0, SPLIT_S, BS):
+            ss = split * SPLIT_S + s0 + tl.arange(0, BS)
+            ok = (ss < n_keys)[:, None]
+            at = kv + ss.to(tl.int64)[:, None] * stride_ks  # [BS, D]
+            kt = tl.load(k_ptr + at, mask=ok, other=0.0).to(tl.float32)
+            sc = tl.sum(q[:, None, :] * kt[None, :, :], axis=2)  # [BG, BS], log2 units
+            sc = tl.where((ss < n_keys)[None, :], sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, axis=1))  # finite: the first step has a key
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            vt = tl.load(v_ptr + at, mask=ok, other=0.0).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt[None, :, :], axis=1)
+            m_i = m_new
+        gok = gg < G
+        o_at = out_ptr + rows[:, None] * stride_om + h * D + dd[None, :]
+        if n_split == 1:
+            tl.store(o_at, (acc / l_i[:, None]).to(out_ptr.dtype.element_ty), mask=gok[:, None])
+        else:
+            part = (rows * H + h) * SPLITS + split  # [BG]
+            tl.store(part_o + part[:, None] * D + dd[None, :], acc, mask=gok[:, None])
+            tl.store(part_ml + part * 2, m_i, mask=gok)
+            tl.store(part_ml + part * 2 + 1, l_i, mask=gok)
+            tl.debug_barrier()  # every thread's partial stores precede the counter's release
+            done = tl.atomic_add(counters + pid, 1, sem="acq_rel")
+            if done == n_split - 1:  # the last of this (row, head): combine in split order
+                sp = tl.arange(0, SPLITS)[:, None]
+                idx = (rows[None, :] * H + h) * SPLITS + sp  # [SPLITS, BG]
+                sok = sp < n_split
+                mp = tl.load(part_ml + idx * 2, mask=sok, other=float("-inf"), cache_modifier=".cg")
+                lp = tl.load(part_ml + idx * 2 + 1, mask=sok, other=0.0, cache_modifier=".cg")
+                op = tl.load(part_o + idx[:, :, None] * D + dd[None, None, :], mask=sok[:, :, None], other=0.0,
+                             cache_modifier=".cg")  # [SPLITS, BG, D]
+                mx = tl.max(mp, axis=0)  # [BG]
+                wgt = tl.exp2(mp - mx[None, :])  # 0 for missing splits
+                den = tl.sum(lp * wgt, axis=0)
+                o = tl.sum(op * wgt[:, :, None], axis=0) / den[:, None]
+                tl.store(o_at, o.to(out_ptr.dtype.element_ty), mask=gok[:, None])
+                tl.atomic_xchg(counters + pid, 0)
+
+
+def _attn_tiles(g: int, d: int) -> tuple[int, int]:
+    """(BG, BS): query rows padded to a power of 2, keys per step with BG*BS*D <= 4096 where it
+    can (32 fp32 a thread at 4 warps; 8192 spilled at BG 1, sm_90 compile)."""
+    bg = _next_pow2(g)
+    return bg, max(16, min(128, 4096 // (bg * d)))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, out: torch.Tensor,
+              counters: torch.Tensor, position: torch.Tensor | None = None, split_s: int = 128) -> torch.Tensor:
+    """Softmax(q k^T / sqrt(D)) v for one query per row, over n_head heads of D = C / n_head.
+
+    q (M, C); k, v (R, S, C) with M = R * G: query rows r*G .. r*G+G-1 share K/V row r (beams of
+    a window over its cross K/V). position: None -> all S keys; a one-element long tensor p ->
+    keys 0..p only (self-attention over a static cache). out (M, C), any float dtype.
+    counters: int32 zeros (>= R * n_head), left zero. split_s: keys per program (power of 2).
+    """
+    m, c = q.shape
+    r, s_max, ck = k.shape
+    if ck != c or tuple(v.shape) != tuple(k.shape) or k.stride() != v.stride() or k.stride(2) != 1:
+        raise ValueError(f"k and v must be (R, S, {c}) alike with a contiguous last axis, got {tuple(k.shape)}, {tuple(v.shape)}")
+    if m % r:
+        raise ValueError(f"{m} query rows can't share K/V of {r} rows")
+    if counters.dtype != torch.int32 or counters.numel() < r * n_head:
+        raise ValueError(f"counters must be int32 with >= {r * n_head} elements")
+    g, d = m // r, c // n_head
+    if d * n_head != c or d & (d - 1):
+        raise ValueError(f"head size {c} / {n_head} must be a power of 2")
+    bg, bs = _attn_tiles(g, d)
+    bs = min(bs, split_s)
+    splits = triton.cdiv(s_max, split_s)
+    sp2 = _next_pow2(splits)  # the partials' split axis (the combine reads it as one tile)
+    part_o = torch.empty((m * n_head * sp2 * d,), dtype=torch.float32, device=q.device)
+    part_ml = torch.empty((m * n_head * sp2 * 2,), dtype=torch.float32, device=q.device)
+    _attn_kernel[(r * n_head, splits)](
+        q, q.stride(0), k, v, k.stride(0), k.stride(1), out, out.stride(0), part_o, part_ml, counters,
+        position if position is not None else counters, s_max, g, n_head, math.log2(math.e) / math.sqrt(d),
+        D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None,
+        num_warps=4)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Token + positional embedding
+# ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _embed_kernel(tok_ptr, w8, w16, pe_ptr, pos_ptr, x_ptr, K, magic,
+                  TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
+                  BITS: tl.constexpr, ZERO: tl.constexpr, NBLK: tl.constexpr):
+    """x[m] = W[tokens[m]] + pe[pos] in float32 (W dequantized as triton_ops.dequantize does)."""
+    m = tl.program_id(0)
+    t = tl.load(tok_ptr + m).to(tl.int64)
+    pos = tl.load(pos_ptr).to(tl.int64)
+    n_blk = K // _QK
+    x_row = x_ptr + m.to(tl.int64) * K
+    pe_row = pe_ptr + pos * K
+    for b0 in range(0, n_blk, NBLK):
+        blk = b0 + tl.arange(0, NBLK)[:, None]
+        ok = blk < n_blk
+        if BITS == 16:
+            jj = tl.arange(0, 32)[None, :]
+            k = blk * _QK + jj
+            w = tl.load(w16 + t * K + k, mask=ok, other=0).to(tl.float16, bitcast=True).to(tl.float32)
+            tl.store(x_row + k, w + tl.load(pe_row + k, mask=ok, other=0.0).to(tl.float32), mask=ok)
+        else:
+            base = (t * n_blk + blk) * TS
+            d = _f16_at(w16, base, ok, False)
+            if BITS == 8:
+                jj = tl.arange(0, 32)[None, :]
+                k = blk * _QK + jj
+                q = _decode_int8(tl.load(w8 + base + QS_B + jj, mask=ok, other=0).to(tl.int32), magic)
+                tl.store(x_row + k, q * d + tl.load(pe_row + k, mask=ok, other=0.0).to(tl.float32), mask=ok)
+            else:
+                jj = tl.arange(0, 16)[None, :]
+                k = blk * _QK + jj
+                qs = tl.load(w8 + base + QS_B + jj, mask=ok, other=0).to(tl.int32)
+                qh = qs
+                if BITS == 5:
+                    qh = _qh_at(w16, base + QH_B, ok, False)
+                q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+                w_lo = q_lo * d
+                w_hi = q_hi16 * (d * 0.0625)
+                if M_B >= 0:
+                    mn = _f16_at(w16, base + M_B, ok, False)
+                    w_lo = w_lo + mn
+                    w_hi = w_hi + mn
+                tl.store(x_row + k, w_lo + tl.load(pe_row + k, mask=ok, other=0.0).to(tl.float32), mask=ok)
+                tl.store(x_row + k + 16, w_hi + tl.load(pe_row + k + 16, mask=ok, other=0.0).to(tl.float32), mask=ok)
+
+
+def embed(tokens: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, n_vocab: int,
+          positional_embedding: torch.Tensor, position: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out (M, C) float32 <- token_embedding[tokens] + positional_embedding[position[0]]; tokens (M,) long."""
+    ggml_type = _as_type(ggml_type)
+    m, c = out.shape
+    if tokens.shape != (m,) or not out.is_contiguous() or c % QK:
+        raise ValueError(f"tokens must be ({m},) and out contiguous (M, C), got {tuple(tokens.shape)}, {tuple(out.shape)}")
+    w8, w16 = _raw_views(raw, ggml_type, n_vocab, c)
+    pe = positional_embedding if positional_embedding.is_contiguous() else positional_embedding.contiguous()
+    ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
+    _embed_kernel[(m,)](tokens, w8, w16, pe, position, out, c, _MAGIC_BITS,
+                        TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
+                        NBLK=_next_pow2(min(c // QK, 64)), num_warps=4)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# The step
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    qkv: torch.Tensor  # raw (3C, C) rows: query | key | value
+    qkv_bias: torch.Tensor  # (3C,) float32, zeros for the key
+    qkv_type: GGMLType
+
+
+class DecoderStep:
+    """The fused one-token step of one TextDecoder (built by `prepare`, kept on the decoder).
+
+    Holds the concatenated q|k|v rows of each layer (the decoder's q/k/v QLinear weights are
+    rebound to views of them, so they take no extra memory) and the attention counters.
+    """
+
+    def __init__(self, decoder):
+        blocks = list(decoder.blocks)
+        first = blocks[0]
+        self.n_state = first.attn.query.in_features
+        self.n_head = first.attn.n_head
+        self.device = decoder.token_embedding.weight.device
+        self.layers: list[_Layer] = []
+        for block in blocks:
+            att = block.attn
+            t = att.query.ggml_type
+            cat = torch.cat([att.query.weight.reshape(-1), att.key.weight.reshape(-1), att.value.weight.reshape(-1)])
+            shape = att.query.weight.shape
+            c = self.n_state
+            for i, lin in enumerate((att.query, att.key, att.value)):
+                lin.weight = cat[i * lin.weight.numel(): (i + 1) * lin.weight.numel()].view(shape)
+            zeros = torch.zeros(c, dtype=torch.float32, device=self.device)
+            bias = torch.cat([att.query.bias.float(), zeros, att.value.bias.float()])
+            self.layers.append(_Layer(cat, bias, t))
+        self.counters = torch.zeros(MAX_ROWS * self.n_head, dtype=torch.int32, device=self.device)
+        self.signature = _signature(decoder)
+
+    def __call__(self, decoder, tokens: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+        """tokens (M, 1) at position[0] -> logits (M, 1, n_vocab) float32; writes K/V into the cache."""
+        m = tokens.shape[0]
+        c, h = self.n_state, self.n_head
+        dev = tokens.device
+        te = decoder.token_embedding
+        x = torch.empty((m, c), dtype=torch.float32, device=dev)  # the residual stream
+        embed(tokens.reshape(m), te.weight, te.ggml_type, te.out_features, decoder.positional_embedding, position, x)
+        q = torch.empty((m, c), dtype=torch.float32, device=dev)
+        a = torch.empty((m, c), dtype=torch.float32, device=dev)
+        hid = torch.empty((m, 4 * c), dtype=torch.float32, device=dev)
+        for i, (block, lay) in enumerate(zip(decoder.blocks, self.layers)):
+            att, xatt = block.attn, block.cross_attn
+            gemv_qkv(x, lay.qkv, lay.qkv_type, lay.qkv_bias, _ln(block.attn_ln), q,
+                     cache.self_k[i], cache.self_v[i], position)
+            attention(q, cache.self_k[i], cache.self_v[i], h, a, self.counters, position, split_s=64)
+            _linear(a, att.out, out=x, epilogue="residual")
+            _linear(x, xatt.query, out=q, ln=_ln(block.cross_attn_ln))
+            attention(q, cache.cross_k[i], cache.cross_v[i], h, a, self.counters)
+            _linear(a, xatt.out, out=x, epilogue="residual")
+            fc1, fc2 = block.mlp[0], block.mlp[2]
+            _linear(x, fc1, out=hid, ln=_ln(block.mlp_ln), epilogue="gelu")
+            _linear(hid, fc2, out=x, epilogue="residual")
+        logits = _linear(x, te, ln=_ln(decoder.ln))
+        return logits.view(m, 1, te.out_features)
+
+
+def _ln(ln) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return ln.weight, ln.bias, ln.eps
+
+
+def _linear(x, lin, out=None, ln=None, epilogue="store"):
+    return gemv(x, lin.weight, lin.ggml_type, lin.out_features, lin.bias, ln, epilogue, out)
+
+
+def _signature(decoder) -> tuple:
+    """What a prepared step depends on: the device and the addresses of the weights it reads."""
+    ptrs = [decoder.token_embedding.weight.data_ptr()]
+    for b in decoder.blocks:
+        ptrs += [b.attn.query.weight.data_ptr(), b.attn.key.weight.data_ptr(), b.attn.value.weight.data_ptr(),
+                 b.attn.query.bias.data_ptr(), b.attn.value.bias.data_ptr()]
+    return (str(decoder.token_embedding.weight.device), tuple(ptrs))
+
+
+def unsupported(decoder, rows: int) -> str | None:
+    """Why the fused step can't run this decoder at `rows` rows (None: it can)."""
+    if not 1 <= rows <= MAX_ROWS:
+        return f"{rows} rows (the fused step takes 1..{MAX_ROWS})"
+    first = decoder.blocks[0]
+    c, h = first.attn.query.in_features, first.attn.n_head
+    if c % QK or (c // h) & (c // h - 1):
+        return f"n_state {c} / n_head {h}"
+    lins = [decoder.token_embedding]
+    for b in decoder.blocks:
+        if b.cross_attn is None:
+            return "a decoder block without cross-attention"
+        qkv = {b.attn.query.ggml_type, b.attn.key.ggml_type, b.attn.value.ggml_type}
+        if len(qkv) != 1:
+            return "query, key and value weights of different types"
+        lins += [b.attn.query, b.attn.out, b.cross_attn.query, b.cross_attn.out, b.mlp[0], b.mlp[2]]
+    bad = sorted({lin.ggml_type.name for lin in lins if lin.ggml_type not in FUSED_TYPES})
+    return f"weight types {bad}" if bad else None
+
+
+def prepare(decoder) -> DecoderStep:
+    """The decoder's DecoderStep, built on first use and rebuilt when its weights moved."""
+    st = getattr(decoder, "_fused_state", None)
+    if st is None or st.signature != _signature(decoder):
+        st = DecoderStep(decoder)
+        decoder._fused_state = st
+        if hasattr(decoder, "drop_graphs"):  # captured graphs read the q/k/v weights' old memory
+            decoder.drop_graphs()
+    return st
+
+
+def decoder_step(decoder, tokens: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
+    """One fused decoder step: tokens (M, 1) long at position (1,) long, both on the decoder's
+    device -> logits (M, 1, n_vocab) float32; k, v of the token written into cache.self_k/v."""
+    return prepare(decoder)(decoder, tokens, position, cache)
+
+
+__all__ = [
+    "FUSED_TYPES",
+    "MAX_ROWS",
+    "DecoderStep",
+    "attention",
+    "decoder_step",
+    "embed",
+    "gemv",
+    "gemv_qkv",
+    "prepare",
+    "unsupported",
+]

@@ -1,0 +1,351 @@
+"""The fused one-token decoder step (quants/triton_decoder.py) against independent references.
+
+* `test_interp_*`: each kernel on CPU tensors through Triton's interpreter (TRITON_INTERPRET=1),
+  small shapes, every weight type the step reads: the LN-GEMV against F.layer_norm and a
+  float64 product of the golden dequantized weights (quants/ref.py); q|k|v into the cache;
+  attention against float64 softmax; the embedding against the golden rows; and the whole
+  step of a small random decoder against the unfused float32 torch step (TextDecoder.forward_at
+  on the CPU). They run in a child process (`test_interpreter_suite`), as in test_triton.py.
+* `cuda`: on the GPU, the fused step's logits against the float32 CPU model (no worse than the
+  unfused float16 step), and greedy tokens of a real transcription against the numpy golden.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qwhisper.quants import GGMLType, quantize, ref, row_nbytes
+
+pytest.importorskip("triton")
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+interp = pytest.mark.skipif(not INTERPRETING, reason="runs in the interpreter child process (test_interpreter_suite)")
+TYPES = [GGMLType.F16, GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0]
+
+
+def _td():
+    from qwhisper.quants import triton_decoder
+
+    return triton_decoder
+
+
+def weights(ggml_type: GGMLType, n: int, k: int, rng: np.random.Generator) -> tuple[torch.Tensor, np.ndarray]:
+    """Random (n, k) weights quantized by the golden: (raw bytes, golden float32 dequantization)."""
+    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+    raw = np.ascontiguousarray(quantize(w, ggml_type)).reshape(-1)
+    return torch.from_numpy(raw.copy()), ref.dequantize(raw, ggml_type, (n, k))
+
+
+def assert_close(got: torch.Tensor, want: np.ndarray, scale: np.ndarray | float, rtol: float, what: str) -> None:
+    """|got - want| <= rtol * scale elementwise (scale: |W| @ |x|-like magnitudes), finite."""
+    g = got.detach().double().numpy()
+    assert np.isfinite(g).all(), f"{what}: non-finite"
+    err = np.abs(g - want)
+    bound = rtol * np.asarray(scale) + 1e-30
+    worst = np.unravel_index(np.argmax(err / bound), err.shape)
+    assert (err <= bound).all(), f"{what}: err {err[worst]:.3g} > {bound[worst]:.3g} at {worst}"
+
+
+def test_interpreter_suite():
+    """Run this file's interpreter tests in a child process with TRITON_INTERPRET=1."""
+    if INTERPRETING:
+        pytest.skip("already in the interpreter process")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-k", "interp and not suite",
+           "-p", "no:cacheprovider", "-x"]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900,
+                          cwd=Path(__file__).parents[1])
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"interpreter tests failed:\n{tail}"
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary, tail
+
+
+# ------------------------------------------------------------------------------------------
+# kernels, interpreted
+# ------------------------------------------------------------------------------------------
+
+
+@interp
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+def test_interp_gemv_ln_gelu_residual(ggml_type):
+    """LN prologue + GELU epilogue (one float16 row) and residual epilogue (5 float32 rows).
+
+    K = 96 is 3 blocks: a partial step of the block loop (EVEN_K off) in every tile."""
+    td = _td()
+    rng = np.random.default_rng(int(ggml_type))
+    n, k = 40, 96
+    raw, w = weights(ggml_type, n, k, rng)
+    bias = rng.standard_normal(n).astype(np.float32)
+    lnw, lnb = rng.uniform(0.5, 1.5, k).astype(np.float32), rng.normal(0, 0.3, k).astype(np.float32)
+
+    # one row, float16 input, LN + GELU; an offset of 3 (mean far from 0) tests the LN statistics
+    x16 = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 3).astype(np.float16))
+    y = td.gemv(x16, raw, ggml_type, n, torch.from_numpy(bias).half(), (torch.from_numpy(lnw).half(),
+                torch.from_numpy(lnb).half(), 1e-5), "gelu")
+    xn = F.layer_norm(x16.double(), (k,), torch.from_numpy(lnw).half().double(),
+                      torch.from_numpy(lnb).half().double(), 1e-5).numpy()
+    pre = xn @ w.astype(np.float64).T + np.float16(bias).astype(np.float64)
+    want = F.gelu(torch.from_numpy(pre)).numpy()
+    assert y.dtype == torch.float32
+    assert_close(y, want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} LN+GELU")
+
+    # five rows, residual added in place into a float32 stream with row stride 2k (a view)
+    x = torch.from_numpy(rng.standard_normal((5, k)).astype(np.float32))
+    res_full = torch.from_numpy(rng.standard_normal((5, 2 * n)).astype(np.float32))
+    res = res_full[:, :n]
+    before = res_full.clone()
+    td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), None, "residual", out=res)
+    want = before[:, :n].double().numpy() + x.double().numpy() @ w.astype(np.float64).T + bias
+    assert_close(res, want, np.abs(x.numpy()) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} residual")
+    assert torch.equal(res_full[:, n:], before[:, n:])  # the other half of each row untouched
+
+
+@interp
+@pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.Q5_0], ids=lambda t: t.name)
+def test_interp_gemv_qkv_writes_cache_row(ggml_type):
+    td = _td()
+    rng = np.random.default_rng(5)
+    m, c, n_ctx, pos = 3, 64, 16, 11
+    raw, w = weights(ggml_type, 3 * c, c, rng)
+    bias = np.concatenate([rng.standard_normal(c), np.zeros(c), rng.standard_normal(c)]).astype(np.float32)
+    lnw, lnb = rng.uniform(0.5, 1.5, c).astype(np.float32), rng.normal(0, 0.3, c).astype(np.float32)
+    x = torch.from_numpy(rng.standard_normal((m, c)).astype(np.float32))
+    kc = torch.full((m + 1, n_ctx, c), 7.0, dtype=torch.float16)  # one spare row: must stay untouched
+    vc = torch.full((m + 1, n_ctx, c), -7.0, dtype=torch.float16)
+    q = torch.empty(m, c)
+    td.gemv_qkv(x, raw, ggml_type, torch.from_numpy(bias), (torch.from_numpy(lnw), torch.from_numpy(lnb), 1e-5),
+                q, kc, vc, torch.tensor([pos]))
+    xn = F.layer_norm(x.double(), (c,), torch.from_numpy(lnw).double(), torch.from_numpy(lnb).double(), 1e-5).numpy()
+    want = xn @ w.astype(np.float64).T + bias  # (m, 3c)
+    scale = np.abs(xn) @ np.abs(w.T) + 1
+    assert_close(q, want[:, :c], scale[:, :c], 1e-5, "q")
+    # k, v: the float32 result rounded once to the cache's float16 (half an ulp, 2^-11 relative)
+    for got, sl, name in ((kc[:m, pos], slice(c, 2 * c), "k"), (vc[:m, pos], slice(2 * c, 3 * c), "v")):
+        bound = 1e-5 * scale[:, sl] + 2.0**-11 * np.abs(want[:, sl])
+        assert_close(got.float(), want[:, sl], bound, 1.0, name)
+    others = torch.ones(n_ctx, dtype=torch.bool)
+    others[pos] = False
+    assert (kc[:, others] == 7.0).all() and (vc[:, others] == -7.0).all() and (kc[m] == 7.0).all()
+
+
+def _attention_ref(q: np.ndarray, k: np.ndarray, v: np.ndarray, n_head: int, n_keys: int) -> np.ndarray:
+    """float64 softmax attention: q (M, C), k/v (R, S, C), rows r*G.. share K/V row r; first n_keys keys."""
+    m, c = q.shape
+    r = k.shape[0]
+    g, d = m // r, c // n_head
+    out = np.zeros((m, c))
+    for i in range(m):
+        for h in range(n_head):
+            sl = slice(h * d, (h + 1) * d)
+            kk, vv = k[i // g, :n_keys, sl].astype(np.float64), v[i // g, :n_keys, sl].astype(np.float64)
+            s = kk @ q[i, sl].astype(np.float64) / np.sqrt(d)
+            p = np.exp(s - s.max())
+            out[i, sl] = p @ vv / p.sum()
+    return out
+
+
+@interp
+@pytest.mark.parametrize("case", ["self", "cross", "beams"])
+def test_interp_attention(case):
+    """Self-attention over cache rows 0..pos (1, 2 and 4 splits of 4 keys, then one split), cross
+    attention over 37 keys (10 splits: the last program combines), and 3 beams per K/V row."""
+    td = _td()
+    rng = np.random.default_rng(["self", "cross", "beams"].index(case))
+    c, n_head = 64, 2
+    counters = torch.zeros(16, dtype=torch.int32)
+    if case == "self":
+        m, s = 2, 16
+        k = torch.from_numpy(rng.standard_normal((m, s, c)).astype(np.float16))
+        v = torch.from_numpy(rng.standard_normal((m, s, c)).astype(np.float16))
+        cases = [(pos, split) for pos in (0, 5, 15) for split in (4, 16)]
+    else:
+        r, g, s = (2, 1, 37) if case == "cross" else (2, 3, 37)
+        m = r * g
+        k = torch.from_numpy(rng.standard_normal((r, s, c)).astype(np.float32) * 2)
+        v = torch.from_numpy(rng.standard_normal((r, s, c)).astype(np.float32))
+        cases = [(None, 4), (None, 64)]
+    for pos, split in cases:
+        q = torch.from_numpy(rng.standard_normal((m, c)).astype(np.float32))
+        out = torch.full((m, c), float("nan"))
+        td.attention(q, k, v, n_head, out, counters, None if pos is None else torch.tensor([pos]), split_s=split)
+        want = _attention_ref(q.numpy(), k.numpy(), v.numpy(), n_head, s if pos is None else pos + 1)
+        assert_close(out, want, 1.0, 1e-5, f"{case} pos={pos} split={split}")
+        assert not counters.any(), "counters must be left zero"
+
+
+@interp
+@pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
+def test_interp_embed(ggml_type):
+    td = _td()
+    rng = np.random.default_rng(int(ggml_type) + 50)
+    n_vocab, c, n_ctx = 20, 64, 8
+    raw, w = weights(ggml_type, n_vocab, c, rng)
+    pe = torch.from_numpy(rng.standard_normal((n_ctx, c)).astype(np.float16))
+    tokens = torch.tensor([3, 19, 0])
+    out = torch.full((3, c), float("nan"))
+    td.embed(tokens, raw, ggml_type, n_vocab, pe, torch.tensor([5]), out)
+    want = w[tokens.numpy()] + pe[5].float().numpy()  # golden rows (float32) + pe, one float32 add
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
+def random_decoder(ggml_type: GGMLType, seed: int, n_layer: int = 2):
+    """A TextDecoder (n_vocab 96, n_ctx 16, n_state 64, 2 heads) of random weights in ggml_type, float32."""
+    from qwhisper.model import QLinear, TextDecoder
+
+    rng = np.random.default_rng(seed)
+    dec = TextDecoder(96, 16, 64, 2, n_layer)
+    with torch.no_grad():
+        for mod in dec.modules():
+            if isinstance(mod, QLinear):
+                raw, _ = weights(ggml_type, mod.out_features, mod.in_features, rng)
+                mod.ggml_type = ggml_type
+                mod.weight = raw.view(mod.out_features, row_nbytes(ggml_type, mod.in_features))
+                if mod.bias is not None:
+                    mod.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, mod.out_features).astype(np.float32)))
+            elif isinstance(mod, torch.nn.LayerNorm):
+                mod.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, mod.weight.shape).astype(np.float32)))
+                mod.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, mod.bias.shape).astype(np.float32)))
+        dec.positional_embedding.copy_(torch.from_numpy(rng.normal(0, 0.3, (16, 64)).astype(np.float32)))
+    return dec
+
+
+@interp
+@pytest.mark.parametrize("ggml_type,rows,n_group", [(GGMLType.Q5_0, 1, 1), (GGMLType.F16, 4, 2)],
+                         ids=["q5_0-greedy", "f16-2x2beams"])
+def test_interp_decoder_step_matches_unfused(ggml_type, rows, n_group, monkeypatch):
+    """A 3-token prompt by the unfused path, then 2 one-token steps fused vs unfused (float32,
+    CPU): logits and the K/V cache rows agree to float32 rounding."""
+    td = _td()
+    monkeypatch.setattr(td, "MIN_BLOCK_N", 16)  # the interpreter runs programs one at a time
+    dec = random_decoder(ggml_type, seed=rows)
+    rng = np.random.default_rng(9)
+    xa = torch.from_numpy(rng.standard_normal((rows // n_group, 20, 64)).astype(np.float32))
+    with torch.no_grad():
+        caches = [dec.new_kv_cache(xa, n_group) for _ in range(2)]
+        prompt = torch.from_numpy(rng.integers(0, 96, (rows, 3)))
+        for cache in caches:
+            dec.forward_at(prompt, torch.arange(3), cache)
+        assert td.unsupported(dec, rows) is None
+        for pos in (3, 4):
+            tok = torch.from_numpy(rng.integers(0, 96, (rows, 1)))
+            want = dec.forward_at(tok, torch.tensor([pos]), caches[0])
+            got = td.decoder_step(dec, tok, torch.tensor([pos]), caches[1])
+            assert got.shape == want.shape == (rows, 1, 96) and got.dtype == torch.float32
+            err = (got - want).abs().max().item() / want.abs().max().item()
+            assert err < 1e-5, f"step at {pos}: relative error {err:.3g}"
+        for i in range(len(dec.blocks)):
+            for a, b in ((caches[0].self_k[i], caches[1].self_k[i]), (caches[0].self_v[i], caches[1].self_v[i])):
+                torch.testing.assert_close(b[:, :5], a[:, :5], rtol=1e-5, atol=1e-5)
+    assert not dec._fused_state.counters.any()
+
+
+def test_unsupported_reasons():
+    """What makes the model fall back to the unfused step (no kernels run)."""
+    td = _td()
+    dec = random_decoder(GGMLType.Q8_0, seed=1, n_layer=1)
+    assert td.unsupported(dec, 1) is None and td.unsupported(dec, 8) is None
+    assert "rows" in td.unsupported(dec, 9)
+    dec.blocks[0].mlp[0].ggml_type = GGMLType.F32
+    assert "F32" in td.unsupported(dec, 1)
+    dec = random_decoder(GGMLType.Q8_0, seed=1, n_layer=1)
+    dec.blocks[0].attn.key.ggml_type = GGMLType.Q4_0
+    assert "different types" in td.unsupported(dec, 1)
+
+
+# ------------------------------------------------------------------------------------------
+# GPU
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.cuda
+def test_cuda_fused_step_logits():
+    """Fused vs unfused one-token steps of the real tiny.en q5_1 (float16 model, greedy and 5
+    beams): the fused logits are no further from the float32 CPU model's than the unfused ones
+    (its residual stream is float32), and within 2e-2 of its scale."""
+    from conftest import SHARED_MODEL_Q5_1, need
+
+    from qwhisper.loader import load_model
+
+    path = need(SHARED_MODEL_Q5_1)
+    gpu, cpu = load_model(path, "cuda"), load_model(path, "cpu")
+    rng = np.random.default_rng(3)
+    mel = torch.from_numpy(rng.uniform(-0.8, 1.2, (1, 80, 3000)).astype(np.float32))
+    xa = cpu.embed_audio(mel)
+    prompt = [50257, 50362, 843, 523, 616]
+    for beams in (1, 5):
+        errs = {}
+        tokens = torch.from_numpy(rng.integers(0, 50000, (beams, 3)))
+        for fused in (False, True):
+            gpu.decoder.fused_step = fused
+            cache = gpu.new_kv_cache(xa, n_group=beams)
+            gpu.logits(torch.tensor([prompt] * beams), cache)
+            ref_cache = cpu.new_kv_cache(xa, n_group=beams)
+            cpu.logits(torch.tensor([prompt] * beams), ref_cache)
+            e = 0.0
+            for j in range(3):
+                a = gpu.logits(tokens[:, j:j + 1], cache).cpu()
+                b = cpu.logits(tokens[:, j:j + 1], ref_cache)
+                e = max(e, ((a - b).abs().max() / b.abs().max()).item())
+            errs[fused] = e
+        assert gpu.decoder._fused_error is None and gpu.decoder._fused_ran
+        print(f"beams {beams}: relative error vs float32 CPU, unfused {errs[False]:.3g}, fused {errs[True]:.3g}")
+        assert errs[True] <= max(1.5 * errs[False], 1e-3) and errs[True] < 2e-2, errs
+
+
+@pytest.mark.cuda
+def test_cuda_fused_greedy_matches_golden():
+    """jfk.wav with the real tiny.en q5_1 on the GPU, fused graphed steps: the greedy tokens
+    are the numpy golden's (model_ref) from its own encoder output."""
+    import wave
+
+    from conftest import SHARED_MODEL_Q5_1, SPEECH_DIR, need
+
+    from qwhisper import model_ref as R
+    from qwhisper.audio import log_mel_spectrogram, pad_or_trim
+    from qwhisper.ggml_file import read_ggml
+    from qwhisper.loader import load_model
+
+    f = read_ggml(need(SHARED_MODEL_Q5_1))
+    with wave.open(str(need(SPEECH_DIR / "jfk.wav"))) as w:  # 16 kHz mono s16: no PyAV on the GPU machine
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+    mel = log_mel_spectrogram(pad_or_trim(audio), f.mel_filters)
+    model = load_model(f, "cuda")
+    assert model.decoder.fused_step
+    eot = 50256
+
+    def greedy(step, n=64):
+        out, logits = [], step([50257, 50362])
+        while len(out) < n and (t := int(np.argmax(logits))) != eot:
+            out.append(t)
+            logits = step([t])
+        return out
+
+    cache = model.new_kv_cache(model.embed_audio(torch.from_numpy(mel)[None]))
+    assert cache._graphed is not None
+    got = greedy(lambda new: model.logits(torch.tensor([new]), cache)[0, -1].cpu().numpy())
+    assert model.decoder._fused_ran and model.decoder._fused_error is None
+    assert all(st.graph is not None for sets in model.decoder._graphed.values() for st in sets)
+    w = R.Weights(f)
+    xa = R.layer_norm(_golden_encoder(R, w, mel), w["encoder.ln_post.weight"], w["encoder.ln_post.bias"])
+    cache_ref = R.DecoderCacheRef.new(w, xa)
+    want = greedy(lambda new: R.decode(w, new, cache_ref)[-1])
+    text = b"".join(f.vocab[t] for t in got).decode("utf-8")
+    assert got == want, (text, b"".join(f.vocab[t] for t in want).decode("utf-8"))
+    assert "ask not what your country can do for you" in text
+
+
+def _golden_encoder(R, w, mel):
+    h = R.encoder_stem(w, mel)
+    for i in range(w.hparams.n_audio_layer):
+        h = R.encoder_block(w, i, h)
+    return h
