@@ -61,8 +61,9 @@ class VadOptions:
     speech_pad_s: float = 0.2  # speech is widened by this on both sides (soft onsets, trailing consonants)
     min_speech_s: float = 0.25  # shorter loud stretches alone (clicks) are not speech
     floor_margin_db: float = 10.0  # speech: above the noise floor (5th percentile of frames) + this ...
-    max_range_db: float = 50.0  # ... and above the loudest frames (99th percentile) - this ...
-    min_range_db: float = 20.0  # ... but never needing more than loudest - this
+    max_range_db: float = 40.0  # ... and above the loudest frames (99th percentile) - this ...
+    min_range_db: float = 20.0  # ... but never needing more than loudest - this; and always
+    silence_db: float = -80.0  # above this absolute level (dB re full scale: ~3 LSB rms of 16-bit audio)
     # decoding: no <|endoftext|> after a timestamp earlier than this before the chunk's end
     # (batched.NoEarlyEnd); None: Whisper may stop where it likes
     end_margin_s: float | None = 1.0
@@ -112,6 +113,7 @@ def speech_mask(power: np.ndarray, vad: VadOptions = VadOptions()) -> np.ndarray
     db = 10 * np.log10(_moving_mean(power, 5) + 1e-12)  # 50-ms smoothing: no flicker inside words
     floor, loud = np.percentile(db, 5), np.percentile(db, 99)
     threshold = min(max(floor + vad.floor_margin_db, loud - vad.max_range_db), loud - vad.min_range_db)
+    threshold = max(threshold, vad.silence_db)  # digital silence (or near) is never speech
     mask = db > threshold
     min_speech = round(vad.min_speech_s * FRAMES_PER_SECOND)
     for a, b in _runs(mask):

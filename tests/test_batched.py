@@ -1,0 +1,300 @@
+"""Batched long-form transcription (qwhisper.batched): the chunker on synthetic signals with
+known pauses, the batch decoder against one-chunk-at-a-time decoding, and the pipeline on real
+speech (LibriVox utterances concatenated past 60 s) against the sequential seek loop."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from conftest import LIBRIVOX_DIR, need
+
+from qwhisper.audio import N_FRAMES, SAMPLE_RATE
+from qwhisper.batched import (
+    FRAMES_PER_SECOND,
+    BatchedPipeline,
+    NoEarlyEnd,
+    VadOptions,
+    chunk_audio,
+    chunk_mel,
+    decode_batch,
+    split_chunk,
+    split_region,
+)
+from qwhisper.decoding import OptionError
+from qwhisper.transcribe import TranscribeOptions
+
+# --- the chunker on synthetic speech -------------------------------------------------------------
+
+
+def synthetic_speech(rng, plan):
+    """plan: [("speech" | "pause" | "silence", seconds), ...] -> (samples, spans) where speech is
+    noise under a 4-Hz syllable envelope (amplitude ~0.1, never below 30 % of it), a pause a
+    stretch at -66 dB (breath noise), silence digital zero; spans: (kind, start, end) frames."""
+    out, spans, t = [], [], 0
+    for kind, seconds in plan:
+        n = round(seconds * SAMPLE_RATE)
+        if kind == "speech":
+            phase = rng.uniform(0, 2 * np.pi)
+            env = 0.65 + 0.35 * np.sin(2 * np.pi * 4 * np.arange(n) / SAMPLE_RATE + phase)
+            x = 0.1 * env * rng.standard_normal(n)
+        elif kind == "pause":
+            x = 5e-4 * rng.standard_normal(n)
+        else:
+            x = np.zeros(n)
+        out.append(x)
+        spans.append((kind, t // 160, (t + n) // 160))
+        t += n
+    return np.concatenate(out).astype(np.float32), spans
+
+
+def long_plan(rng):
+    """3 s of silence, 70 s of speech in phrases of 2.5-6 s between 0.3-s pauses, 6 s of silence,
+    a 4-s phrase, 1 s of silence."""
+    plan, total = [("silence", 3.0)], 0.0
+    while total < 70:
+        d = float(rng.uniform(2.5, 6.0))
+        plan += [("speech", d), ("pause", 0.3)]
+        total += d + 0.3
+    plan[-1] = ("silence", 6.0)
+    return plan + [("speech", 4.0), ("silence", 1.0)]
+
+
+def test_chunks_cut_at_pauses_cover_speech_and_skip_long_silence():
+    rng = np.random.default_rng(0)
+    samples, spans = synthetic_speech(rng, long_plan(rng))
+    chunks = chunk_audio(samples)
+    limit = 30 * FRAMES_PER_SECOND
+    assert all(0 < b - a <= limit for a, b in chunks)
+    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(chunks, chunks[1:]))
+    covered = np.zeros(len(samples) // 160 + 1, bool)
+    for a, b in chunks:
+        covered[a:b] = True
+    for kind, a, b in spans:
+        if kind == "speech":
+            assert covered[a:b].all(), (a, b, chunks)  # every frame of speech is decoded
+    # each boundary is in a pause or a silence, never inside speech
+    for point in [a for a, _ in chunks] + [b for _, b in chunks]:
+        kind = next(k for k, a, b in spans if a <= point < b or (point == b and k != "speech"))
+        inside = [k for k, a, b in spans if a < point < b]
+        assert "speech" not in inside, (point, chunks)
+        assert kind in ("pause", "silence")
+    # the 70 s of phrases need three chunks or four; the 6-s silence is skipped (only the 0.2-s
+    # pads), so the last phrase is a chunk of its own
+    _, s_start, s_end = next(s for s in spans if s[0] == "silence" and s[2] - s[1] == 600)
+    assert covered[s_start:s_end].sum() <= 2 * (20 + 2 + 1)  # pad + half the 5-frame smoothing + a partial frame
+    assert len(chunks) in (4, 5)
+    _, p_start, p_end = spans[-2]
+    assert abs(chunks[-1][0] - (p_start - 20)) <= 3 and abs(chunks[-1][1] - (p_end + 20)) <= 3
+    # the first chunk starts 0.2 s (speech_pad_s) before the speech
+    assert abs(chunks[0][0] - (300 - 20)) <= 3
+
+
+def test_short_pauses_stay_inside_a_chunk_and_silence_gives_no_chunk():
+    rng = np.random.default_rng(1)
+    plan = [("silence", 1.0), ("speech", 3.0), ("pause", 1.0), ("speech", 3.0), ("silence", 1.0)]
+    samples, spans = synthetic_speech(rng, plan)
+    chunks = chunk_audio(samples)
+    assert len(chunks) == 1  # the 1-s pause is shorter than min_silence_s (2 s)
+    a, b = chunks[0]
+    assert abs(a - (100 - 20)) <= 3 and abs(b - (800 + 20)) <= 3
+    assert chunk_audio(np.zeros(10 * SAMPLE_RATE, np.float32)) == []
+    assert chunk_audio(np.zeros(0, np.float32)) == []
+    # with min_silence_s below the pause, two chunks
+    assert len(chunk_audio(samples, VadOptions(min_silence_s=0.5))) == 2
+    # clips: only the second phrase
+    clipped = chunk_audio(samples, clips=[(450, 900)])
+    assert len(clipped) == 1 and clipped[0][0] >= 450
+
+
+def test_split_region_cuts_at_the_quietest_latest_frame():
+    quiet = np.ones(100)
+    quiet[[30, 35, 38]] = [0.5, 0.2, 0.2]  # minimum 0.2 twice: the later one wins
+    quiet[5] = 0.0  # outside the search window: ignored
+    assert split_region(0, 100, quiet, max_frames=40, search_frames=10) == [(0, 38), (38, 78), (78, 100)]
+    assert split_region(3, 40, quiet, max_frames=40, search_frames=10) == [(3, 40)]
+
+
+def test_chunk_mel_pads_like_a_short_window():
+    mel = torch.arange(2 * 5000, dtype=torch.float32).reshape(2, 5000)  # 2000 content + 3000 "silence"
+    zeros = chunk_mel(mel, 2000, 100, 600, "zeros")
+    assert zeros.shape == (2, N_FRAMES) and torch.equal(zeros[:, :500], mel[:, 100:600]) and not zeros[:, 500:].any()
+    silence = chunk_mel(mel, 2000, 100, 600, "silence")
+    assert torch.equal(silence[:, :500], mel[:, 100:600]) and torch.equal(silence[:, 500:], mel[:, 2500:])
+    tail = chunk_mel(mel, 2000, 1500, 2000, "silence")  # the file's end: the padding that follows it
+    assert torch.equal(tail, mel[:, 1500:4500])
+
+
+# --- token handling ------------------------------------------------------------------------------
+
+
+class _Tok:
+    eot, timestamp_begin = 50256, 50363
+
+
+def test_split_chunk_keeps_unfinished_text_to_the_chunk_end():
+    tb = _Tok.timestamp_begin
+    tokens = [tb, 10, 11, tb + 100, tb + 100, 12, 13]  # a pair, then text that never closes
+    split = split_chunk(tokens, _Tok(), segment_size=1000)
+    assert split.pieces == [(0, 100, [tb, 10, 11, tb + 100]), (100, 500, [tb + 100, 12, 13])]
+    # a closed last segment beyond the chunk's 6 s (300 steps): its end is clipped
+    split = split_chunk([tb, 10, tb + 400], _Tok(), segment_size=600)
+    assert split.pieces == [(0, 300, [tb, 10, tb + 400])]
+
+
+def test_no_early_end_masks_eot_only_after_an_early_timestamp():
+    tb, eot = _Tok.timestamp_begin, _Tok.eot
+    f = NoEarlyEnd(_Tok(), sample_begin=1, chunk_steps=torch.tensor([1000, 1000, 1000, 300]), margin=50)
+    tokens = torch.tensor([[1, tb + 10], [1, tb + 960], [1, 42], [1, tb + 10]])
+    logits = torch.zeros(4, 51864)
+    f.apply(logits, tokens)
+    assert logits[:, eot].tolist() == [float("-inf"), 0.0, 0.0, float("-inf")]
+    assert (logits[:, :eot] == 0).all()
+    untouched = torch.zeros(4, 51864)
+    f.apply(untouched, tokens[:, :1])  # nothing sampled yet
+    assert not untouched.any()
+
+
+def test_batched_options_refused():
+    with pytest.raises(OptionError, match="batch_size"):
+        TranscribeOptions(batch_size=-1)
+    with pytest.raises(OptionError, match="hallucination_silence_threshold"):
+        BatchedPipeline(object(), TranscribeOptions(batch_size=4, word_timestamps=True,
+                                                    hallucination_silence_threshold=2.0))
+
+
+# --- real speech ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model():
+    from qwhisper.transcribe import WhisperModel
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the test machine's cores are shared: no oversubscription
+    try:
+        yield WhisperModel("tiny.en", "cpu")
+    except Exception as e:  # noqa: BLE001 -- no tiny.en weights on this machine
+        pytest.skip(f"tiny.en not available: {e}")
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def long_speech():
+    """The 5 LibriVox utterances three times over (74 s) and the matching reference."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import evalsets
+
+    from qwhisper.audio import load_audio
+
+    need(LIBRIVOX_DIR / "transcription")
+    utts = evalsets.librivox()
+    audio = np.concatenate([load_audio(u.path) for u in utts] * 3)
+    return audio, " ".join([u.reference for u in utts] * 3)
+
+
+def _wer(reference: str, hypothesis: str) -> float:
+    jiwer = pytest.importorskip("jiwer")
+    from qwhisper.normalizer import EnglishTextNormalizer
+
+    norm = EnglishTextNormalizer()
+    return 100.0 * jiwer.wer(norm(reference), norm(hypothesis))
+
+
+def test_batch_decodes_like_each_chunk_alone(model, long_speech):
+    audio, _ = long_speech
+    options = TranscribeOptions(language="en", batch_size=4)
+    pipeline = BatchedPipeline(model, options)
+    f = pipeline.open(audio)
+    assert len(f.chunks) >= 3 and f.chunks[-1][1] - f.chunks[0][0] > 60 * FRAMES_PER_SECOND
+    m = model.model
+    chunks = f.chunks[:2]  # a batch of two: rows of different lengths, one finishing first
+    mels = [chunk_mel(f.state.mel, f.state.content_frames, a, b, options.pad_window) for a, b in chunks]
+    steps = [(b - a) // 2 for a, b in chunks]
+    together = decode_batch(m, f.state.tokenizer, m.embed_audio(torch.stack(mels)), options, "en", [], steps,
+                            pipeline.end_margin)
+    for i, mel in enumerate(mels):
+        alone = decode_batch(m, f.state.tokenizer, m.embed_audio(mel[None]), options, "en", [], steps[i: i + 1],
+                             pipeline.end_margin)
+        assert together[i][0].tokens == alone[0][0].tokens, i
+        assert together[i][1] == alone[0][1]
+        assert together[i][0].avg_logprob == pytest.approx(alone[0][0].avg_logprob, abs=1e-4)
+
+
+@pytest.fixture(scope="module")
+def sequential(model, long_speech):
+    segments, _ = model.transcribe(long_speech[0], language="en")
+    return list(segments)
+
+
+@pytest.fixture(scope="module")
+def batched(model, long_speech):
+    segments, info = model.transcribe(long_speech[0], language="en", batch_size=8, word_timestamps=True)
+    return list(segments), info
+
+
+def test_batched_wer_matches_sequential(long_speech, sequential, batched):
+    _, reference = long_speech
+    wer_seq = _wer(reference, "".join(s.text for s in sequential))
+    wer_batched = _wer(reference, "".join(s.text for s in batched[0]))
+    assert wer_seq < 10
+    assert wer_batched <= wer_seq + 1.0, (wer_seq, wer_batched)
+
+
+def test_batched_segments_in_time_order_inside_the_audio(model, long_speech, batched):
+    audio, _ = long_speech
+    segments, info = batched
+    duration = len(audio) / SAMPLE_RATE
+    assert info.duration == pytest.approx(duration) and info.language == "en"
+    assert [s.id for s in segments] == list(range(len(segments)))
+    assert segments[-1].end > 60
+    for s in segments:
+        assert 0 <= s.start < s.end <= duration
+        assert s.text.strip() and s.text == model.tokenizer.decode_text(s.tokens)
+        assert s.words and all(s.start <= w.start <= w.end <= s.end for w in s.words)
+    for a, b in zip(segments, segments[1:]):
+        assert a.end <= b.start and a.seek <= b.seek
+        assert a.words[-1].end <= b.words[0].start
+
+
+def test_srt_and_json_outputs_parse(tmp_path, batched):
+    from qwhisper.writers import write_result
+
+    segments, info = batched
+    write_result(segments, "long.wav", tmp_path, "srt,json", language=info.language)
+    data = json.loads((tmp_path / "long.json").read_text())
+    assert [s["text"] for s in data["segments"]] == [s.text for s in segments]
+    cues = re.findall(r"(\d+)\n(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)\n(.+)\n",
+                      (tmp_path / "long.srt").read_text())
+    assert [int(c[0]) for c in cues] == list(range(1, len(segments) + 1))
+    times = [(int(h) * 3600 + int(m) * 60 + int(s) + int(ms) / 1000) for c in cues
+             for h, m, s, ms in (c[1:5], c[5:9])]
+    assert times == sorted(times)
+    assert times[0] == pytest.approx(segments[0].start, abs=1e-3)
+
+
+def test_cli_batches_chunks_of_several_files(tmp_path, model):
+    """Two files in one batch, plus one that can't be read: each transcript belongs to its file."""
+    import sys
+    from pathlib import Path
+
+    from qwhisper.cli import main
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import evalsets
+
+    utts = evalsets.librivox()[:2]
+    rc = main(["transcribe", str(utts[0].path), str(tmp_path / "missing.wav"), str(utts[1].path),
+               "--model", str(model.path), "--device", "cpu", "--batch-size", "4", "--language", "en",
+               "-f", "txt", "-o", str(tmp_path), "--quiet"])
+    assert rc == 1  # one file failed
+    for u, other in zip(utts, utts[::-1]):
+        text = (tmp_path / (u.path.stem + ".txt")).read_text()
+        assert _wer(u.reference, text) < 30, (u.name, text)
+        assert _wer(u.reference, text) < _wer(other.reference, text) - 50, (u.name, text)
+    assert not (tmp_path / "missing.txt").exists()
