@@ -137,6 +137,20 @@ class _EncoderTimer:
         self.seconds, self.windows, self.calls = 0.0, 0, 0
 
 
+class _StepCounter:
+    """Wraps model.logits: decoder calls (one per step of a batch, the prompt pass included) and
+    rows x calls (each window's steps, summed)."""
+
+    def __init__(self, model):
+        self.inner = model.logits
+        self.calls = self.row_steps = 0
+
+    def __call__(self, tokens, *args, **kwargs):
+        self.calls += 1
+        self.row_steps += tokens.shape[0]
+        return self.inner(tokens, *args, **kwargs)
+
+
 def transcribe(whisper, samples: np.ndarray, options, batch_size: int):
     """Segments of one transcription: the seek loop (batch_size 0), else the batched pipeline
     with `batch_size` chunks per batch (1 included: the same chunks one at a time)."""
@@ -159,7 +173,8 @@ def measure(whisper, samples: np.ndarray, reference: str | None, options, batch_
     cuda = device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     timer = _EncoderTimer(whisper.model, sync)
-    whisper.model.embed_audio = timer  # instance attribute: shadows the method for this model only
+    whisper.model.embed_audio = timer  # instance attributes: shadow the methods for this model only
+    steps = whisper.model.logits = _StepCounter(whisper.model)
     audio_s = len(samples) / SAMPLE_RATE
     rows = []
     try:
@@ -174,13 +189,15 @@ def measure(whisper, samples: np.ndarray, reference: str | None, options, batch_
             best = None
             for _ in range(repeat):
                 timer.reset()
+                steps.calls = steps.row_steps = 0
                 t0 = time.perf_counter()
                 segments = transcribe(whisper, samples, options, bs)
                 sync()
                 dt = time.perf_counter() - t0
                 if best is None or dt < best["seconds"]:
                     best = {"seconds": dt, "encoder_seconds": timer.seconds, "windows": timer.windows,
-                            "encoder_calls": timer.calls, "segments": segments}
+                            "encoder_calls": timer.calls, "decoder_calls": steps.calls,
+                            "decoder_row_steps": steps.row_steps, "segments": segments}
             segments = best.pop("segments")
             text = "".join(s.text for s in segments).strip()
             row = {"batch_size": bs, "mode": "sequential" if bs == 0 else f"batched {bs}", **best,
@@ -197,19 +214,19 @@ def measure(whisper, samples: np.ndarray, reference: str | None, options, batch_
             rows.append(row)
             print(_row(row), flush=True)
     finally:
-        del whisper.model.embed_audio
+        del whisper.model.embed_audio, whisper.model.logits
     return rows
 
 
-HEADER = ("| mode | wall s | RTFx | encoder s (windows) | segments | WER % | peak VRAM MB |\n"
-          "| --- | --- | --- | --- | --- | --- | --- |")
+HEADER = ("| mode | wall s | RTFx | encoder s (windows) | decoder calls (row steps) | segments | WER % | peak VRAM MB |\n"
+          "| --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def _row(r: dict) -> str:
     wer = f"{r['wer']:.2f}" if "wer" in r else "-"
     vram = f"{r['peak_vram_bytes'] / 1e6:.0f}" if "peak_vram_bytes" in r else "-"
     return (f"| {r['mode']} | {r['seconds']:.2f} | {r['rtfx']:.1f} | {r['encoder_seconds']:.2f} ({r['windows']}) | "
-            f"{r['n_segments']} | {wer} | {vram} |")
+            f"{r['decoder_calls']} ({r['decoder_row_steps']}) | {r['n_segments']} | {wer} | {vram} |")
 
 
 def report(result: dict) -> str:
