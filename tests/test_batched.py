@@ -298,3 +298,19 @@ def test_cli_batches_chunks_of_several_files(tmp_path, model):
         assert _wer(u.reference, text) < 30, (u.name, text)
         assert _wer(u.reference, text) < _wer(other.reference, text) - 50, (u.name, text)
     assert not (tmp_path / "missing.txt").exists()
+
+
+def test_silent_file_has_no_segments_and_decodes_nothing(model):
+    """Digital silence gives no chunk: nothing reaches the encoder (embed_audio would raise)."""
+    from qwhisper.transcribe import transcribe
+
+    class NoEncoder:
+        def __getattr__(self, name):
+            if name == "embed_audio":
+                raise AssertionError("a silent file must not be encoded")
+            return getattr(model.model, name)
+
+    options = TranscribeOptions(language="en", batch_size=4)
+    segments, info = transcribe(NoEncoder(), np.zeros(5 * SAMPLE_RATE, np.float32), options,
+                                tokenizer=model.tokenizer, mel_filters=model.mel_filters)
+    assert list(segments) == [] and info.duration == 5.0
