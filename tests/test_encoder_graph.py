@@ -1,0 +1,55 @@
+"""The encoder's CUDA graph (model._GraphedEncoder): replays equal the eager encoder bit for bit,
+also after the shared dequantize buffer has grown; CPU models never build one."""
+
+import pytest
+import torch
+
+from qwhisper.architectures import write_random_model
+from qwhisper.loader import load_model
+
+
+@pytest.fixture(scope="module")
+def toy_q5_0(tmp_path_factory):
+    path = tmp_path_factory.mktemp("toy") / "ggml-toy-q5_0.bin"
+    write_random_model(path, "toy.en", "q5_0", seed=3)
+    return path
+
+
+def _mel(model, batch: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, model.dims.n_mels, 2 * model.dims.n_audio_ctx, generator=g)
+
+
+def test_cpu_encoder_is_not_graphed(toy_q5_0):
+    model = load_model(toy_q5_0, "cpu")
+    model.embed_audio(_mel(model, 1, 0))
+    assert model._encoder_graphs == {}
+
+
+@pytest.mark.cuda
+def test_encoder_graph_replays_equal_eager(toy_q5_0):
+    model = load_model(toy_q5_0, "cuda")
+    for batch in (1, 2):
+        for seed in (0, 1, 2):  # capture, then replays with new inputs
+            mel = _mel(model, batch, seed)
+            model.encoder_graphs = True
+            graphed = model.embed_audio(mel)
+            model.encoder_graphs = False
+            eager = model.embed_audio(mel)
+            assert torch.equal(graphed, eager), (batch, seed)
+    assert {k[0] for k in model._encoder_graphs} == {1, 2}
+    assert all(g.graph is not None for g in model._encoder_graphs.values())
+    # a prompt pass dequantizes the vocabulary into a bigger scratch buffer: the graph stays valid
+    from qwhisper.quants import triton_ops
+
+    before = {k: v.data_ptr() for k, v in triton_ops._scratch.items()}
+    features = model.embed_audio(_mel(model, 1, 5))
+    cache = model.new_kv_cache(features)
+    model.logits(torch.arange(40, device="cuda")[None] % model.dims.n_vocab, cache)
+    triton_ops._scratch_buffer(64 << 20, model.dtype, torch.device("cuda"))  # force a regrowth
+    assert {k: v.data_ptr() for k, v in triton_ops._scratch.items()} != before
+    mel = _mel(model, 1, 7)
+    model.encoder_graphs = True
+    graphed = model.embed_audio(mel)
+    model.encoder_graphs = False
+    assert torch.equal(graphed, model.embed_audio(mel))
