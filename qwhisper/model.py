@@ -253,7 +253,9 @@ class AudioEncoder(nn.Module):
         """Conv front end: mel (B, n_mels, 2*n_ctx) -> (B, n_ctx, C) incl. positional embedding."""
         x = F.gelu(self.conv1(x))  # (B, C, 2*n_ctx)
         x = F.gelu(self.conv2(x))  # (B, C, n_ctx): stride 2
-        x = x.permute(0, 2, 1)
+        # contiguous (B, n_ctx, C): a permuted view here made every later residual add a strided
+        # (non-vectorized) kernel, a third of the encoder's time at batch 8 (H100 profile)
+        x = x.permute(0, 2, 1).contiguous()
         assert x.shape[1:] == self.positional_embedding.shape, "incorrect audio shape"
         return x + self.positional_embedding.to(x.dtype)
 
