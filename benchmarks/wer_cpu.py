@@ -99,24 +99,24 @@ def run_qwhisper(path: Path, audios: dict, threads: int, **options) -> tuple[dic
 
 def run_qwhisper_wcpp_rules(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
     """Diagnostic: qwhisper with whisper.cpp's conventions where it has an option for them:
-    short windows padded with the mel of silence (pad_window="silence"), no previous-text prompt,
-    best_of 5 when falling back to sampling, non-speech tokens not suppressed."""
+    short windows padded with the mel of silence (pad_window="silence", qwhisper's default too), no
+    previous-text prompt, best_of 5 when falling back to sampling, non-speech tokens not suppressed."""
     return run_qwhisper(path, audios, threads, pad_window="silence", condition_on_previous_text=False, best_of=5,
                         suppress_tokens=None)
 
 
-def run_qwhisper_silence_pad(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
-    """Diagnostic: openai's defaults but whisper.cpp's window padding (pad_window="silence") only."""
-    return run_qwhisper(path, audios, threads, pad_window="silence")
+def run_qwhisper_zero_pad(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
+    """Diagnostic: openai transcribe's window padding (zero-valued log-mel frames, pad_window="zeros")."""
+    return run_qwhisper(path, audios, threads, pad_window="zeros")
 
 
 def run_qwhisper_no_context(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
-    """Diagnostic: openai's defaults but no previous-text prompt (whisper.cpp's no_context) only."""
+    """Diagnostic: qwhisper's defaults but no previous-text prompt (whisper.cpp's no_context) only."""
     return run_qwhisper(path, audios, threads, condition_on_previous_text=False)
 
 
 # the diagnostic variants, in the order of the report's columns: (engine key, column title)
-DIAGNOSTICS = (("qwhisper-pad", "silence padding"), ("qwhisper-noctx", "no previous-text prompt"),
+DIAGNOSTICS = (("qwhisper-zeros", "openai's zero padding"), ("qwhisper-noctx", "no previous-text prompt"),
                ("qwhisper-wcpp", "all of whisper.cpp's conventions"))
 
 
@@ -151,7 +151,7 @@ def run_whispercpp(path: Path, audios: dict, threads: int) -> tuple[dict[str, st
 
 
 RUNNERS = {"qwhisper": run_qwhisper, "whispercpp": run_whispercpp, "qwhisper-wcpp": run_qwhisper_wcpp_rules,
-           "qwhisper-pad": run_qwhisper_silence_pad, "qwhisper-noctx": run_qwhisper_no_context}
+           "qwhisper-zeros": run_qwhisper_zero_pad, "qwhisper-noctx": run_qwhisper_no_context}
 
 
 # --- scoring --------------------------------------------------------------------------------------
@@ -175,32 +175,28 @@ def corpus_wer(utts, hyps: dict[str, str]) -> float:
 FINDINGS = """\
 Reading (analysis of 2026-11-26 on these files; the tables above are recomputed on every run):
 
-* **Window padding is the main difference.** 16 of the 17 utterances are shorter than 30 s, so every
-  window is padded. openai/whisper's `transcribe` (and qwhisper, which follows it) pads the
-  window's log-mel with zero-valued frames (`pad_or_trim(mel[:, seek:seek + segment_size])`);
+* **Window padding was the main difference**, and qwhisper now pads as whisper.cpp does. 16 of the
+  17 utterances are shorter than 30 s, so every window is padded. openai/whisper's `transcribe`
+  pads the window's log-mel with zero-valued frames (`pad_or_trim(mel[:, seek:seek + segment_size])`);
   whisper.cpp encodes `mel[:, seek:seek + 3000]` of the audio padded with 30 s of zero samples,
-  i.e. the log-mel of silence. The encoder sees a different input, and near-tied tokens flip.
-  Example, base f16, 1089-134686-0001 ("STUFF IT INTO YOU ..."), after `<|0.00|> Stuff`:
-  silence padding gives log P(" it") = -0.49 vs log P("ed") = -1.04; zero padding gives
-  log P("ed") = -0.60 vs log P(" it") = -0.87, so qwhisper writes "Stuffed into you" (3 edits
-  instead of 0). (`TranscribeOptions(pad_window="silence")` / `--pad-window silence` now selects
-  whisper.cpp's padding.) With whisper.cpp's padding alone, qwhisper's normalised transcripts equal
-  whisper.cpp's on every utterance for tiny.en f16 and q5_1 and base q8_0 and q5_1, and 7 of 8
-  rows pass.
+  i.e. the log-mel of silence, which is also what Whisper saw in training (clips padded as audio).
+  The encoder sees a different input, and near-tied tokens flip. Example, base f16,
+  1089-134686-0001 ("STUFF IT INTO YOU ..."), after `<|0.00|> Stuff`: silence padding gives
+  log P(" it") = -0.49 vs log P("ed") = -1.04; zero padding gives log P("ed") = -0.60 vs
+  log P(" it") = -0.87, so zero padding writes "Stuffed into you" (3 edits instead of 0). Over the
+  8 files the silence padding is better on 5, equal on 2 and one word worse on 1 (column "openai's
+  zero padding" above), so it became qwhisper's default (`pad_window="silence"`; `"zeros"` keeps
+  openai's).
 * **condition_on_previous_text** matters for the one file longer than 30 s (44 s, two windows):
   whisper.cpp's default `no_context` drops the prompt; its effect here is a word or two either way.
 * **What remains is arithmetic, not rules.** whisper.cpp computes quantized products with
   activations rounded to 8 bits per 32-block (q8_0/q8_1 dot products) and f16 ones with f16
-  activations; qwhisper on the CPU uses float32 activations and float32 dequantized weights.
-  The remaining flips sit where the model is unsure: base q4_0 on the 44-s file (a full
-  30-s window: no padding, no prompt involved) diverges after "... give evidence of Carl", where
-  qwhisper's top token has probability 0.20 (log P = -1.61) and whisper.cpp's choice " to" 0.04;
-  differences go both ways (tiny.en q8_0: qwhisper better by 0.73 point under whisper.cpp's
-  conventions).
+  activations and an f16 KV cache; qwhisper on the CPU uses float32 activations and float32
+  dequantized weights. The remaining flips sit where the model is unsure: base q4_0 on the 44-s
+  file (a full 30-s window: no padding, no prompt involved) diverges after "... give evidence of
+  Carl", where qwhisper's top token has probability 0.20 (log P = -1.61) and whisper.cpp's choice
+  " to" 0.04; differences go both ways (tiny.en q8_0: qwhisper better by 0.73 point).
 * The corpus is small (413 words): 0.5 point is 2 words, one utterance.
-* No decoding bug was found: qwhisper implements openai's rules; the rows that fail under
-  openai's conventions fail because of the padding rule (and, once, arithmetic noise). The
-  default stays openai's; `pad_window="silence"` gives whisper.cpp's.
 """
 
 
@@ -332,14 +328,14 @@ def markdown(utts, sets: dict[str, list], runs: dict[tuple[str, str], Run], rows
     diag = []
     if diagnose:
         diag = ["## Diagnosis: the decoding conventions behind the differences", "",
-                "qwhisper rerun with one of whisper.cpp's conventions at a time (benchmarks/wer_cpu.py "
-                "`--diagnose`): *silence padding*: `pad_window=\"silence\"`, a window shorter than 30 s is "
-                "completed with the log-mel of the zero samples that follow the audio (whisper.cpp) instead of "
-                "zero-valued log-mel frames (openai's transcribe, qwhisper's default); *no previous-text prompt*: "
+                "qwhisper rerun with one convention changed at a time (benchmarks/wer_cpu.py "
+                "`--diagnose`): *openai's zero padding*: `pad_window=\"zeros\"`, a window shorter than 30 s is "
+                "completed with zero-valued log-mel frames (openai's transcribe) instead of the log-mel of the zero "
+                "samples that follow the audio (whisper.cpp's, qwhisper's default); *no previous-text prompt*: "
                 "condition_on_previous_text=False (whisper.cpp's no_context); *all*: both, plus best_of 5 when "
                 "falling back to sampling and no suppression of non-speech tokens. WER, and delta against "
                 "whisper.cpp's WER in points.", "",
-                "| model | type | qwhisper (openai conventions) | whisper.cpp | "
+                "| model | type | qwhisper (defaults) | whisper.cpp | "
                 + " | ".join(title for _, title in diagnose) + " |",
                 "| --- | --- | ---: | ---: | " + " | ".join("---:" for _ in diagnose) + " |"]
         for base, qtype in rows:
