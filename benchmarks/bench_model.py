@@ -260,6 +260,19 @@ def bench_file(path: str, reps: int, batch: int, steps: int, decode_only: bool =
             r[f"graph_batch5_ms_per_token{tag}"] = _median_ms(decode_steps(gcache5, BEAMS), reps) / steps / BEAMS
             del gcache, gcache5
             gc.collect()  # frees the buffer sets for the next round
+        # the fused kernels at 5 rows (production keeps beams unfused: model.FUSED_STEP_MAX_ROWS)
+        import qwhisper.model as qm
+
+        default_rows, qm.FUSED_STEP_MAX_ROWS = qm.FUSED_STEP_MAX_ROWS, 8
+        try:
+            model.decoder.drop_graphs()
+            gcache5 = model.new_kv_cache(xa, n_group=BEAMS)
+            model.logits(sot.repeat(BEAMS, 1), gcache5)
+            r["graph_batch5_ms_per_token_fused_kernels"] = _median_ms(decode_steps(gcache5, BEAMS), reps) / steps / BEAMS
+            del gcache5
+        finally:
+            qm.FUSED_STEP_MAX_ROWS = default_rows
+            model.decoder.drop_graphs()
         if any(st.failed for sets in model.decoder._graphed.values() for st in sets):
             r["graph_error"] = "capture failed: eager steps were timed"
         if model.decoder._fused_error or not model.decoder._fused_ran:
@@ -292,16 +305,17 @@ def table(results: dict, env: dict) -> str:
              f"triton {env['triton']}, CUDA {env['cuda']}"), "",
              ("Random weights of the real shapes; ms. whisper.cpp columns: its whisper-bench on an **H200** "
              "(shared/DESIGN.md), not this card."), "",
-             ("Eager columns: the unfused step. CUDA graph columns: the fused step (quants/triton_decoder.py), "
-              "and the unfused one's graph as the baseline."), "",
+             ("Eager columns: the unfused step. CUDA graph columns: the production step (fused kernels of "
+              "quants/triton_decoder.py for one row, unfused for 5 beams), the unfused one's graph as the baseline, "
+              "and the fused kernels forced on for 5 rows."), "",
              ("| model | type | encoder b1 | encoder per window b8 | decode/token | decode/token, old logits "
              "| decode/token, CUDA graph | decode/token, CUDA graph, unfused | 5-beam step/token | 5-beam, CUDA graph "
-             "| 5-beam, CUDA graph, unfused | prompt/token | decoder weights GB/s (graph) "
+             "| 5-beam, CUDA graph, unfused | 5-beam, CUDA graph, fused kernels | prompt/token | decoder weights GB/s (graph) "
              "| VRAM weights / file MB | peak MB | whisper.cpp H200: enc, dec, 5-batch, prompt |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (arch, ftype), r in results.items():
         if "error" in r:
-            lines.append(f"| {arch} | {ftype} | error: {r['error']} |" + " |" * 13)
+            lines.append(f"| {arch} | {ftype} | error: {r['error']} |" + " |" * 14)
             continue
         g = r.get("graph_decode_ms_per_token")
         ref = WHISPER_CPP_H200.get((arch, ftype))
@@ -309,6 +323,7 @@ def table(results: dict, env: dict) -> str:
                  _ms(r, "decode_ms_per_token"), _ms(r, "decode_ms_per_token_old_logits"),
                  f"{g:.3f}" if g else "-", _ms(r, "graph_decode_ms_per_token_unfused"), _ms(r, "batch5_ms_per_token"),
                  _ms(r, "graph_batch5_ms_per_token"), _ms(r, "graph_batch5_ms_per_token_unfused"),
+                 _ms(r, "graph_batch5_ms_per_token_fused_kernels"),
                  _ms(r, "prompt_ms_per_token", 4),
                  f"{r['decoder_weight_bytes'] / (g * 1e-3) / 1e9:.0f}" if g else "-",
                  f"{r['weights_vram_bytes'] / 1e6:.0f} / {r['file_bytes'] / 1e6:.0f}", f"{r['peak_vram_bytes'] / 1e6:.0f}",

@@ -361,6 +361,11 @@ class KVCache:
 # step is a Triton GEMV / few-row tensor-core kernel or cuBLAS on an F16 weight (triton_ops.pick:
 # <= 8 rows never use the shared dequantize buffer, whose address may change when it grows).
 GRAPH_MAX_ROWS = 8
+# Steps of at most this many rows run the fused kernels (TextDecoder.fused_step). The kernels
+# take up to 8 rows, but at 5 rows (beams) they measured slower than the unfused step on an
+# H100 (large-v3 q5_0 graphed: 1.20 against 0.82 ms per token; benchmarks/README.md), so
+# beams and best_of stay on the unfused path.
+FUSED_STEP_MAX_ROWS = 1
 # Buffer sets (each with its graph) per shape: caches alive at once (a language-detection cache
 # not yet collected, say) each get one; beyond this they get fresh buffers and run eagerly.
 GRAPH_SETS_PER_SHAPE = 2
@@ -472,7 +477,7 @@ class TextDecoder(nn.Module):
 
     def _fused(self, rows: int):
         """The fused step (quants.triton_decoder.decoder_step) if it can run `rows` rows, else None."""
-        if not self._fused_step or self._fused_error is not None:
+        if not self._fused_step or self._fused_error is not None or rows > FUSED_STEP_MAX_ROWS:
             return None
         try:
             from .quants import triton_decoder

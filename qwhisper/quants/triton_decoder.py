@@ -65,6 +65,11 @@ FUSED_TYPES = (GGMLType.F16,) + tuple(_LAYOUT)  # weight types the kernels read
 # Tests under the interpreter raise this (fewer, larger programs: it runs them one by one);
 # on the GPU the tile table (triton_ops._gemv_config) decides.
 MIN_BLOCK_N = 1
+# Blocks per step of the layer GEMVs (None: triton_ops' table, 16). A step is one round trip to
+# memory: more blocks per step, fewer dependent round trips per program (benchmarks A/B).
+GEMV_NB: int | None = None
+# Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
+SELF_SPLIT_S, CROSS_SPLIT_S = 64, 64
 
 EPI_STORE, EPI_RESIDUAL, EPI_GELU, EPI_QKV = 0, 1, 2, 3
 _EPILOGUES = {"store": EPI_STORE, "residual": EPI_RESIDUAL, "gelu": EPI_GELU}
@@ -238,6 +243,19 @@ def _raw_views(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int) -> tuple[
     return raw, raw.view(torch.int16)
 
 
+def _tile(m: int, n: int, k: int, bits: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, NB, num_warps): triton_ops' GEMV tile table (F16 rows read 32 halfs a
+    block, as Q8_0's 32 bytes), or with GEMV_NB blocks per step below the vocabulary's N."""
+    qb = 16 if bits in (4, 5) else 32
+    block_m, block_n, nb, num_warps = _gemv_config(m, n, k, GGMLType.Q8_0 if qb == 32 else GGMLType.Q4_0)
+    if GEMV_NB and n < 16384:
+        nb, block_n = GEMV_NB, 16
+        # <= 32 accumulators a thread: long steps also hold their decoded weights (64 spilled)
+        while block_n > 1 and (triton.cdiv(n, block_n) < 640 or nb * block_m * block_n * qb > 32 * 32 * num_warps):
+            block_n //= 2
+    return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
+
+
 def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
     ggml_type = _as_type(ggml_type)
     m, k = x.shape
@@ -247,9 +265,7 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         x = x.contiguous()
     w8, w16 = _raw_views(raw, ggml_type, n, k)
     ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
-    # F16 rows are read 32 halfs a block, like Q8_0's 32 bytes: same tile table
-    block_m, block_n, nb, num_warps = _gemv_config(m, n, k, GGMLType.Q8_0 if bits == 16 else ggml_type)
-    block_n = max(block_n, MIN_BLOCK_N)
+    block_m, block_n, nb, num_warps = _tile(m, n, k, bits)
     ln_w, ln_b, eps = ln if ln is not None else (x, x, 0.0)
     kc, vc, stride_cr, stride_cs, pos, n_seg = qkv if qkv is not None else (out, out, 0, 0, out, 1)
     _step_gemv_kernel[(triton.cdiv(n, block_n),)](
@@ -344,13 +360,13 @@ def _attn_kernel(
             ok = (ss < n_keys)[:, None]
             at = kv + ss.to(tl.int64)[:, None] * stride_ks  # [BS, D]
             kt = tl.load(k_ptr + at, mask=ok, other=0.0).to(tl.float32)
+            vt = tl.load(v_ptr + at, mask=ok, other=0.0).to(tl.float32)  # issued before kt is used
             sc = tl.sum(q[:, None, :] * kt[None, :, :], axis=2)  # [BG, BS], log2 units
             sc = tl.where((ss < n_keys)[None, :], sc, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(sc, axis=1))  # finite: the first step has a key
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(sc - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            vt = tl.load(v_ptr + at, mask=ok, other=0.0).to(tl.float32)
             acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * vt[None, :, :], axis=1)
             m_i = m_new
         gok = gg < G
@@ -427,12 +443,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
 
 
 @triton.jit
-def _embed_kernel(tok_ptr, w8, w16, pe_ptr, pos_ptr, x_ptr, K, magic,
+def _embed_kernel(tok_ptr, stride_t, w8, w16, pe_ptr, pos_ptr, x_ptr, K, magic,
                   TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
                   BITS: tl.constexpr, ZERO: tl.constexpr, NBLK: tl.constexpr):
     """x[m] = W[tokens[m]] + pe[pos] in float32 (W dequantized as triton_ops.dequantize does)."""
     m = tl.program_id(0)
-    t = tl.load(tok_ptr + m).to(tl.int64)
+    t = tl.load(tok_ptr + m * stride_t).to(tl.int64)
     pos = tl.load(pos_ptr).to(tl.int64)
     n_blk = K // _QK
     x_row = x_ptr + m.to(tl.int64) * K
@@ -481,7 +497,8 @@ def embed(tokens: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, n_vocab:
     w8, w16 = _raw_views(raw, ggml_type, n_vocab, c)
     pe = positional_embedding if positional_embedding.is_contiguous() else positional_embedding.contiguous()
     ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
-    _embed_kernel[(m,)](tokens, w8, w16, pe, position, out, c, _MAGIC_BITS,
+    # tokens may be a strided view (decoding passes tokens[:, offset:] of the whole sequence)
+    _embed_kernel[(m,)](tokens, tokens.stride(0), w8, w16, pe, position, out, c, _MAGIC_BITS,
                         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
                         NBLK=_next_pow2(min(c // QK, 64)), num_warps=4)
     return out
@@ -534,7 +551,7 @@ class DecoderStep:
         dev = tokens.device
         te = decoder.token_embedding
         x = torch.empty((m, c), dtype=torch.float32, device=dev)  # the residual stream
-        embed(tokens.reshape(m), te.weight, te.ggml_type, te.out_features, decoder.positional_embedding, position, x)
+        embed(tokens[:, 0], te.weight, te.ggml_type, te.out_features, decoder.positional_embedding, position, x)
         q = torch.empty((m, c), dtype=torch.float32, device=dev)
         a = torch.empty((m, c), dtype=torch.float32, device=dev)
         hid = torch.empty((m, 4 * c), dtype=torch.float32, device=dev)
@@ -542,10 +559,10 @@ class DecoderStep:
             att, xatt = block.attn, block.cross_attn
             gemv_qkv(x, lay.qkv, lay.qkv_type, lay.qkv_bias, _ln(block.attn_ln), q,
                      cache.self_k[i], cache.self_v[i], position)
-            attention(q, cache.self_k[i], cache.self_v[i], h, a, self.counters, position, split_s=64)
+            attention(q, cache.self_k[i], cache.self_v[i], h, a, self.counters, position, split_s=SELF_SPLIT_S)
             _linear(a, att.out, out=x, epilogue="residual")
             _linear(x, xatt.query, out=q, ln=_ln(block.cross_attn_ln))
-            attention(q, cache.cross_k[i], cache.cross_v[i], h, a, self.counters)
+            attention(q, cache.cross_k[i], cache.cross_v[i], h, a, self.counters, split_s=CROSS_SPLIT_S)
             _linear(a, xatt.out, out=x, epilogue="residual")
             fc1, fc2 = block.mlp[0], block.mlp[2]
             _linear(x, fc1, out=hid, ln=_ln(block.mlp_ln), epilogue="gelu")
