@@ -4,6 +4,7 @@ version), token decoders on synthetic logits, then the real tiny.en model on rea
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 from types import SimpleNamespace
@@ -422,6 +423,33 @@ def test_batch_rows_equal_single_decodes(model, jfk_mel, jfk_greedy):
 def test_beam_size_one_is_greedy(model, jfk_mel, jfk_greedy):
     r = decode(model.model, jfk_mel, model.tokenizer, beam_size=1)
     assert r.tokens == jfk_greedy.tokens
+
+
+def test_beam_search_with_kv_cache_equals_recomputing_every_step(model):
+    """Beam 5 on speech through the KV cache (reordered as the beams move) = the same search
+    where every step recomputes all rows from their whole token sequence with a fresh cache (no
+    reorder to get wrong). Tokens and the chosen candidate's avg logprob."""
+    m = model.model
+
+    class Recompute:
+        dims, device = m.dims, m.device
+        embed_audio = staticmethod(m.embed_audio)
+
+        @staticmethod
+        def new_kv_cache(xa, n_group=1):  # an empty cache, copied afresh for every step
+            return SimpleNamespace(offset=0, empty=m.new_kv_cache(xa, n_group=n_group), reorder=lambda idx: None)
+
+        @staticmethod
+        def logits(tokens, cache, logit_positions=None):  # offset stays 0: the whole sequence is fed
+            # (decoding reads only the last position's logits after the first step)
+            return m.logits(tokens, copy.deepcopy(cache.empty), logit_positions=logit_positions or [-1])
+
+    mel = _window(model, "1089-134686-0000.wav")[None]
+    opts = DecodingOptions(beam_size=5, sample_len=32)  # 32 steps: the beams reorder from the first
+    cached = DecodingTask(m, model.tokenizer, opts).run(mel)[0]
+    fresh = DecodingTask(Recompute(), model.tokenizer, opts).run(mel)[0]
+    assert cached.tokens == fresh.tokens and len(cached.tokens) >= 20
+    assert cached.avg_logprob == pytest.approx(fresh.avg_logprob, abs=1e-4)
 
 
 def test_prefix_and_prompt_tokens(model):
