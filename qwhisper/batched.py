@@ -17,15 +17,18 @@ which leaves a GPU mostly idle. Here the chunk boundaries come from the audio al
      (timestamp rules, suppression, max initial timestamp) applied to all rows at once, rows
      that reached <|endoftext|> padded with it until every row has (static shapes: a step of
      <= model.GRAPH_MAX_ROWS rows still replays the CUDA graph; bigger batches run eagerly);
-  4. each chunk's prompt is <|startoftranscript|><|lang|><|transcribe|> (after the initial
+  4. each window's prompt is <|startoftranscript|><|lang|><|transcribe|> (after the initial
      prompt, if given): no previous-text conditioning, the chunks run in parallel;
-  5. a chunk whose result fails the compression-ratio / logprob thresholds is decoded again
+  5. a window whose result fails the compression-ratio / logprob thresholds is decoded again
      alone with transcribe.decode_with_fallback (the hotter temperatures), as the seek loop would;
-  6. its timestamp tokens become segments offset by the chunk's start (an unfinished last
-     segment ends at the chunk's end: there is no next window to carry it over to).
+  6. its timestamp tokens become segments offset by the window's start; when the complete
+     segments end `tail_margin_s` or more before the chunk's end (Whisper leaves the last
+     sentence of a 30-s window to the next one, and sometimes stops early at a change of
+     speaker), the rest of the chunk -- the tail -- goes into the next batch as a window of its
+     own: the seek loop's step, run per chunk (BatchedPipeline._segments).
 
 Segments come out in time order per file, as the same Segment / TranscriptionInfo objects.
-Word timestamps are added per chunk (transcribe's DTW on that chunk's audio features);
+Word timestamps are added per window (transcribe's DTW on that window's audio features);
 hallucination_silence_threshold moves `seek`, which fixed chunks do not have: refused.
 """
 
@@ -42,7 +45,7 @@ import numpy as np
 import torch
 
 from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram_torch, pad_or_trim
-from .decoding import NEG_INF, DecodingResult, DecodingTask, LogitFilter, OptionError
+from .decoding import DecodingResult, DecodingTask, OptionError
 from .timing import get_end
 from .tokenizer import Tokenizer
 
@@ -64,9 +67,9 @@ class VadOptions:
     max_range_db: float = 40.0  # ... and above the loudest frames (99th percentile) - this ...
     min_range_db: float = 20.0  # ... but never needing more than loudest - this; and always
     silence_db: float = -80.0  # above this absolute level (dB re full scale: ~3 LSB rms of 16-bit audio)
-    # decoding: no <|endoftext|> after a timestamp earlier than this before the chunk's end
-    # (batched.NoEarlyEnd); None: Whisper may stop where it likes
-    end_margin_s: float | None = 1.0
+    # a chunk whose complete segments end this long or more before its end is decoded again
+    # from there (BatchedPipeline._segments); None: never
+    tail_margin_s: float | None = 1.0
 
     def __post_init__(self):
         if not 0 < self.max_chunk_s <= N_SAMPLES / SAMPLE_RATE:
@@ -188,52 +191,15 @@ def chunk_mel(mel: torch.Tensor, content_frames: int, start: int, end: int, pad_
     return torch.cat([piece, mel[:, mel.shape[1] - (N_FRAMES - (end - start)):]], dim=1)
 
 
-class NoEarlyEnd(LogitFilter):
-    """No <|endoftext|> right after a timestamp earlier than `margin` steps before the end of
-    the row's chunk (rows, timestamp steps).
-
-    Whisper was trained on 30-s windows cut out of longer audio: it tends to end a window with
-    a timestamp pair (or a lone timestamp) a few seconds before the end, leaving the last
-    sentence to the next window -- the seek loop then starts there. A chunk has no next window,
-    and its audio ends in a pause: the text up to its end must come out now, so the decoder is
-    made to go on with text (ending at EOT after text is still allowed).
-    """
-
-    def __init__(self, tokenizer: Tokenizer, sample_begin: int, chunk_steps: torch.Tensor, margin: int):
-        self.eot = tokenizer.eot
-        self.timestamp_begin = tokenizer.timestamp_begin
-        self.sample_begin = sample_begin
-        self.limit = chunk_steps - margin  # (rows,) timestamp index
-
-    def apply(self, logits, tokens):
-        if tokens.shape[1] <= self.sample_begin:
-            return
-        last = tokens[:, -1]
-        early = (last >= self.timestamp_begin) & (last - self.timestamp_begin < self.limit.to(last.device))
-        logits[:, self.eot].masked_fill_(early, NEG_INF)
-
-
-def _task(model, tokenizer: Tokenizer, decoding_options, chunk_steps: Sequence[int], margin: int) -> DecodingTask:
-    """A DecodingTask for len(chunk_steps) chunks, with NoEarlyEnd on each chunk's rows."""
-    task = DecodingTask(model, tokenizer, decoding_options)
-    if not decoding_options.without_timestamps and margin >= 0:
-        steps = torch.as_tensor(chunk_steps, dtype=torch.long).repeat_interleave(task.n_group)
-        task.logit_filters.append(NoEarlyEnd(task.tokenizer, task.sample_begin, steps, margin))
-    return task
-
-
 def decode_batch(model, tokenizer: Tokenizer, audio_features: torch.Tensor, options, language: str,
-                 prompt: Sequence[int], chunk_steps: Sequence[int], margin: int = -1
-                 ) -> list[tuple[DecodingResult, float]]:
-    """Decode B chunks at once at the first temperature; the chunks that fail the thresholds
-    again, alone, at the hotter ones. audio_features (B, n_audio_ctx, n_audio_state),
-    chunk_steps (B,): each chunk's length in timestamp steps (for NoEarlyEnd, with margin >= 0)
-    -> B (result, the hottest temperature tried), as transcribe.decode_with_fallback returns."""
+                 prompt: Sequence[int]) -> list[tuple[DecodingResult, float]]:
+    """Decode B windows at once at the first temperature; the ones that fail the thresholds
+    again, alone, at the hotter ones. audio_features (B, n_audio_ctx, n_audio_state) ->
+    B (result, the hottest temperature tried), as transcribe.decode_with_fallback returns."""
     from .transcribe import decode_with_fallback, needs_fallback
 
     t0 = options.temperature[0]
-    first = _task(model, tokenizer, options.decoding_options(t0, language, prompt), chunk_steps,
-                  margin).run(audio_features)
+    first = DecodingTask(model, tokenizer, options.decoding_options(t0, language, prompt)).run(audio_features)
     out = []
     for i, result in enumerate(first):
         if len(options.temperature) == 1 or not needs_fallback(result, options):
@@ -243,17 +209,16 @@ def decode_batch(model, tokenizer: Tokenizer, audio_features: torch.Tensor, opti
         def run(decoding_options, i=i, result=result):
             if decoding_options.temperature == t0:
                 return result  # already decoded with the batch
-            task = _task(model, tokenizer, decoding_options, chunk_steps[i: i + 1], margin)
-            return task.run(audio_features[i: i + 1])[0]
+            return DecodingTask(model, tokenizer, decoding_options).run(audio_features[i: i + 1])[0]
 
         out.append(decode_with_fallback(run, options, language, prompt))
     return out
 
 
 def split_chunk(tokens: Sequence[int], tokenizer: Tokenizer, segment_size: int, input_stride: int = 2):
-    """transcribe.split_window's pieces of one chunk, plus the unfinished text after the last
-    timestamp pair (the seek loop would decode it again in the next window; a chunk has no
-    next window, so it is a segment ending at the chunk's end). Every end is clipped to the
+    """transcribe.split_window's pieces of a chunk's last window, plus the unfinished text after
+    the last timestamp pair (the seek loop would decode it again in the next window; when no
+    tail is decoded, it is a segment ending at the chunk's end). Every end is clipped to the
     chunk's end. Returns a transcribe.WindowSplit (times in timestamp steps)."""
     from .transcribe import split_window
 
@@ -271,10 +236,11 @@ def split_chunk(tokens: Sequence[int], tokenizer: Tokenizer, segment_size: int, 
 
 # --- files ---------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(eq=False)  # identity: a file is a dict key
 class _File:
-    """One input: its mel, chunks, and the per-file state of transcribe's _Transcription
-    (segment ids, word-time monotonicity), which also makes and finishes the segments."""
+    """One input: its mel, chunks, what was decoded of each chunk, and the per-file state of
+    transcribe's _Transcription (segment ids, word-time monotonicity), which also makes and
+    finishes the segments."""
 
     source: object
     index: int
@@ -282,16 +248,19 @@ class _File:
     error: Exception | None = None
     chunks: list[tuple[int, int]] = field(default_factory=list)
     state: object = None  # transcribe._Transcription
-    done_chunks: int = 0
-    segments: list = field(default_factory=list)
+    pieces: dict = field(default_factory=dict)  # chunk -> its segment dicts so far, in time order
+    rounds: dict = field(default_factory=dict)  # chunk -> windows decoded (the chunk, then its tails)
+    finished: set = field(default_factory=set)  # chunks with no tail left to decode
+    emitted: int = 0  # chunks whose segments have been handed out
+    segments: list = field(default_factory=list)  # transcribe_files: the segments handed out
 
     @property
     def done(self) -> bool:
-        return self.error is not None or self.done_chunks == len(self.chunks)
+        return self.error is not None or self.emitted == len(self.chunks)
 
 
 class BatchedPipeline:
-    """Chunks of one or many files, decoded `batch_size` chunks at a time.
+    """Chunks of one or many files, decoded `batch_size` windows at a time.
 
     model: a transcribe.WhisperModel (or a bare model with tokenizer= and mel_filters=).
     """
@@ -312,9 +281,8 @@ class BatchedPipeline:
         self.vad = vad or VadOptions()
         self.verbose = verbose
         self.input_stride = N_FRAMES // self.model.dims.n_audio_ctx  # 2 mel frames per timestamp step
-        # NoEarlyEnd's margin in timestamp steps (-1: off)
-        self.end_margin = -1 if self.vad.end_margin_s is None else round(
-            self.vad.end_margin_s * FRAMES_PER_SECOND / self.input_stride)
+        # a tail this long (frames) or longer is decoded again (-1: never)
+        self.tail_margin = -1 if self.vad.tail_margin_s is None else round(self.vad.tail_margin_s * FRAMES_PER_SECOND)
 
     def open(self, source, index: int = 0) -> _File:
         """Load a file, its log-mel (on the model's device), language and chunks."""
@@ -335,12 +303,13 @@ class BatchedPipeline:
         return f
 
     def run(self, files: Iterable[_File]) -> Iterator[tuple[_File, list]]:
-        """(file, the segments of one chunk) in file and time order, decoding batch_size chunks at
-        a time across files; files are opened lazily (`files` may be a generator), so only those
-        with chunks waiting hold a mel. A file without chunks, or one that failed to open,
-        comes out once with no segments."""
+        """(file, the segments of one chunk) in file and time order, decoding batch_size windows
+        at a time across files; files are opened lazily (`files` may be a generator), so only
+        those with chunks waiting hold a mel. A file without chunks, or one that failed to open,
+        comes out once with no segments. The tail of a chunk (see _decode) goes to the front of
+        the queue: the next batch decodes it."""
         files = iter(files)
-        queue: deque[tuple[_File, int]] = deque()
+        queue: deque[tuple[_File, int, int]] = deque()  # (file, chunk, first frame to decode)
         exhausted = False
         while True:
             while len(queue) < self.batch_size and not exhausted:
@@ -350,52 +319,93 @@ class BatchedPipeline:
                 elif f.done:  # no speech, or an error
                     yield f, []
                 else:
-                    queue.extend((f, k) for k in range(len(f.chunks)))
+                    queue.extend((f, k, f.chunks[k][0]) for k in range(len(f.chunks)))
             if not queue:
                 return
             batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
-            yield from self._decode(batch)
+            queue.extendleft(reversed(self._decode(batch)))
+            for f in dict.fromkeys(f for f, _, _ in batch):  # each file once, in batch order
+                yield from self._emit(f)
 
-    def _decode(self, batch: list[tuple[_File, int]]) -> Iterator[tuple[_File, list]]:
+    def _emit(self, f: _File) -> Iterator[tuple[_File, list]]:
+        """The finished chunks of f that follow the ones already handed out, as Segments."""
+        from .transcribe import format_line
+
+        while f.emitted < len(f.chunks) and f.emitted in f.finished:
+            segments = f.state.finish(f.pieces.pop(f.emitted, []))
+            if self.verbose:
+                for s in segments:
+                    print(format_line(s), flush=True)
+            f.emitted += 1
+            yield f, segments
+
+    def _decode(self, batch: list[tuple[_File, int, int]]) -> list[tuple[_File, int, int]]:
+        """Encode and decode a batch of windows (chunk k of file f from frame `start` to the
+        chunk's end); keep their segments; return the tails to decode again."""
         opts = self.options
-        mels = [chunk_mel(f.state.mel, f.state.content_frames, *f.chunks[k], opts.pad_window) for f, k in batch]
+        mels = [chunk_mel(f.state.mel, f.state.content_frames, start, f.chunks[k][1], opts.pad_window)
+                for f, k, start in batch]
         features = self.model.embed_audio(torch.stack(mels))  # the whole batch in one encoder call
         results: list = [None] * len(batch)
         by_language: dict[str, list[int]] = {}
-        for i, (f, _) in enumerate(batch):
+        for i, (f, _, _) in enumerate(batch):
             by_language.setdefault(f.state.language, []).append(i)
         for language, rows in by_language.items():  # (several files in several languages)
-            prompt = batch[rows[0]][0].state.initial_prompt_tokens
-            steps = [(batch[i][0].chunks[batch[i][1]][1] - batch[i][0].chunks[batch[i][1]][0]) // self.input_stride
-                     for i in rows]
-            decoded = decode_batch(self.model, batch[rows[0]][0].state.tokenizer, features[rows], opts, language,
-                                   prompt, steps, self.end_margin)
+            f0 = batch[rows[0]][0]
+            decoded = decode_batch(self.model, f0.state.tokenizer, features[rows], opts, language,
+                                   f0.state.initial_prompt_tokens)
             for i, r in zip(rows, decoded):
                 results[i] = r
-        for i, ((f, k), (result, _temperature)) in enumerate(zip(batch, results)):
-            f.done_chunks += 1
-            yield f, self._segments(f, k, result, features[i: i + 1])
+        tails = []
+        for i, ((f, k, start), (result, _temperature)) in enumerate(zip(batch, results)):
+            f.rounds[k] = f.rounds.get(k, 0) + 1
+            tail = self._segments(f, k, start, result, features[i: i + 1])
+            if tail is None:
+                f.finished.add(k)
+            else:
+                tails.append((f, k, tail))
+        return tails
 
-    def _segments(self, f: _File, k: int, result: DecodingResult, audio_features: torch.Tensor) -> list:
-        from .transcribe import format_line, is_silence
+    def _segments(self, f: _File, k: int, start: int, result: DecodingResult,
+                  audio_features: torch.Tensor) -> int | None:
+        """Add the segment dicts of one decoded window to f.pieces[k]; return where its tail
+        starts (frames), or None.
 
-        start, end = f.chunks[k]
+        A tail is what the seek loop would decode in its next window: Whisper usually stops a
+        few seconds before a window's end (a timestamp pair, or a lone timestamp, then
+        <|endoftext|>), having been trained on 30-s cuts of longer audio that leave the last
+        sentence to the next cut -- and it may stop long before, at a change of speaker. When
+        the complete segments end tail_margin or more before the chunk's end, the chunk is
+        decoded again from there (in the next batch; at most MAX_ROUNDS windows per chunk).
+        Otherwise the unfinished text after the last timestamp pair is kept, as a segment
+        ending at the chunk's end.
+        """
+        from .transcribe import is_silence, split_window
+
         if is_silence(result, self.options):
-            return []
+            return None
+        end = f.chunks[k][1]
+        size = end - start
         tr = f.state
-        segment_size = end - start
-        split = split_chunk(result.tokens, tr.tokenizer, segment_size, self.input_stride)
+        split = split_window(result.tokens, tr.tokenizer, size, self.input_stride)
+        covered = round(max((p[1] for p in split.pieces), default=0) * self.input_stride)
+        tail = None
+        if 0 <= self.tail_margin <= size - covered and covered > 0 and f.rounds[k] < MAX_ROUNDS:
+            tail = start + covered
+            split.pieces = [(a, min(b, size / self.input_stride), toks) for a, b, toks in split.pieces]
+        else:
+            split = split_chunk(result.tokens, tr.tokenizer, size, self.input_stride)
         current = tr.make_segments(start, split, result)
         if self.options.word_timestamps:
-            tr.add_words(current, audio_features, segment_size, start / FRAMES_PER_SECOND)
-            last = get_end(current)
-            if last is not None:
-                tr.last_speech_timestamp = last
-        segments = tr.finish(current)
-        if self.verbose:
-            for s in segments:
-                print(format_line(s), flush=True)
-        return segments
+            # openai's "first word after a pause" rule reads the previous speech's end: the
+            # window's start stands for it (the previous chunk may not be decoded yet)
+            tr.last_speech_timestamp = start / FRAMES_PER_SECOND
+            tr.add_words(current, audio_features, size, start / FRAMES_PER_SECOND)
+        f.pieces.setdefault(k, []).extend(current)
+        return tail
+
+
+MAX_ROUNDS = 8  # windows per chunk at most (the chunk, then tails): a stuck decoder ends
 
 
 def check_options(options) -> None:

@@ -14,7 +14,6 @@ from qwhisper.audio import N_FRAMES, SAMPLE_RATE
 from qwhisper.batched import (
     FRAMES_PER_SECOND,
     BatchedPipeline,
-    NoEarlyEnd,
     VadOptions,
     chunk_audio,
     chunk_mel,
@@ -143,19 +142,6 @@ def test_split_chunk_keeps_unfinished_text_to_the_chunk_end():
     assert split.pieces == [(0, 300, [tb, 10, tb + 400])]
 
 
-def test_no_early_end_masks_eot_only_after_an_early_timestamp():
-    tb, eot = _Tok.timestamp_begin, _Tok.eot
-    f = NoEarlyEnd(_Tok(), sample_begin=1, chunk_steps=torch.tensor([1000, 1000, 1000, 300]), margin=50)
-    tokens = torch.tensor([[1, tb + 10], [1, tb + 960], [1, 42], [1, tb + 10]])
-    logits = torch.zeros(4, 51864)
-    f.apply(logits, tokens)
-    assert logits[:, eot].tolist() == [float("-inf"), 0.0, 0.0, float("-inf")]
-    assert (logits[:, :eot] == 0).all()
-    untouched = torch.zeros(4, 51864)
-    f.apply(untouched, tokens[:, :1])  # nothing sampled yet
-    assert not untouched.any()
-
-
 def test_batched_options_refused():
     with pytest.raises(OptionError, match="batch_size"):
         TranscribeOptions(batch_size=-1)
@@ -215,12 +201,9 @@ def test_batch_decodes_like_each_chunk_alone(model, long_speech):
     m = model.model
     chunks = f.chunks[:2]  # a batch of two: rows of different lengths, one finishing first
     mels = [chunk_mel(f.state.mel, f.state.content_frames, a, b, options.pad_window) for a, b in chunks]
-    steps = [(b - a) // 2 for a, b in chunks]
-    together = decode_batch(m, f.state.tokenizer, m.embed_audio(torch.stack(mels)), options, "en", [], steps,
-                            pipeline.end_margin)
+    together = decode_batch(m, f.state.tokenizer, m.embed_audio(torch.stack(mels)), options, "en", [])
     for i, mel in enumerate(mels):
-        alone = decode_batch(m, f.state.tokenizer, m.embed_audio(mel[None]), options, "en", [], steps[i: i + 1],
-                             pipeline.end_margin)
+        alone = decode_batch(m, f.state.tokenizer, m.embed_audio(mel[None]), options, "en", [])
         assert together[i][0].tokens == alone[0][0].tokens, i
         assert together[i][1] == alone[0][1]
         assert together[i][0].avg_logprob == pytest.approx(alone[0][0].avg_logprob, abs=1e-4)
@@ -314,3 +297,42 @@ def test_silent_file_has_no_segments_and_decodes_nothing(model):
     segments, info = transcribe(NoEncoder(), np.zeros(5 * SAMPLE_RATE, np.float32), options,
                                 tokenizer=model.tokenizer, mel_filters=model.mel_filters)
     assert list(segments) == [] and info.duration == 5.0
+
+
+def test_tail_of_a_chunk_is_decoded_in_the_next_batch(model, monkeypatch):
+    """Scripted decoder results: a window that stops 15 s before its chunk's end gets a second
+    window from its last timestamp pair, in the next batch; segments still come out in order."""
+    import qwhisper.batched as batched
+    from qwhisper.decoding import DecodingResult
+
+    rng = np.random.default_rng(2)
+    plan = [("silence", 1.0), ("speech", 20.0), ("silence", 3.0), ("speech", 10.0), ("silence", 1.0)]
+    samples, _ = synthetic_speech(rng, plan)
+    pipeline = BatchedPipeline(model, TranscribeOptions(language="en", batch_size=2))
+    f = pipeline.open(samples)
+    assert [(round(a, -1), round(b, -1)) for a, b in f.chunks] == [(80, 2120), (2380, 3420)]
+    tb, enc = model.tokenizer.timestamp_begin, model.tokenizer.encode
+    script = [
+        # chunk 0 (20.4 s): a pair at 5.00 s, then unfinished text -> tail from 5.00 s;
+        # chunk 1 (10.4 s): a lone timestamp at 10.00 s, within 1 s of its end -> finished
+        [[tb, *enc(" one"), tb + 250, tb + 250, *enc(" lost")], [tb, *enc(" three"), tb + 500]],
+        # the tail (15.4 s from 5.8 s): up to 14.80 s, within 1 s of its end -> finished
+        [[tb, *enc(" two"), tb + 740]],
+    ]
+    calls = []
+
+    def scripted(model_, tokenizer, audio_features, options, language, prompt):
+        calls.append(audio_features.shape[0])
+        return [(DecodingResult("en", tokens=t, avg_logprob=-0.1, no_speech_prob=0.0, temperature=0.0), 0.0)
+                for t in script[len(calls) - 1]]
+
+    monkeypatch.setattr(batched, "decode_batch", scripted)
+    start0 = f.chunks[0][0] / 100
+    segments = [s for _, segs in pipeline.run([f]) for s in segs]
+    assert calls == [2, 1]
+    assert [s.text for s in segments] == [" one", " two", " three"]
+    assert [s.id for s in segments] == [0, 1, 2]
+    assert [s.seek for s in segments] == [f.chunks[0][0], f.chunks[0][0] + 500, f.chunks[1][0]]
+    assert segments[0].start == pytest.approx(start0) and segments[0].end == pytest.approx(start0 + 5)
+    assert segments[1].start == pytest.approx(start0 + 5) and segments[1].end == pytest.approx(start0 + 19.8)
+    assert segments[2].end == pytest.approx(f.chunks[1][0] / 100 + 10)
