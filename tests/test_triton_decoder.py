@@ -110,6 +110,23 @@ def test_interp_gemv_ln_gelu_residual(ggml_type):
 
 
 @interp
+@pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0], ids=lambda t: t.name)
+def test_interp_gemv_long_steps(ggml_type):
+    """K = 1280 without LN: 64 blocks per step (LONG_STEP_NB) over 40 blocks, 24 of them clamped."""
+    td = _td()
+    rng = np.random.default_rng(int(ggml_type) + 20)
+    n, k = 6, 1280
+    assert td._tile(1, n, k, 16 if ggml_type == GGMLType.F16 else 5, False)[2] == td.LONG_STEP_NB == 64
+    raw, w = weights(ggml_type, n, k, rng)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = torch.from_numpy(rng.standard_normal((1, k)).astype(np.float32))
+    res = torch.from_numpy(rng.standard_normal((1, n)).astype(np.float32))
+    want = res.double().numpy() + x.double().numpy() @ w.astype(np.float64).T + bias
+    td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), None, "residual", out=res)
+    assert_close(res, want, np.abs(x.numpy()) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} long steps")
+
+
+@interp
 @pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.Q5_0], ids=lambda t: t.name)
 def test_interp_gemv_qkv_writes_cache_row(ggml_type):
     td = _td()

@@ -65,9 +65,12 @@ FUSED_TYPES = (GGMLType.F16,) + tuple(_LAYOUT)  # weight types the kernels read
 # Tests under the interpreter raise this (fewer, larger programs: it runs them one by one);
 # on the GPU the tile table (triton_ops._gemv_config) decides.
 MIN_BLOCK_N = 1
-# Blocks per step of the layer GEMVs (None: triton_ops' table, 16). A step is one round trip to
-# memory: more blocks per step, fewer dependent round trips per program (benchmarks A/B).
-GEMV_NB: int | None = None
+# Blocks per step of the GEMVs without a LayerNorm (out, cross out, fc2) over >= 40 blocks a
+# row: a step is one dependent round trip to memory, and 64 blocks instead of 16 cut fc2's
+# (K 5120) from 10 to 3. Measured per kernel, large-v3 q5_0 on an H100: fc2 8.6 -> 6.7 us,
+# out 4.4 -> 3.8, cross out 4.4 -> 3.6; the LN GEMVs got slower (qkv 8.9 -> 9.6, fc1 8.7 ->
+# 12.3: the normalisation per step grows with it), so they keep triton_ops' 16. 0: off.
+LONG_STEP_NB = 64
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 64
 
@@ -243,14 +246,14 @@ def _raw_views(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int) -> tuple[
     return raw, raw.view(torch.int16)
 
 
-def _tile(m: int, n: int, k: int, bits: int) -> tuple[int, int, int, int]:
+def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, NB, num_warps): triton_ops' GEMV tile table (F16 rows read 32 halfs a
-    block, as Q8_0's 32 bytes), or with GEMV_NB blocks per step below the vocabulary's N."""
+    block, as Q8_0's 32 bytes), with LONG_STEP_NB blocks per step for long rows without LN."""
     qb = 16 if bits in (4, 5) else 32
     block_m, block_n, nb, num_warps = _gemv_config(m, n, k, GGMLType.Q8_0 if qb == 32 else GGMLType.Q4_0)
-    if GEMV_NB and n < 16384:
-        nb, block_n = GEMV_NB, 16
+    if LONG_STEP_NB and not ln and k // QK >= 40 and n < 16384 and block_m * LONG_STEP_NB * qb <= 32 * 32 * num_warps:
         # <= 32 accumulators a thread: long steps also hold their decoded weights (64 spilled)
+        nb, block_n = LONG_STEP_NB, 16
         while block_n > 1 and (triton.cdiv(n, block_n) < 640 or nb * block_m * block_n * qb > 32 * 32 * num_warps):
             block_n //= 2
     return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
@@ -265,7 +268,7 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         x = x.contiguous()
     w8, w16 = _raw_views(raw, ggml_type, n, k)
     ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
-    block_m, block_n, nb, num_warps = _tile(m, n, k, bits)
+    block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln is not None)
     ln_w, ln_b, eps = ln if ln is not None else (x, x, 0.0)
     kc, vc, stride_cr, stride_cs, pos, n_seg = qkv if qkv is not None else (out, out, 0, 0, out, 1)
     _step_gemv_kernel[(triton.cdiv(n, block_n),)](
