@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -145,10 +146,13 @@ class _StepCounter:
         self.inner = model.logits
         self.calls = self.row_steps = 0
 
-    def __call__(self, tokens, *args, **kwargs):
+    def __call__(self, tokens, cache, alignment_heads=None, logit_positions=None):
+        # the model's own signature: decoding.Inference looks for logit_positions in it
         self.calls += 1
         self.row_steps += tokens.shape[0]
-        return self.inner(tokens, *args, **kwargs)
+        kwargs = {k: v for k, v in (("alignment_heads", alignment_heads), ("logit_positions", logit_positions))
+                  if v is not None}
+        return self.inner(tokens, cache, **kwargs)
 
 
 def transcribe(whisper, samples: np.ndarray, options, batch_size: int):
@@ -205,7 +209,7 @@ def measure(whisper, samples: np.ndarray, reference: str | None, options, batch_
                    "tokens": sum(len(s.tokens) for s in segments),
                    "fallback_segments": sum(1 for s in segments if s.temperature > options.temperature[0]),
                    "text": text,
-                   "monotonic": all(a.end <= b.start for a, b in zip(segments, segments[1:]))
+                   "monotonic": all(a.end <= b.start for a, b in itertools.pairwise(segments))
                    and all(0 <= s.start < s.end <= audio_s + 1e-6 for s in segments)}
             if reference is not None:
                 row["wer"] = 100.0 * wer(reference, text)
@@ -233,8 +237,9 @@ def report(result: dict) -> str:
     env = result["env"]
     where = (f"{env['gpu']}, CUDA {env.get('cuda')}, triton {env.get('triton')}" if "gpu" in env
              else f"CPU {env['cpu']} ({env['cpu_count']} cores, {env['torch_threads']} torch threads)")
-    lines = [f"{result['label']}: {result['audio_seconds']:.1f} s of audio, {where}, torch {env['torch']}, "
-             f"commit {env['commit']}, {env['date']}", "", HEADER] + [_row(r) for r in result["rows"]]
+    title = (f"{result['label']}: {result['audio_seconds']:.1f} s of audio, {where}, torch {env['torch']}, "
+             f"commit {env['commit']}, {env['date']}")
+    lines = [title, "", HEADER] + [_row(r) for r in result["rows"]]
     return "\n".join(lines) + "\n"
 
 

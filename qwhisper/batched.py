@@ -34,9 +34,7 @@ hallucination_silence_threshold moves `seek`, which fixed chunks do not have: re
 
 from __future__ import annotations
 
-import math
-import os
-import sys
+import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +44,6 @@ import torch
 
 from .audio import HOP_LENGTH, N_FRAMES, N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram_torch, pad_or_trim
 from .decoding import DecodingResult, DecodingTask, OptionError
-from .timing import get_end
 from .tokenizer import Tokenizer
 
 FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # 100: chunks are cut on the mel-frame grid
@@ -131,7 +128,7 @@ def speech_mask(power: np.ndarray, vad: VadOptions = VadOptions()) -> np.ndarray
         mask = np.cumsum(grown[:n]) > 0
     min_silence = round(vad.min_silence_s * FRAMES_PER_SECOND)
     runs = _runs(mask)
-    for (_, b), (c, _) in zip(runs, runs[1:]):
+    for (_, b), (c, _) in itertools.pairwise(runs):
         if c - b < min_silence:
             mask[b:c] = True
     return mask
@@ -299,7 +296,7 @@ class BatchedPipeline:
                                    options=self.options, all_language_probs=all_probs)
         f.state = _Transcription(self.model, self.tokenizer, mel, duration, self.options, language,
                                  self.verbose, self.heads)
-        f.chunks = chunk_audio(samples.numpy(), self.vad, f.state.clips())
+        f.chunks = chunk_audio(samples.cpu().numpy(), self.vad, f.state.clips())
         return f
 
     def run(self, files: Iterable[_File]) -> Iterator[tuple[_File, list]]:

@@ -2,6 +2,7 @@
 known pauses, the batch decoder against one-chunk-at-a-time decoding, and the pipeline on real
 speech (LibriVox utterances concatenated past 60 s) against the sequential seek loop."""
 
+import itertools
 import json
 import re
 
@@ -66,7 +67,7 @@ def test_chunks_cut_at_pauses_cover_speech_and_skip_long_silence():
     chunks = chunk_audio(samples)
     limit = 30 * FRAMES_PER_SECOND
     assert all(0 < b - a <= limit for a, b in chunks)
-    assert all(b1 <= a2 for (_, b1), (a2, _) in zip(chunks, chunks[1:]))
+    assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(chunks))
     covered = np.zeros(len(samples) // 160 + 1, bool)
     for a, b in chunks:
         covered[a:b] = True
@@ -93,7 +94,7 @@ def test_chunks_cut_at_pauses_cover_speech_and_skip_long_silence():
 def test_short_pauses_stay_inside_a_chunk_and_silence_gives_no_chunk():
     rng = np.random.default_rng(1)
     plan = [("silence", 1.0), ("speech", 3.0), ("pause", 1.0), ("speech", 3.0), ("silence", 1.0)]
-    samples, spans = synthetic_speech(rng, plan)
+    samples, _ = synthetic_speech(rng, plan)
     chunks = chunk_audio(samples)
     assert len(chunks) == 1  # the 1-s pause is shorter than min_silence_s (2 s)
     a, b = chunks[0]
@@ -240,7 +241,7 @@ def test_batched_segments_in_time_order_inside_the_audio(model, long_speech, bat
         assert 0 <= s.start < s.end <= duration
         assert s.text.strip() and s.text == model.tokenizer.decode_text(s.tokens)
         assert s.words and all(s.start <= w.start <= w.end <= s.end for w in s.words)
-    for a, b in zip(segments, segments[1:]):
+    for a, b in itertools.pairwise(segments):
         assert a.end <= b.start and a.seek <= b.seek
         assert a.words[-1].end <= b.words[0].start
 
@@ -302,7 +303,7 @@ def test_silent_file_has_no_segments_and_decodes_nothing(model):
 def test_tail_of_a_chunk_is_decoded_in_the_next_batch(model, monkeypatch):
     """Scripted decoder results: a window that stops 15 s before its chunk's end gets a second
     window from its last timestamp pair, in the next batch; segments still come out in order."""
-    import qwhisper.batched as batched
+    from qwhisper import batched
     from qwhisper.decoding import DecodingResult
 
     rng = np.random.default_rng(2)
