@@ -196,6 +196,12 @@ Reading (analysis of 2026-11-26 on these files; the tables above are recomputed 
   file (a full 30-s window: no padding, no prompt involved) diverges after "... give evidence of
   Carl", where qwhisper's top token has probability 0.20 (log P = -1.61) and whisper.cpp's choice
   " to" 0.04; differences go both ways (tiny.en q8_0: qwhisper better by 0.73 point).
+  Proof for that row: `python benchmarks/ggml_rounding.py --model base-q4_0 --utterances
+  1998-15444-0000_0004_concat.wav 1089-134686-0001.wav` re-runs qwhisper with whisper.cpp's
+  roundings emulated (matmul inputs quantized to 8 bits per block, q/k/v and GELU in float16):
+  the 44-s file's transcript then equals whisper.cpp's word for word ("carl to do so"), which
+  accounts for the whole +0.73 (the other differing file, "countalled" vs "countled", is one
+  edit on both sides). Rounding the matmul inputs alone is not enough.
 * The corpus is small (413 words): 0.5 point is 2 words, one utterance.
 """
 
