@@ -16,8 +16,9 @@ no qwhisper install (run from the checkout with PYTHONPATH=.).
 
     # 2b. large-v3 shapes on random weights (bench_model.py's fast generator; seconds to write):
     #     every window decodes exactly --tokens 112 tokens (<|endoftext|> suppressed, sample_len 112,
-    #     one temperature, no thresholds) so that the work per window is fixed whatever the weights
-    #     say; "sequential" here is the batched pipeline at batch size 1 (the same chunks, one at a time)
+    #     one temperature, no thresholds, no tails) so that the work per window is fixed whatever the
+    #     weights say: decoder calls = 112 x batches, row steps = 112 x windows; "sequential" here is
+    #     the batched pipeline at batch size 1 (the same chunks, one at a time)
     PYTHONPATH=. python benchmarks/bench_longform.py synthetic --audio .gpurun/devlong.npz \
         --arch large-v3 --type q5_0 --dir /tmp/qwhisper-bench --device cuda --batch-sizes 1,8,16,32 \
         --out longform-large-v3-q5_0.json
@@ -155,21 +156,22 @@ class _StepCounter:
         return self.inner(tokens, cache, **kwargs)
 
 
-def transcribe(whisper, samples: np.ndarray, options, batch_size: int):
+def transcribe(whisper, samples: np.ndarray, options, batch_size: int, vad=None):
     """Segments of one transcription: the seek loop (batch_size 0), else the batched pipeline
-    with `batch_size` chunks per batch (1 included: the same chunks one at a time)."""
+    with `batch_size` windows per batch (1 included: the same chunks one at a time)."""
     from qwhisper.batched import BatchedPipeline
     from qwhisper.transcribe import transcribe
 
     if batch_size == 0:
         segments, _ = transcribe(whisper, samples, dataclasses.replace(options, batch_size=0), verbose=False)
         return list(segments)
-    pipeline = BatchedPipeline(whisper, dataclasses.replace(options, batch_size=batch_size), verbose=False)
+    pipeline = BatchedPipeline(whisper, dataclasses.replace(options, batch_size=batch_size), vad=vad,
+                               verbose=False)
     return [s for _, segs in pipeline.run([pipeline.open(samples)]) for s in segs]
 
 
 def measure(whisper, samples: np.ndarray, reference: str | None, options, batch_sizes: list[int], device: str,
-            warmup: str, repeat: int) -> list[dict]:
+            warmup: str, repeat: int, vad=None) -> list[dict]:
     import torch
 
     from qwhisper.normalizer import wer
@@ -184,7 +186,7 @@ def measure(whisper, samples: np.ndarray, reference: str | None, options, batch_
     try:
         for bs in batch_sizes:
             if warmup != "none":
-                transcribe(whisper, samples if warmup == "full" else samples[: 35 * SAMPLE_RATE], options, bs)
+                transcribe(whisper, samples if warmup == "full" else samples[: 35 * SAMPLE_RATE], options, bs, vad)
             sync()
             if cuda:
                 torch.cuda.empty_cache()
@@ -195,7 +197,7 @@ def measure(whisper, samples: np.ndarray, reference: str | None, options, batch_
                 timer.reset()
                 steps.calls = steps.row_steps = 0
                 t0 = time.perf_counter()
-                segments = transcribe(whisper, samples, options, bs)
+                segments = transcribe(whisper, samples, options, bs, vad)
                 sync()
                 dt = time.perf_counter() - t0
                 if best is None or dt < best["seconds"]:
@@ -254,11 +256,12 @@ def run(args: argparse.Namespace) -> dict:
     _threads(args)
     from qwhisper.transcribe import TranscribeOptions, WhisperModel
 
+    env = environment(args.device)  # before: the commit of the code that runs
     samples, reference = load_pack(args.audio, args.limit_seconds)
     whisper = WhisperModel(args.model, device=args.device)
     options = TranscribeOptions(language="en")  # defaults otherwise (greedy + fallback, timestamps)
     rows = measure(whisper, samples, reference, options, args.batch_sizes, args.device, args.warmup, args.repeat)
-    return {"env": environment(args.device), "label": f"{Path(str(whisper.path)).name} (real weights)",
+    return {"env": env, "label": f"{Path(str(whisper.path)).name} (real weights)",
             "audio_seconds": len(samples) / SAMPLE_RATE, "rows": rows}
 
 
@@ -268,6 +271,7 @@ def synthetic(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_model import write_fast_random_model
 
+    from qwhisper.batched import VadOptions
     from qwhisper.transcribe import TranscribeOptions, WhisperModel
 
     path = Path(args.dir) / f"random-{args.arch}-{args.type}.bin"
@@ -276,6 +280,7 @@ def synthetic(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         write_fast_random_model(path, args.arch, args.type)
         print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", flush=True)
+    env = environment(args.device)
     samples, _ = load_pack(args.audio, args.limit_seconds)
     whisper = WhisperModel(str(path), device=args.device)
     eot = whisper.tokenizer.eot
@@ -284,10 +289,12 @@ def synthetic(args: argparse.Namespace) -> dict:
     options = TranscribeOptions(language="en", temperature=0.0, sample_len=args.tokens, suppress_tokens=(-1, eot),
                                 compression_ratio_threshold=None, logprob_threshold=None,
                                 no_speech_threshold=None)
-    rows = measure(whisper, samples, None, options, args.batch_sizes, args.device, args.warmup, args.repeat)
-    for r in rows:  # the fixed work per window, checked: windows * tokens decoded
+    # no tails (the garbage timestamps of random weights would add windows): one window a chunk
+    vad = VadOptions(tail_margin_s=None)
+    rows = measure(whisper, samples, None, options, args.batch_sizes, args.device, args.warmup, args.repeat, vad)
+    for r in rows:
         r["tokens_per_window"] = args.tokens
-    return {"env": environment(args.device), "label": f"{args.arch} {args.type} random weights, {args.tokens} tokens "
+    return {"env": env, "label": f"{args.arch} {args.type} random weights, {args.tokens} tokens "
             f"per window", "audio_seconds": len(samples) / SAMPLE_RATE, "rows": rows}
 
 
