@@ -337,3 +337,41 @@ def test_tail_of_a_chunk_is_decoded_in_the_next_batch(model, monkeypatch):
     assert segments[0].start == pytest.approx(start0) and segments[0].end == pytest.approx(start0 + 5)
     assert segments[1].start == pytest.approx(start0 + 5) and segments[1].end == pytest.approx(start0 + 19.8)
     assert segments[2].end == pytest.approx(f.chunks[1][0] / 100 + 10)
+
+
+def test_files_in_three_languages_share_a_batch():
+    """A multilingual model: each file's language detected on its own, its chunks decoded with its
+    own language token (one sub-batch per language), in input order."""
+    import sys
+    from pathlib import Path
+
+    from qwhisper.batched import transcribe_files
+    from qwhisper.normalizer import BasicTextNormalizer
+    from qwhisper.transcribe import WhisperModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import evalsets
+
+    jiwer = pytest.importorskip("jiwer")
+    by_lang = {u.language: u for u in evalsets.speech(english_only=False) if u.path.exists()}
+    if not {"es", "zh"} <= set(by_lang):
+        pytest.skip("the Spanish and Chinese files of shared/data/speech are not here")
+    english = evalsets.librivox()[1]  # 3 s
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = WhisperModel("base", "cpu")
+    except Exception as e:  # noqa: BLE001 -- no base weights on this machine
+        pytest.skip(f"base not available: {e}")
+    try:
+        sources = [by_lang["es"].path, english.path, by_lang["zh"].path]
+        out = list(transcribe_files(model, sources, TranscribeOptions(batch_size=4)))
+    finally:
+        torch.set_num_threads(threads)
+    assert [src for src, _, _ in out] == sources
+    assert [info.language for _, _, info in out] == ["es", "en", "zh"]
+    texts = ["".join(s.text for s in segs) for _, segs, _ in out]
+    norm = BasicTextNormalizer()
+    assert jiwer.wer(norm(by_lang["es"].reference), norm(texts[0])) < 0.4, texts[0]
+    assert _wer(english.reference, texts[1]) < 30, texts[1]
+    assert sum("\u4e00" <= c <= "\u9fff" for c in texts[2]) >= 5, texts[2]
