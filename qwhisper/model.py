@@ -357,10 +357,12 @@ class KVCache:
                 buf.copy_(buf.index_select(0, indices))
 
 
-# A decoder step of at most this many rows is replayed from a CUDA graph: every linear of such a
-# step is a Triton GEMV / few-row tensor-core kernel or cuBLAS on an F16 weight (triton_ops.pick:
-# <= 8 rows never use the shared dequantize buffer, whose address may change when it grows).
-GRAPH_MAX_ROWS = 8
+# A decoder step of at most this many rows is replayed from a CUDA graph (beams, and the batched
+# pipeline's windows: qwhisper.batched). Steps of 9..16 rows may dequantize into triton_ops' shared
+# scratch buffer; the graph keeps the buffers it was captured with alive (_GraphedStep._keep), so a
+# later growth of the scratch leaves its addresses valid. The persistent KV buffers of a graphed
+# shape stay allocated (large-v3 at 16 rows: ~1.2 GB self + ~3.9 GB cross K/V in float16).
+GRAPH_MAX_ROWS = 16
 # Steps of at most this many rows run the fused kernels (TextDecoder.fused_step). The kernels
 # take up to 8 rows, but at 5 rows (beams) they measured slower than the unfused step on an
 # H100 (large-v3 q5_0 graphed: 1.20 against 0.82 ms per token; benchmarks/README.md), so
@@ -389,6 +391,7 @@ class _GraphedStep:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: Tensor | None = None
         self.failed = False  # capture failed once: this shape runs eagerly
+        self._keep: list[Tensor] = []  # scratch buffers the graph writes (see GRAPH_MAX_ROWS)
         self._owner: weakref.ref | None = None
 
     def in_use(self) -> bool:
@@ -434,6 +437,9 @@ class _GraphedStep:
         with torch.cuda.graph(graph):
             self.logits = decoder.forward_at(self.tokens, self.positions, cache)
         self.graph = graph
+        from .quants import triton_ops
+
+        self._keep = list(triton_ops._scratch.values())  # the dequantize buffers the graph writes
 
 
 class TextDecoder(nn.Module):

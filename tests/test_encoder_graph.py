@@ -53,3 +53,38 @@ def test_encoder_graph_replays_equal_eager(toy_q5_0):
     graphed = model.embed_audio(mel)
     model.encoder_graphs = False
     assert torch.equal(graphed, model.embed_audio(mel))
+
+
+@pytest.mark.cuda
+def test_decoder_graph_of_many_rows_equals_eager(toy_q5_0, monkeypatch):
+    """12 rows (a batched-pipeline step: dequantize + cuBLAS into the shared scratch buffer) replay
+    from a CUDA graph equal to eager steps, also after the scratch buffer was replaced."""
+    from qwhisper.model import GRAPH_MAX_ROWS
+    from qwhisper.quants import triton_ops
+
+    rows = 12
+    assert rows <= GRAPH_MAX_ROWS
+    # the toy's layers are small enough for the GEMV: force the 9..16-row way of large models
+    monkeypatch.setattr(triton_ops, "GEMV_MAX_WEIGHTS_9_16", 0)
+    assert triton_ops.pick(rows, 256, 256, torch.float16) == "dequant+cublas"
+    model = load_model(toy_q5_0, "cuda")
+    features = model.embed_audio(_mel(model, rows, 11))
+    prompt = (torch.arange(3 * rows, device="cuda").view(rows, 3) * 7) % model.dims.n_vocab
+
+    def run(graphs: bool, regrow_at: int | None = None) -> list[torch.Tensor]:
+        model.decoder.cuda_graphs = graphs
+        cache = model.new_kv_cache(features)
+        out = [model.logits(prompt, cache)[:, -1]]
+        for step in range(6):
+            if step == regrow_at:
+                triton_ops._scratch_buffer(2 * max(b.numel() for b in triton_ops._scratch.values()),
+                                           model.dtype, torch.device("cuda"))
+            token = out[-1].argmax(-1, keepdim=True)
+            out.append(model.logits(token, cache)[:, -1])
+        return out
+
+    eager = run(False)
+    graphed = run(True, regrow_at=3)
+    assert any(st.graph is not None for sets in model.decoder._graphed.values() for st in sets)
+    for a, b in zip(eager, graphed):
+        assert torch.equal(a, b)

@@ -62,7 +62,7 @@ from .triton_ops import (
     _qh_at,
 )
 
-MAX_ROWS = 8  # rows of one fused step (model.GRAPH_MAX_ROWS)
+MAX_ROWS = 8  # rows one fused step can take (model.FUSED_STEP_MAX_ROWS chooses how many it gets)
 FUSED_TYPES = (GGMLType.F16,) + tuple(_LAYOUT)  # weight types the kernels read
 
 # Tests under the interpreter raise this (fewer, larger programs: it runs them one by one);
