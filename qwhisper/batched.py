@@ -76,6 +76,8 @@ class VadOptions:
         for name in ("min_silence_s", "speech_pad_s", "min_speech_s"):
             if getattr(self, name) < 0:
                 raise OptionError(f"{name} must be >= 0, not {getattr(self, name)}")
+        if self.tail_margin_s is not None and self.tail_margin_s < 0:
+            raise OptionError(f"tail_margin_s must be >= 0 or None, not {self.tail_margin_s}")
 
 
 def frame_power(samples: np.ndarray) -> np.ndarray:
@@ -272,6 +274,11 @@ class BatchedPipeline:
         if options.word_timestamps and isinstance(self.model, NumpyWhisper):
             raise OptionError("word_timestamps needs the torch backend (the numpy golden returns no attention weights)")
         self.heads = heads or (alignment_heads_for(self.model.dims) if options.word_timestamps else None)
+        if options.word_timestamps and options.task == "translate":
+            import warnings
+
+            warnings.warn("word-level timestamps on translations may not be reliable (openai's warning)",
+                          stacklevel=2)
         self.filters = torch.as_tensor(np.asarray(mel_filters, dtype=np.float32))
         self.options = options
         self.batch_size = max(1, options.batch_size)
