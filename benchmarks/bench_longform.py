@@ -10,9 +10,11 @@ no qwhisper install (run from the checkout with PYTHONPATH=.).
     python benchmarks/bench_longform.py pack --out .gpurun/devlong.npz
 
     # 2a. a real GGML file: sequential (batch size 0) and batched, each transcription timed whole
-    #     (log-mel, language, chunking, encoder, decoder, fallback, segments), WER against the reference
+    #     (log-mel, language, chunking, encoder, decoder, fallback, segments), WER against the reference.
+    #     The file must travel: shared/models/... where the checkout has shared/, else copy
+    #     /work/shared/models/ggml-tiny.en-q5_1.bin (31 MB) beside the .npz (19 MB) under .gpurun/
     PYTHONPATH=. python benchmarks/bench_longform.py run --audio .gpurun/devlong.npz \
-        --model shared/models/ggml-tiny.en-q5_1.bin --device cuda --batch-sizes 0,8,16,32 --out longform-tiny.json
+        --model .gpurun/ggml-tiny.en-q5_1.bin --device cuda --batch-sizes 0,8,16,32 --out $OUT/longform-tiny.json
 
     # 2b. large-v3 shapes on random weights (bench_model.py's fast generator; seconds to write):
     #     every window decodes exactly --tokens 112 tokens (<|endoftext|> suppressed, sample_len 112,
@@ -21,7 +23,7 @@ no qwhisper install (run from the checkout with PYTHONPATH=.).
     #     the batched pipeline at batch size 1 (the same chunks, one at a time)
     PYTHONPATH=. python benchmarks/bench_longform.py synthetic --audio .gpurun/devlong.npz \
         --arch large-v3 --type q5_0 --dir /tmp/qwhisper-bench --device cuda --batch-sizes 1,8,16,32 \
-        --out longform-large-v3-q5_0.json
+        --out $OUT/longform-large-v3-q5_0.json
 
     # here, on the CPU (tiny.en, the first 120 s; one thread)
     python benchmarks/bench_longform.py run --audio .gpurun/devlong.npz --model tiny.en --device cpu \
