@@ -10,6 +10,7 @@ import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -200,39 +201,66 @@ def whisper_cpp_base(base):
                  redirect_whispercpp_logs_to=None)
 
 
-# A sentence per espeak-ng voice (the same meaning in each language).
-SENTENCES = {
-    "de": "Guten Morgen. Heute ist das Wetter sehr schön, und wir gehen am Nachmittag in den Park spazieren.",
-    "fr": "Bonjour à tous. Aujourd'hui il fait très beau, et nous allons nous promener dans le parc cet après-midi.",
-    "es": "Buenos días a todos. Hoy hace muy buen tiempo, y vamos a pasear por el parque esta tarde.",
-    "it": "Buongiorno a tutti. Oggi il tempo è molto bello, e questo pomeriggio andiamo a passeggiare nel parco.",
-    "pl": "Dzień dobry wszystkim. Dzisiaj jest bardzo ładna pogoda i po południu idziemy na spacer do parku.",
-    "ru": "Доброе утро всем. Сегодня очень хорошая погода, и днём мы пойдём гулять в парк.",
-    # an espeak voice that Whisper base (whisper.cpp's too) takes for another language (as it
-    # does nl, sv, tr: docs/reports/decoding-features.md): kept to check that both engines agree
-    "pt": "Bom dia a todos. Hoje o tempo está muito bom, e vamos passear no parque esta tarde.",
-}
-MISDETECTED_VOICES = {"pt"}
+# The same four-sentence passage in each language (benchmarks/langid_espeak.py, 17-28 s of speech)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from langid_espeak import FESTIVAL, espeak, festival  # noqa: E402
+
+ESPEAK_LANGS = ["de", "fr", "es", "it", "pl", "ru", "pt", "nl", "sv", "tr", "fi", "cs"]
+# measured (docs/reports/decoding-features.md): Whisper base, ours and whisper.cpp's alike, gets
+# these right in espeak-ng's "slow" style and takes the other six (fr pt nl sv tr ru) for Latin,
+# Armenian, Croatian...: espeak's formant voices, not the detection (Festival's voices of the same
+# passage are detected with p > 0.98, test below)
+ESPEAK_RIGHT = {"de", "es", "it", "pl", "fi", "cs"}
 
 
-def test_language_detection_on_real_and_synthetic_speech(base, whisper_cpp_base, tmp_path):
+def _detect_both(base, whisper_cpp_base, path):
+    """(our ranking, whisper.cpp's top-1, whisper.cpp's top-2 margin, max |p - p_cpp| over languages)."""
     from qwhisper.audio import load_audio
     from qwhisper.detect_language import language_probabilities
 
+    ranked = language_probabilities(base, path)
+    (cpp_lang, _), cpp_all = whisper_cpp_base.auto_detect_language(load_audio(path))
+    cpp_sorted = sorted((float(p) for p in cpp_all.values()), reverse=True)
+    diff = max(abs(p - float(cpp_all[c])) for c, p in ranked)
+    return ranked, cpp_lang, cpp_sorted[0] - cpp_sorted[1], diff
+
+
+def test_language_detection_on_real_and_espeak_speech(base, whisper_cpp_base, tmp_path):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
     files = {need(SPEECH_DIR / "es_mls_13697_11991_000000.wav"): "es",
              need(SPEECH_DIR / "zh_aishell_BAC009S0724W0121.wav"): "zh"}
-    for lang, text in SENTENCES.items():
-        files[_espeak(tmp_path / f"{lang}.wav", lang, text)] = lang
-    wrong = {}
+    for lang in ESPEAK_LANGS:
+        files[espeak(tmp_path / f"{lang}.wav", lang, "slow")] = lang
+    right, wrong_in_both = set(), {}
     for path, lang in files.items():
-        ranked = language_probabilities(base, path)
-        (cpp_lang, cpp_p), _ = whisper_cpp_base.auto_detect_language(load_audio(path))
-        assert ranked[0][0] == cpp_lang, (path.name, ranked[:3], cpp_lang)  # the peer agrees ...
-        # ... on the probability too (measured within 0.01 on real speech, 0.05 on espeak's)
-        assert ranked[0][1] == pytest.approx(float(cpp_p), abs=0.06), (path.name, ranked[0], cpp_p)
-        if ranked[0][0] != lang:
-            wrong[lang] = ranked[0][0]
-    assert set(wrong) == MISDETECTED_VOICES, wrong  # every real utterance and 6 voices right
+        ranked, cpp_lang, cpp_margin, diff = _detect_both(base, whisper_cpp_base, path)
+        real = path.parent == SPEECH_DIR
+        # the same distribution as whisper.cpp's (its own mel and kernels): measured <= 0.01 on
+        # real speech, <= 0.12 on espeak's voices, where the distributions are flat
+        assert diff <= (0.02 if real else 0.15), (path.name, ranked[:3], cpp_lang, diff)
+        if cpp_margin > 0.05:  # the same answer unless whisper.cpp's top two nearly tie
+            assert ranked[0][0] == cpp_lang, (path.name, ranked[:3], cpp_lang)
+        if ranked[0][0] == lang:
+            right.add(lang)
+        else:  # a voice we get wrong, whisper.cpp gets wrong too (or nearly: its top two tie)
+            assert cpp_lang != lang or cpp_margin <= 0.05, (path.name, ranked[:3], cpp_lang)
+            wrong_in_both[lang] = ranked[0][0]
+    assert {"es", "zh"} <= right and ESPEAK_RIGHT <= right, wrong_in_both
+
+
+def test_language_detection_on_festival_speech(base, whisper_cpp_base, tmp_path):
+    """Festival's diphone / HTS / cluster-unit voices (Debian main) read the passage: ru, ca, cs,
+    fi, it, each detected with p > 0.9 by both engines (measured 0.984-0.999), where espeak's
+    voices of ru and ca are taken for other languages."""
+    installed = {lang for lang, (voice, _) in FESTIVAL.items()
+                 if list(Path("/usr/share/festival/voices").glob(f"*/{voice.removeprefix('voice_')}"))}
+    if shutil.which("text2wave") is None or not installed:
+        pytest.skip("festival and its voices are not installed (apt-get install festival festvox-ru ...)")
+    for lang in sorted(installed):
+        ranked, cpp_lang, _, diff = _detect_both(base, whisper_cpp_base, festival(tmp_path / f"{lang}.wav", lang))
+        assert ranked[0][0] == cpp_lang == lang and ranked[0][1] > 0.9, (lang, ranked[:3], cpp_lang)
+        assert diff <= 0.02, (lang, diff)
 
 
 def test_detect_language_command(base, capsys):
