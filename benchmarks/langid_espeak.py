@@ -33,105 +33,105 @@ from pathlib import Path
 # Whisper's language code: espeak-ng voice, passage (the same story in each language). "fr", not
 # "fr-fr": espeak-ng 1.51 drops a variant (+f3) given after that voice name.
 PASSAGES: dict[str, tuple[str, str]] = {
-    "en": ("en-us", "Every morning my neighbour walks her dog along the river. Yesterday it started to rain, so "
+    "en": ("en-us", ("Every morning my neighbour walks her dog along the river. Yesterday it started to rain, so "
            "she stopped at the small café near the bridge and ordered a hot coffee. The owner told her that "
            "the new library opens next week, and that children will be able to borrow books for free. She was "
-           "very happy, because her grandson loves to read."),
-    "de": ("de", "Jeden Morgen geht meine Nachbarin mit ihrem Hund am Fluss spazieren. Gestern fing es an zu "
+           "very happy, because her grandson loves to read.")),
+    "de": ("de", ("Jeden Morgen geht meine Nachbarin mit ihrem Hund am Fluss spazieren. Gestern fing es an zu "
            "regnen, also ging sie in das kleine Café an der Brücke und bestellte einen heißen Kaffee. Der "
            "Besitzer erzählte ihr, dass die neue Bibliothek nächste Woche öffnet und dass Kinder dort kostenlos "
-           "Bücher ausleihen können. Sie freute sich sehr, denn ihr Enkel liest sehr gern."),
-    "fr": ("fr", "Chaque matin, ma voisine promène son chien le long de la rivière. Hier, il a commencé à "
+           "Bücher ausleihen können. Sie freute sich sehr, denn ihr Enkel liest sehr gern.")),
+    "fr": ("fr", ("Chaque matin, ma voisine promène son chien le long de la rivière. Hier, il a commencé à "
            "pleuvoir, alors elle s'est arrêtée au petit café près du pont et a commandé un café chaud. Le "
            "patron lui a dit que la nouvelle bibliothèque ouvrira la semaine prochaine, et que les enfants "
            "pourront emprunter des livres gratuitement. Elle était très contente, parce que son petit-fils "
-           "adore lire."),
-    "es": ("es", "Todas las mañanas, mi vecina pasea a su perro por la orilla del río. Ayer empezó a llover, así "
+           "adore lire.")),
+    "es": ("es", ("Todas las mañanas, mi vecina pasea a su perro por la orilla del río. Ayer empezó a llover, así "
            "que se detuvo en la pequeña cafetería junto al puente y pidió un café caliente. El dueño le dijo "
            "que la nueva biblioteca abrirá la semana que viene, y que los niños podrán llevarse libros "
-           "prestados gratis. Se puso muy contenta, porque a su nieto le encanta leer."),
-    "it": ("it", "Ogni mattina la mia vicina porta a spasso il suo cane lungo il fiume. Ieri ha cominciato a "
+           "prestados gratis. Se puso muy contenta, porque a su nieto le encanta leer.")),
+    "it": ("it", ("Ogni mattina la mia vicina porta a spasso il suo cane lungo il fiume. Ieri ha cominciato a "
            "piovere, così si è fermata al piccolo bar vicino al ponte e ha ordinato un caffè caldo. Il "
            "proprietario le ha detto che la nuova biblioteca aprirà la settimana prossima, e che i bambini "
            "potranno prendere in prestito i libri gratuitamente. Era molto contenta, perché a suo nipote piace "
-           "tanto leggere."),
-    "pt": ("pt", "Todas as manhãs, a minha vizinha passeia o cão ao longo do rio. Ontem começou a chover, por "
+           "tanto leggere.")),
+    "pt": ("pt", ("Todas as manhãs, a minha vizinha passeia o cão ao longo do rio. Ontem começou a chover, por "
            "isso ela parou no pequeno café perto da ponte e pediu um café quente. O dono disse-lhe que a nova "
            "biblioteca abre na próxima semana, e que as crianças vão poder levar livros emprestados de graça. "
-           "Ela ficou muito contente, porque o neto dela adora ler."),
-    "nl": ("nl", "Elke ochtend laat mijn buurvrouw haar hond uit langs de rivier. Gisteren begon het te regenen, "
+           "Ela ficou muito contente, porque o neto dela adora ler.")),
+    "nl": ("nl", ("Elke ochtend laat mijn buurvrouw haar hond uit langs de rivier. Gisteren begon het te regenen, "
            "dus ging ze naar het kleine café bij de brug en bestelde een warme koffie. De eigenaar vertelde "
            "haar dat de nieuwe bibliotheek volgende week opengaat, en dat kinderen er gratis boeken kunnen "
-           "lenen. Ze was erg blij, want haar kleinzoon leest heel graag."),
-    "sv": ("sv", "Varje morgon går min granne ut med sin hund längs floden. I går började det regna, så hon "
+           "lenen. Ze was erg blij, want haar kleinzoon leest heel graag.")),
+    "sv": ("sv", ("Varje morgon går min granne ut med sin hund längs floden. I går började det regna, så hon "
            "stannade vid det lilla kaféet nära bron och beställde en kopp varmt kaffe. Ägaren berättade att det "
            "nya biblioteket öppnar nästa vecka, och att barn kommer att kunna låna böcker gratis. Hon blev "
-           "mycket glad, eftersom hennes barnbarn älskar att läsa."),
-    "tr": ("tr", "Her sabah komşum köpeğini nehir kenarında gezdirir. Dün yağmur yağmaya başladı, bu yüzden "
+           "mycket glad, eftersom hennes barnbarn älskar att läsa.")),
+    "tr": ("tr", ("Her sabah komşum köpeğini nehir kenarında gezdirir. Dün yağmur yağmaya başladı, bu yüzden "
            "köprünün yanındaki küçük kafede durdu ve sıcak bir kahve sipariş etti. Kafenin sahibi ona yeni "
            "kütüphanenin gelecek hafta açılacağını ve çocukların ücretsiz kitap ödünç alabileceğini söyledi. "
-           "Çok sevindi, çünkü torunu okumayı çok seviyor."),
-    "pl": ("pl", "Każdego ranka moja sąsiadka wyprowadza psa na spacer wzdłuż rzeki. Wczoraj zaczęło padać, "
+           "Çok sevindi, çünkü torunu okumayı çok seviyor.")),
+    "pl": ("pl", ("Każdego ranka moja sąsiadka wyprowadza psa na spacer wzdłuż rzeki. Wczoraj zaczęło padać, "
            "więc zatrzymała się w małej kawiarni przy moście i zamówiła gorącą kawę. Właściciel powiedział "
            "jej, że nowa biblioteka zostanie otwarta w przyszłym tygodniu i że dzieci będą mogły za darmo "
-           "wypożyczać książki. Bardzo się ucieszyła, bo jej wnuk uwielbia czytać."),
-    "ru": ("ru", "Каждое утро моя соседка гуляет с собакой вдоль реки. Вчера начался дождь, и она зашла в "
+           "wypożyczać książki. Bardzo się ucieszyła, bo jej wnuk uwielbia czytać.")),
+    "ru": ("ru", ("Каждое утро моя соседка гуляет с собакой вдоль реки. Вчера начался дождь, и она зашла в "
            "маленькое кафе у моста и заказала горячий кофе. Хозяин рассказал ей, что новая библиотека "
            "откроется на следующей неделе и что дети смогут брать книги бесплатно. Она очень обрадовалась, "
-           "потому что её внук очень любит читать."),
-    "fi": ("fi", "Joka aamu naapurini ulkoiluttaa koiraansa joen rannalla. Eilen alkoi sataa, joten hän poikkesi "
+           "потому что её внук очень любит читать.")),
+    "fi": ("fi", ("Joka aamu naapurini ulkoiluttaa koiraansa joen rannalla. Eilen alkoi sataa, joten hän poikkesi "
            "pieneen kahvilaan sillan vieressä ja tilasi kuuman kahvin. Omistaja kertoi hänelle, että uusi "
            "kirjasto avataan ensi viikolla ja että lapset voivat lainata kirjoja ilmaiseksi. Hän ilahtui "
-           "kovasti, koska hänen lapsenlapsensa rakastaa lukemista."),
-    "cs": ("cs", "Každé ráno venčí moje sousedka svého psa podél řeky. Včera začalo pršet, a tak se zastavila v "
+           "kovasti, koska hänen lapsenlapsensa rakastaa lukemista.")),
+    "cs": ("cs", ("Každé ráno venčí moje sousedka svého psa podél řeky. Včera začalo pršet, a tak se zastavila v "
            "malé kavárně u mostu a objednala si horkou kávu. Majitel jí řekl, že nová knihovna se otevře "
            "příští týden a že si tam děti budou moci zdarma půjčovat knihy. Měla velkou radost, protože její "
-           "vnuk moc rád čte."),
-    "da": ("da", "Hver morgen går min nabo tur med sin hund langs floden. I går begyndte det at regne, så hun "
+           "vnuk moc rád čte.")),
+    "da": ("da", ("Hver morgen går min nabo tur med sin hund langs floden. I går begyndte det at regne, så hun "
            "gik ind på den lille café ved broen og bestilte en kop varm kaffe. Ejeren fortalte hende, at det "
            "nye bibliotek åbner i næste uge, og at børn kan låne bøger gratis. Hun blev meget glad, fordi "
-           "hendes barnebarn elsker at læse."),
-    "no": ("nb", "Hver morgen går naboen min tur med hunden sin langs elva. I går begynte det å regne, så hun "
+           "hendes barnebarn elsker at læse.")),
+    "no": ("nb", ("Hver morgen går naboen min tur med hunden sin langs elva. I går begynte det å regne, så hun "
            "stakk innom den lille kafeen ved brua og bestilte en kopp varm kaffe. Eieren fortalte henne at det "
            "nye biblioteket åpner neste uke, og at barn kan låne bøker gratis. Hun ble veldig glad, fordi "
-           "barnebarnet hennes elsker å lese."),
-    "hu": ("hu", "Minden reggel a szomszédom sétálni viszi a kutyáját a folyó mentén. Tegnap elkezdett esni az "
+           "barnebarnet hennes elsker å lese.")),
+    "hu": ("hu", ("Minden reggel a szomszédom sétálni viszi a kutyáját a folyó mentén. Tegnap elkezdett esni az "
            "eső, ezért betért a híd melletti kis kávézóba, és rendelt egy forró kávét. A tulajdonos elmondta "
            "neki, hogy az új könyvtár jövő héten nyílik meg, és hogy a gyerekek ingyen kölcsönözhetnek "
-           "könyveket. Nagyon örült, mert az unokája imád olvasni."),
-    "ro": ("ro", "În fiecare dimineață, vecina mea își plimbă câinele de-a lungul râului. Ieri a început să "
+           "könyveket. Nagyon örült, mert az unokája imád olvasni.")),
+    "ro": ("ro", ("În fiecare dimineață, vecina mea își plimbă câinele de-a lungul râului. Ieri a început să "
            "plouă, așa că s-a oprit la cafeneaua mică de lângă pod și a comandat o cafea fierbinte. "
            "Proprietarul i-a spus că noua bibliotecă se deschide săptămâna viitoare și că copiii vor putea "
-           "împrumuta cărți gratuit. S-a bucurat foarte mult, pentru că nepotului ei îi place mult să citească."),
-    "el": ("el", "Κάθε πρωί η γειτόνισσά μου βγάζει βόλτα τον σκύλο της δίπλα στο ποτάμι. Χθες άρχισε να "
+           "împrumuta cărți gratuit. S-a bucurat foarte mult, pentru că nepotului ei îi place mult să citească.")),
+    "el": ("el", ("Κάθε πρωί η γειτόνισσά μου βγάζει βόλτα τον σκύλο της δίπλα στο ποτάμι. Χθες άρχισε να "
            "βρέχει, οπότε σταμάτησε στο μικρό καφέ κοντά στη γέφυρα και παρήγγειλε έναν ζεστό καφέ. Ο "
            "ιδιοκτήτης της είπε ότι η νέα βιβλιοθήκη ανοίγει την επόμενη εβδομάδα και ότι τα παιδιά θα "
-           "μπορούν να δανείζονται βιβλία δωρεάν. Χάρηκε πολύ, γιατί ο εγγονός της λατρεύει το διάβασμα."),
-    "uk": ("uk", "Щоранку моя сусідка вигулює собаку вздовж річки. Учора почався дощ, тож вона зайшла до "
+           "μπορούν να δανείζονται βιβλία δωρεάν. Χάρηκε πολύ, γιατί ο εγγονός της λατρεύει το διάβασμα.")),
+    "uk": ("uk", ("Щоранку моя сусідка вигулює собаку вздовж річки. Учора почався дощ, тож вона зайшла до "
            "маленької кав'ярні біля мосту й замовила гарячу каву. Власник розповів їй, що нова бібліотека "
            "відкриється наступного тижня і що діти зможуть безкоштовно брати книжки. Вона дуже зраділа, бо її "
-           "онук дуже любить читати."),
-    "ca": ("ca", "Cada matí, la meva veïna passeja el gos vora el riu. Ahir va començar a ploure, així que es va "
+           "онук дуже любить читати.")),
+    "ca": ("ca", ("Cada matí, la meva veïna passeja el gos vora el riu. Ahir va començar a ploure, així que es va "
            "aturar a la petita cafeteria del costat del pont i va demanar un cafè calent. El propietari li va "
            "dir que la nova biblioteca obrirà la setmana que ve, i que els nens podran agafar llibres en "
-           "préstec gratuïtament. Es va posar molt contenta, perquè al seu nét li encanta llegir."),
-    "id": ("id", "Setiap pagi tetangga saya mengajak anjingnya berjalan-jalan di sepanjang sungai. Kemarin hujan "
+           "préstec gratuïtament. Es va posar molt contenta, perquè al seu nét li encanta llegir.")),
+    "id": ("id", ("Setiap pagi tetangga saya mengajak anjingnya berjalan-jalan di sepanjang sungai. Kemarin hujan "
            "mulai turun, jadi dia mampir ke kafe kecil di dekat jembatan dan memesan kopi panas. Pemiliknya "
            "mengatakan bahwa perpustakaan baru akan dibuka minggu depan, dan anak-anak bisa meminjam buku "
-           "secara gratis. Dia sangat senang, karena cucunya suka sekali membaca."),
-    "hi": ("hi", "हर सुबह मेरी पड़ोसन अपने कुत्ते को नदी के किनारे घुमाने ले जाती है। कल बारिश होने लगी, तो वह पुल के पास "
+           "secara gratis. Dia sangat senang, karena cucunya suka sekali membaca.")),
+    "hi": ("hi", ("हर सुबह मेरी पड़ोसन अपने कुत्ते को नदी के किनारे घुमाने ले जाती है। कल बारिश होने लगी, तो वह पुल के पास "
            "वाले छोटे कैफ़े में रुकी और एक गरम कॉफ़ी मँगाई। मालिक ने उसे बताया कि नया पुस्तकालय अगले हफ़्ते खुलेगा, और "
-           "बच्चे वहाँ से मुफ़्त में किताबें ले सकेंगे। वह बहुत ख़ुश हुई, क्योंकि उसके पोते को पढ़ना बहुत पसंद है।"),
-    "mr": ("mr", "दररोज सकाळी माझी शेजारीण तिच्या कुत्र्याला नदीकाठी फिरायला नेते. काल पाऊस सुरू झाला, म्हणून ती "
+           "बच्चे वहाँ से मुफ़्त में किताबें ले सकेंगे। वह बहुत ख़ुश हुई, क्योंकि उसके पोते को पढ़ना बहुत पसंद है।")),
+    "mr": ("mr", ("दररोज सकाळी माझी शेजारीण तिच्या कुत्र्याला नदीकाठी फिरायला नेते. काल पाऊस सुरू झाला, म्हणून ती "
            "पुलाजवळच्या छोट्या कॅफेमध्ये थांबली आणि गरम कॉफी मागवली. मालकाने तिला सांगितले की नवीन ग्रंथालय पुढच्या "
            "आठवड्यात उघडणार आहे, आणि मुलांना तिथून मोफत पुस्तके घेता येतील. ती खूप खूश झाली, कारण तिच्या नातवाला "
-           "वाचायला खूप आवडते."),
-    "te": ("te", "ప్రతి ఉదయం మా పొరుగింటావిడ తన కుక్కను నది ఒడ్డున నడిపిస్తుంది. నిన్న వర్షం మొదలైంది, అందుకే ఆమె "
+           "वाचायला खूप आवडते.")),
+    "te": ("te", ("ప్రతి ఉదయం మా పొరుగింటావిడ తన కుక్కను నది ఒడ్డున నడిపిస్తుంది. నిన్న వర్షం మొదలైంది, అందుకే ఆమె "
            "వంతెన దగ్గర ఉన్న చిన్న కాఫీ షాపులో ఆగి, వేడి కాఫీ ఆర్డర్ చేసింది. కొత్త గ్రంథాలయం వచ్చే వారం తెరుస్తారని, "
            "పిల్లలు అక్కడ ఉచితంగా పుస్తకాలు తీసుకోవచ్చని యజమాని ఆమెకు చెప్పాడు. ఆమె చాలా సంతోషించింది, ఎందుకంటే ఆమె "
-           "మనవడికి చదవడం అంటే చాలా ఇష్టం."),
-    "zh": ("cmn", "每天早上，我的邻居都会沿着河边遛狗。昨天开始下雨了，所以她在桥边的小咖啡馆停了下来，点了一杯"
-           "热咖啡。老板告诉她，新图书馆下个星期开放，孩子们可以免费借书。她非常高兴，因为她的孙子很喜欢看书。"),
+           "మనవడికి చదవడం అంటే చాలా ఇష్టం.")),
+    "zh": ("cmn", ("每天早上，我的邻居都会沿着河边遛狗。昨天开始下雨了，所以她在桥边的小咖啡馆停了下来，点了一杯"
+           "热咖啡。老板告诉她，新图书馆下个星期开放，孩子们可以免费借书。她非常高兴，因为她的孙子很喜欢看书。")),
 }
 
 # espeak-ng renderings, the same for every language: (voice suffix, words per minute, pitch 0-99)

@@ -203,7 +203,7 @@ def whisper_cpp_base(base):
 
 # The same four-sentence passage in each language (benchmarks/langid_espeak.py, 17-28 s of speech)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from langid_espeak import FESTIVAL, espeak, festival  # noqa: E402
+from langid_espeak import FESTIVAL, espeak, festival
 
 ESPEAK_LANGS = ["de", "fr", "es", "it", "pl", "ru", "pt", "nl", "sv", "tr", "fi", "cs"]
 # measured (docs/reports/decoding-features.md): Whisper base, ours and whisper.cpp's alike, gets
