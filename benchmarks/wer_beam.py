@@ -1,14 +1,18 @@
 """Beam search vs greedy: corpus WER of qwhisper on the offline English sets, per model.
 
     python benchmarks/wer_beam.py [--models tiny.en tiny.en-q5_1 base base-q5_1] [--beam-size 5]
-        [--sets librivox speech-en devlong] [--threads 1] [--out wer-beam.json]
+        [--sets librivox speech-en devlong] [--threads 1] [--no-condition-on-previous-text] [--out wer-beam.json]
 
 Sets (benchmarks/evalsets.py): the 5 LibriVox utterances of pocketsphinx-testdata and the English
 WAVs of shared/data/speech, each file transcribed on its own, and "devlong" (those WAVs
 concatenated and repeated to 619 s, one long-form transcription); default TranscribeOptions
 (temperature fallback, condition_on_previous_text), language "en"; greedy, then beam_size=N
-(patience 1, openai's defaults). WER after normalize_english on both sides (qwhisper.normalizer).
-Prints a markdown table and writes every transcript to --out (JSON) for inspection.
+(patience 1, openai's defaults); --no-condition-on-previous-text decodes each window without the
+previous text as prompt (openai's remedy for long-form drift). WER after normalize_english on both
+sides (qwhisper.normalizer).
+Prints a markdown table and writes every transcript to --out (JSON) for inspection, with the runs
+of >= 3 consecutive wrong words of each transcription (jiwer's alignment: where whole phrases or
+utterances were lost or invented).
 """
 
 from __future__ import annotations
@@ -26,6 +30,24 @@ import torch
 from evalsets import devlong, librivox, speech
 
 
+def error_runs(reference: str, hypothesis: str, min_words: int = 3) -> list[dict]:
+    """Non-matching stretches of the word alignment with >= min_words words on either side."""
+    import jiwer
+
+    from qwhisper.normalizer import normalize_english
+
+    ref, hyp = normalize_english(reference), normalize_english(hypothesis)
+    rw, hw = ref.split(), hyp.split()
+    runs = []
+    for c in jiwer.process_words(ref, hyp).alignments[0]:
+        n = max(c.ref_end_idx - c.ref_start_idx, c.hyp_end_idx - c.hyp_start_idx)
+        if c.type != "equal" and n >= min_words:
+            runs.append({"type": c.type, "ref_word": c.ref_start_idx,
+                         "reference": " ".join(rw[c.ref_start_idx:c.ref_end_idx]),
+                         "hypothesis": " ".join(hw[c.hyp_start_idx:c.hyp_end_idx])})
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     from qwhisper.models import resolve_model
     from qwhisper.normalizer import wer
@@ -36,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--sets", nargs="+", default=["librivox", "speech-en"], choices=["librivox", "speech-en", "devlong"])
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-condition-on-previous-text", dest="condition", action="store_false")
     p.add_argument("--out", default=None, help="JSON file for the transcripts and figures")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -45,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                "devlong": lambda: [devlong()]}
     sets = {name: loaders[name]() for name in args.sets}
     rows, dump = [], {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-                      "threads": args.threads, "models": {}}
+                      "threads": args.threads, "condition_on_previous_text": args.condition, "models": {}}
     for name in args.models:
         model = WhisperModel(resolve_model(name), "cpu")
         dump["models"][name] = {}
@@ -54,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             for set_name, utts in sets.items():
                 s_refs, s_hyps = [], []
                 for audio, reference in utts:
-                    segments, _ = model.transcribe(audio, language="en", beam_size=beam, verbose=False)
+                    segments, _ = model.transcribe(audio, language="en", beam_size=beam, verbose=False,
+                                                     condition_on_previous_text=args.condition)
                     s_refs.append(reference)
                     s_hyps.append("".join(s.text for s in segments))
                 per_set[set_name] = wer(s_refs, s_hyps)
@@ -63,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             seconds = time.perf_counter() - t0
             total = wer(refs, hyps)
             rows.append((name, label, per_set, total, seconds))
+            runs = [error_runs(r, h) for r, h in zip(refs, hyps)]
             dump["models"][name][label] = {"wer": total, "per_set": per_set, "seconds": seconds,
-                                           "hypotheses": hyps, "references": refs}
+                                           "hypotheses": hyps, "references": refs, "error_runs": runs}
             print(f"{name:14s} {label:7s} WER {100 * total:5.2f} %  ({seconds:.0f} s)", file=sys.stderr, flush=True)
 
     print("| model | decoding | " + " | ".join(f"{s} WER" for s in sets) + " | all WER | CPU time |")
