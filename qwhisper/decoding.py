@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from . import greedy_loop
 from .errors import QWhisperError
 from .tokenizer import TIME_PRECISION, Tokenizer, normalize_language
 
@@ -467,6 +468,10 @@ def parse_suppress_tokens(spec: str | Iterable[int] | None, tokenizer: Tokenizer
 class DecodingTask:
     """One configuration of the decoder, run on a batch of windows by `run`."""
 
+    # greedy at T = 0 runs qwhisper.greedy_loop (static state, one CUDA graph per step); False:
+    # the loop below, its reference
+    fast_greedy = True
+
     def __init__(self, model, tokenizer: Tokenizer, options: DecodingOptions):
         _verify_options(options)
         self.model = model
@@ -541,6 +546,8 @@ class DecodingTask:
 
     def _main_loop(self, inference: Inference, decoder: TokenDecoder, tokens: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        if self.fast_greedy and isinstance(decoder, GreedyDecoder) and greedy_loop.applies(self):
+            return greedy_loop.main_loop(self, inference, tokens)  # same results, no sync per token
         n_rows = tokens.shape[0]
         sum_logprobs = torch.zeros(n_rows, device=tokens.device)
         no_speech_probs = [math.nan] * n_rows

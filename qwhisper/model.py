@@ -393,6 +393,8 @@ class _GraphedStep:
         self.failed = False  # capture failed once: this shape runs eagerly
         self._keep: list[Tensor] = []  # scratch buffers the graph writes (see GRAPH_MAX_ROWS)
         self._owner: weakref.ref | None = None
+        # graphs of the greedy loop's whole step on these buffers (qwhisper.greedy_loop)
+        self.loop_graphs: dict = {}
 
     def in_use(self) -> bool:
         return self._owner is not None and self._owner() is not None
@@ -480,6 +482,7 @@ class TextDecoder(nn.Module):
         for sets in self._graphed.values():
             for st in sets:
                 st.graph = st.logits = None
+                st.loop_graphs.clear()
 
     def _fused(self, rows: int):
         """The fused step (quants.triton_decoder.decoder_step) if it can run `rows` rows, else None."""
