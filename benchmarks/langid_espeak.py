@@ -6,7 +6,7 @@
 The only non-English speech offline is two real files (shared/data/speech: es, zh); this adds
 espeak-ng 1.51 speech in 25 languages and Festival speech in 5 of them. Each language reads the
 same four-sentence passage (a neighbour, her dog, rain, a café, a new library), written natively
-in that language (PASSAGES, English first as the control; 16-28 s, Mandarin 36-42 s of which the
+in that language (PASSAGES, English first as the control; 16-31 s, Mandarin 36-42 s of which the
 first 30 s count). Every espeak voice is rendered in a few styles, the same for every language
 (STYLES: the default voice at 175 words/min, slowed to 150, the female variant f3 at 150, the
 Klatt synthesiser at 150); MBROLA voices would sound better but their databases are not in

@@ -201,7 +201,7 @@ def whisper_cpp_base(base):
                  redirect_whispercpp_logs_to=None)
 
 
-# The same four-sentence passage in each language (benchmarks/langid_espeak.py, 17-28 s of speech)
+# The same four-sentence passage in each language (benchmarks/langid_espeak.py; 20-28 s in the "slow" style)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from langid_espeak import FESTIVAL, espeak, festival
 
