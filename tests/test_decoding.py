@@ -1,6 +1,7 @@
 """decoding.py: logit filters on synthetic logits (hand-computed masks, and a per-row
 transcription of openai/whisper's ApplyTimestampRules loop as the reference for the batched
-version), token decoders on synthetic logits, then the real tiny.en model on real speech."""
+version), token decoders on synthetic logits (openai's BeamSearchDecoder, transcribed, as the
+reference for ours), then the real tiny.en model on real speech."""
 
 from __future__ import annotations
 
