@@ -236,8 +236,8 @@ def test_language_detection_on_real_and_espeak_speech(base, whisper_cpp_base, tm
     for path, lang in files.items():
         ranked, cpp_lang, cpp_margin, diff = _detect_both(base, whisper_cpp_base, path)
         real = path.parent == SPEECH_DIR
-        # the same distribution as whisper.cpp's (its own mel and kernels): measured <= 0.01 on
-        # real speech, <= 0.07 on these espeak voices, where the distributions are flat
+        # the same distribution as whisper.cpp's (its own mel and kernels): measured 0.001 on the
+        # real files, <= 0.07 on these espeak voices, where the distributions are flat
         assert diff <= (0.02 if real else 0.1), (path.name, ranked[:3], cpp_lang, diff)
         if cpp_margin > 0.05:  # the same answer unless whisper.cpp's top two nearly tie
             assert ranked[0][0] == cpp_lang, (path.name, ranked[:3], cpp_lang)
