@@ -92,19 +92,21 @@ class _Rules:
         self.tb, self.eot = timestamp_begin, eot
         self.vocab = vocab
         self.is_ts = vocab >= timestamp_begin  # (n_vocab,)
-        self.below_eot = vocab < eot
 
 
 def _advance(st: _State, rules: _Rules, logits: torch.Tensor) -> None:
     """One step after the first: logits (rows, n_vocab) float32 (masked in place) -> next
     token of every row appended to st, state updated. Tensor ops on fixed shapes only."""
     if rules.timestamps:
-        pair_ts = st.last_ts & st.pen_ts  # ts ts -> text next
+        # per row, two bounds make the whole mask: text (below EOT) is banned below text_hi,
+        # timestamps below ts_lo
         closes = st.last_ts & ~st.pen_ts  # text ts -> ts or EOT next
-        limit = st.ts_val + (~closes).long()  # monotonic: ts >= limit
-        mask = (rules.suppress[None, :] | (pair_ts[:, None] & rules.is_ts)
-                | (closes[:, None] & rules.below_eot)
-                | (st.has_ts[:, None] & rules.is_ts & (rules.vocab < limit[:, None])))
+        text_hi = torch.where(closes, rules.eot, 0)
+        # ts ts -> text next (no timestamp); else monotonic: > the last one, >= if closing a pair
+        limit = torch.where(st.has_ts, st.ts_val + (~closes).long(), rules.tb)
+        ts_lo = torch.where(st.last_ts & st.pen_ts, rules.vocab.shape[0], limit)
+        mask = (rules.suppress | (rules.vocab < text_hi[:, None])
+                | (rules.is_ts & (rules.vocab < ts_lo[:, None])))
         logits.masked_fill_(mask, NEG_INF)
         # a timestamp if their total probability beats every single text token
         logprobs = F.log_softmax(logits, dim=-1)
