@@ -181,7 +181,8 @@ class _LoopGraph:
 
 def _loop_graph(task, inference, rules_key) -> _LoopGraph | None:
     """The _LoopGraph of this cache's buffer set (created on first use), or None where steps
-    can't be graphed (CPU, a cache without persistent buffers, graphs off or failed)."""
+    can't be graphed (CPU and caches beyond GRAPH_MAX_ROWS have no persistent buffers; graphs
+    off; capture failed)."""
     cache = inference.cache
     st = getattr(cache, "_graphed", None)
     decoder = getattr(task.model, "decoder", None)
@@ -233,7 +234,7 @@ def main_loop(task, inference, tokens: torch.Tensor, graphs: bool = True
     for logit_filter in task.logit_filters:
         logit_filter.apply(logits, tokens)
 
-    lg = _loop_graph(task, inference, (timestamps, tb, eot)) if graphs and device.type == "cuda" else None
+    lg = _loop_graph(task, inference, (timestamps, tb, eot)) if graphs else None
     if lg is not None:
         st, rules = lg.state, lg.rules
         rules.suppress.copy_(_suppress_mask(task, rules.suppress.shape[0], device))
@@ -254,8 +255,9 @@ def main_loop(task, inference, tokens: torch.Tensor, graphs: bool = True
             logits = inference.logits(st.buf[:, :t0 + done])[:, -1].float()  # feeds the last token
             _advance(st, rules, logits)
 
-    # "all rows finished" is read back every `check` steps: each read is a host sync on CUDA
-    check = SYNC_EVERY if device.type == "cuda" else 1
+    # "all rows finished" is read back every `check` steps: each read is a host sync on CUDA; on
+    # the CPU it is free and a step past the end is a whole model step
+    check = SYNC_EVERY if lg is not None or device.type == "cuda" else 1
     while done < n_steps and not bool(st.finished.all()):
         for _ in range(min(check, n_steps - done)):
             one_step(done)

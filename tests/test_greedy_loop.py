@@ -200,6 +200,33 @@ def test_speech_batch_equals_reference(tiny_en, speech_features, options):
     _same(ref[2:3], one, rel=1e-4)
 
 
+class EagerGraph(greedy_loop._LoopGraph):
+    """The graphed step's body (device position n - 1, model step on the static state, _advance)
+    run eagerly on the CPU, with "all finished" read every SYNC_EVERY steps as on CUDA."""
+
+    def step(self, decoder, cache):
+        self._step(decoder, cache)
+
+
+def test_graph_step_body_on_cpu(tiny_en, speech_features, monkeypatch):
+    m, tok = tiny_en.model, tiny_en.tokenizer
+    made = []
+
+    def loop_graph(task, inference, key):
+        made.append(EagerGraph(inference.cache.batch_size, task.n_ctx, m.dims.n_vocab, *key, device="cpu"))
+        return made[-1]
+
+    # sample_len 24: two of the four rows (26 and 28 tokens) are cut, two finish (8, 23); at the
+    # default all finish, the loop runs past the last EOT to its next check
+    for options in (DecodingOptions(sample_len=24), DecodingOptions()):
+        monkeypatch.setattr(greedy_loop, "_loop_graph", greedy_loop._loop_graph)
+        ref = _run(m, tok, speech_features, options, fast=False)
+        monkeypatch.setattr(greedy_loop, "_loop_graph", loop_graph)
+        new = _run(m, tok, speech_features, options, fast=True)
+        _same(ref, new)
+        assert made and len({len(r.tokens) for r in ref}) > 1
+
+
 @pytest.mark.cuda
 def test_cuda_graph_replays_equal_eager_and_reference():
     """Graph replays (captured in the first window, replayed in the next) give the tokens and
