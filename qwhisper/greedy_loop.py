@@ -30,7 +30,6 @@ The masks are the reference filters' (same -inf entries, so bit-identical log_so
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
