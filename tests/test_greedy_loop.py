@@ -9,9 +9,11 @@ a prompt; on CUDA the graph replays equal the eager loop and the reference."""
 
 from __future__ import annotations
 
+import wave
 import zlib
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import LIBRIVOX_DIR, SHARED_MODEL_Q5_1, SPEECH_DIR, need
@@ -170,13 +172,26 @@ def tiny_en():
         pytest.skip(f"tiny.en not available: {e}")
 
 
-def _windows(wm, device="cpu") -> torch.Tensor:
-    from qwhisper.audio import N_FRAMES, load_audio, log_mel_spectrogram_torch, pad_or_trim
+def _wav(path) -> np.ndarray:
+    """A 16-kHz mono s16 wav as load_audio returns it (s16 / 32768), without PyAV (the GPU
+    machine has none)."""
+    with wave.open(str(need(path))) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2), path
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / np.float32(32768.0)
 
-    paths = [SPEECH_DIR / "jfk.wav", SPEECH_DIR / "1089-134691-0000.wav",
+
+CPU_FILES = [SPEECH_DIR / "jfk.wav", SPEECH_DIR / "1089-134691-0000.wav",
              LIBRIVOX_DIR / "sense_and_sensibility_01_austen_64kb-0870.wav",
              LIBRIVOX_DIR / "sense_and_sensibility_01_austen_64kb-0920.wav"]
-    mels = [pad_or_trim(log_mel_spectrogram_torch(load_audio(need(p)), wm.mel_filters), N_FRAMES) for p in paths]
+GPU_FILES = [SPEECH_DIR / "jfk.wav", SPEECH_DIR / "1089-134691-0000.wav",
+             SPEECH_DIR / "1221-135766-0001.wav", SPEECH_DIR / "1089-134686-0000.wav"]
+
+
+def _windows(wm, paths, device="cpu") -> torch.Tensor:
+    from qwhisper.audio import N_FRAMES, log_mel_spectrogram_torch, pad_or_trim
+
+    mels = [pad_or_trim(log_mel_spectrogram_torch(torch.from_numpy(_wav(p)), wm.mel_filters), N_FRAMES)
+            for p in paths]
     return torch.stack(mels).to(device)
 
 
@@ -186,7 +201,7 @@ OPTIONS = [DecodingOptions(), DecodingOptions(without_timestamps=True),
 
 @pytest.fixture(scope="module")
 def speech_features(tiny_en):
-    return tiny_en.model.embed_audio(_windows(tiny_en))
+    return tiny_en.model.embed_audio(_windows(tiny_en, CPU_FILES))
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=["timestamps", "no_timestamps", "prompt"])
@@ -235,7 +250,7 @@ def test_cuda_graph_replays_equal_eager_and_reference():
 
     wm = WhisperModel(need(SHARED_MODEL_Q5_1), "cuda")
     m, tok = wm.model, wm.tokenizer
-    features = m.embed_audio(_windows(wm, "cuda"))
+    features = m.embed_audio(_windows(wm, GPU_FILES, "cuda"))
     for options in OPTIONS:
         for batch in (features[:1], features[1:2], features):  # 1 row (fused step), 4 rows
             ref = _run(m, tok, batch, options, fast=False)
