@@ -10,8 +10,8 @@ fixed-shape tensors per row, updated in place:
     last      (rows, 1) long           the last token: the next model step's input
     last_ts   (rows,) bool             the last sampled token is a timestamp
     pen_ts    (rows,) bool             the one before it is (or there is only one sampled token)
-    has_ts    (rows,) bool             some sampled token is a timestamp ...
-    ts_val    (rows,) long             ... and the last of them
+    ts_val    (rows,) long             the last sampled timestamp (timestamp_begin - 1 if none:
+                                       then "> it" allows every timestamp, no has-any flag needed)
     finished  (rows,) bool             the last token is EOT (the row only emits EOT from now on)
     sum_lp    (rows,) float32          sum of the sampled tokens' logprobs, finished rows frozen
 
@@ -59,12 +59,11 @@ class _State:
         self.last = torch.zeros(rows, 1, dtype=torch.long, device=device)
         self.last_ts = torch.zeros(rows, dtype=torch.bool, device=device)
         self.pen_ts = torch.zeros(rows, dtype=torch.bool, device=device)
-        self.has_ts = torch.zeros(rows, dtype=torch.bool, device=device)
         self.ts_val = torch.zeros(rows, dtype=torch.long, device=device)
         self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
         self.sum_lp = torch.zeros(rows, dtype=torch.float32, device=device)
 
-    def reset(self, tokens: torch.Tensor, eot: int) -> None:
+    def reset(self, tokens: torch.Tensor, eot: int, timestamp_begin: int) -> None:
         """Start from the initial tokens (rows, T0): nothing sampled yet."""
         t0 = tokens.shape[1]
         self.buf[:, :t0].copy_(tokens)
@@ -74,8 +73,7 @@ class _State:
         # True, the reference's rule for a single sampled token
         self.last_ts.fill_(True)
         self.pen_ts.fill_(True)
-        self.has_ts.fill_(False)
-        self.ts_val.zero_()
+        self.ts_val.fill_(timestamp_begin - 1)
         torch.eq(tokens[:, -1], eot, out=self.finished)
         self.sum_lp.zero_()
 
@@ -91,6 +89,7 @@ class _Rules:
         self.tb, self.eot = timestamp_begin, eot
         self.vocab = vocab
         self.is_ts = vocab >= timestamp_begin  # (n_vocab,)
+        self.text_ids, self.ts_ids = vocab[:eot], vocab[timestamp_begin:]
 
 
 def _advance(st: _State, rules: _Rules, logits: torch.Tensor) -> None:
@@ -102,16 +101,16 @@ def _advance(st: _State, rules: _Rules, logits: torch.Tensor) -> None:
         closes = st.last_ts & ~st.pen_ts  # text ts -> ts or EOT next
         text_hi = torch.where(closes, rules.eot, 0)
         # ts ts -> text next (no timestamp); else monotonic: > the last one, >= if closing a pair
-        limit = torch.where(st.has_ts, st.ts_val + (~closes).long(), rules.tb)
-        ts_lo = torch.where(st.last_ts & st.pen_ts, rules.vocab.shape[0], limit)
-        mask = (rules.suppress | (rules.vocab < text_hi[:, None])
-                | (rules.is_ts & (rules.vocab < ts_lo[:, None])))
-        logits.masked_fill_(mask, NEG_INF)
+        ts_lo = torch.where(st.last_ts & st.pen_ts, rules.vocab.shape[0],
+                            torch.where(closes, st.ts_val, st.ts_val + 1))
+        logits.masked_fill_(rules.suppress, NEG_INF)
+        logits[:, :rules.eot].masked_fill_(rules.text_ids < text_hi[:, None], NEG_INF)
+        logits[:, rules.tb:].masked_fill_(rules.ts_ids < ts_lo[:, None], NEG_INF)
         # a timestamp if their total probability beats every single text token
         logprobs = F.log_softmax(logits, dim=-1)
         ts_lp = logprobs[:, rules.tb:].logsumexp(dim=-1)
         max_text = logprobs[:, :rules.tb].max(dim=-1).values
-        logits.masked_fill_((ts_lp > max_text)[:, None] & ~rules.is_ts, NEG_INF)
+        logits[:, :rules.tb].masked_fill_((ts_lp > max_text)[:, None], NEG_INF)
     else:
         logits.masked_fill_(rules.suppress, NEG_INF)
     _pick(st, rules, logits)
@@ -122,16 +121,15 @@ def _pick(st: _State, rules: _Rules, logits: torch.Tensor) -> None:
     finished rows forced to EOT, the token appended, the timestamp state moved on."""
     nxt = logits.argmax(dim=-1)
     current = F.log_softmax(logits, dim=-1).gather(1, nxt[:, None])[:, 0]
-    st.sum_lp.add_(torch.where(st.finished, torch.zeros_like(current), current))
-    nxt = torch.where(st.finished, torch.full_like(nxt, rules.eot), nxt)
+    st.sum_lp.add_(current.masked_fill_(st.finished, 0.0))
+    nxt.masked_fill_(st.finished, rules.eot)
     st.buf.index_copy_(1, st.n, nxt[:, None])
     st.n.add_(1)
     st.last.copy_(nxt[:, None])
     is_ts = nxt >= rules.tb
     st.pen_ts.copy_(st.last_ts)
     st.last_ts.copy_(is_ts)
-    st.has_ts.logical_or_(is_ts)
-    st.ts_val.copy_(torch.where(is_ts, nxt, st.ts_val))
+    torch.where(is_ts, nxt, st.ts_val, out=st.ts_val)
     torch.eq(nxt, rules.eot, out=st.finished)
 
 
@@ -240,7 +238,7 @@ def main_loop(task, inference, tokens: torch.Tensor, graphs: bool = True
     else:
         st = _State(rows, task.n_ctx, device)
         rules = _Rules(_suppress_mask(task, logits.shape[-1], device), timestamps, tb, eot)
-    st.reset(tokens, eot)
+    st.reset(tokens, eot, tb)
     _pick(st, rules, logits)
     done = 1
 
