@@ -789,7 +789,6 @@ def writer_options_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .audio import AudioError
     from .writers import resolve_formats, write_result
 
     options = options_from_args(args)
@@ -799,33 +798,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise OptionError(f"--output-format: {e}") from None
     model = WhisperModel(args.model, args.device, args.backend, args.compute_type)
-    if options.batch_size > 1:
-        return _run_batched(model, args, options, writer_options)
+    if options.batch_size > 1:  # the chunks of all files share batches (qwhisper.batched)
+        from .batched import transcribe_files
+
+        results = transcribe_files(model, args.audio, options, verbose=args.verbose)
+    else:
+        results = _transcribe_each(model, args.audio, options, args.verbose)
     failed = 0
-    for path in args.audio:
-        try:
-            segments, info = model.transcribe(path, options, verbose=args.verbose)
-            segments = list(segments)
-        except AudioError as e:
-            print(f"qwhisper transcribe: error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        written = write_result(segments, path, args.output_dir, args.output_format, language=info.language,
-                               **writer_options)
-        if args.verbose:
-            print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-def _run_batched(model: WhisperModel, args: argparse.Namespace, options: TranscribeOptions,
-                 writer_options: dict) -> int:
-    """--batch-size N: the chunks of all files share batches (qwhisper.batched.transcribe_files)."""
-    from .batched import transcribe_files
-    from .writers import write_result
-
-    failed = 0
-    for path, segments, info in transcribe_files(model, args.audio, options, verbose=args.verbose):
-        if isinstance(segments, Exception):
+    for path, segments, info in results:
+        if isinstance(segments, Exception):  # unreadable audio: say so, go on with the next file
             print(f"qwhisper transcribe: error: {segments}", file=sys.stderr)
             failed += 1
             continue
@@ -834,6 +815,19 @@ def _run_batched(model: WhisperModel, args: argparse.Namespace, options: Transcr
         if args.verbose:
             print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _transcribe_each(model: WhisperModel, paths: list[str], options: TranscribeOptions, verbose: bool | None):
+    """(path, segments, info) per file, one after the other; (path, AudioError, None) for a file
+    that can't be read (the shape of qwhisper.batched.transcribe_files' results)."""
+    from .audio import AudioError
+
+    for path in paths:
+        try:
+            segments, info = model.transcribe(path, options, verbose=verbose)
+            yield path, list(segments), info
+        except AudioError as e:
+            yield path, e, None
 
 
 __all__ = [
