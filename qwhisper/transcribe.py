@@ -120,8 +120,8 @@ class TranscribeOptions:
                               f"not {self.hallucination_silence_threshold}")
         if self.no_repeat_ngram_size < 0:
             raise OptionError(f"no_repeat_ngram_size must be >= 0, not {self.no_repeat_ngram_size}")
-        if self.batch_size < 0:
-            raise OptionError(f"batch_size must be >= 0, not {self.batch_size}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 0:
+            raise OptionError(f"batch_size must be a whole number >= 0, not {self.batch_size!r}")
 
     def decoding_options(self, temperature: float, language: str | None,
                          prompt: Sequence[int] | None) -> DecodingOptions:

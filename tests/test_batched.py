@@ -144,8 +144,9 @@ def test_split_chunk_keeps_unfinished_text_to_the_chunk_end():
 
 
 def test_batched_options_refused():
-    with pytest.raises(OptionError, match="batch_size"):
-        TranscribeOptions(batch_size=-1)
+    for bad in (-1, 2.5, "8", True):
+        with pytest.raises(OptionError, match="batch_size"):
+            TranscribeOptions(batch_size=bad)
     with pytest.raises(OptionError, match="hallucination_silence_threshold"):
         BatchedPipeline(object(), TranscribeOptions(batch_size=4, word_timestamps=True,
                                                     hallucination_silence_threshold=2.0))
