@@ -1,6 +1,8 @@
 """Shared test setup: the `cuda` marker, seeded randomness, and where the offline data lives."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,17 @@ def toy_f16(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("toy") / "ggml-toy.en.bin"
     write_random_model(out, "toy.en", "f16", seed=1)
     return out
+
+
+def run_interpreter_suite(test_file: str) -> None:
+    """Run `test_file`'s interpreter tests (-k "interp and not suite") in a child process with
+    TRITON_INTERPRET=1 (Triton reads it at import); fail unless they ran, passed and none skipped."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    cmd = [sys.executable, "-m", "pytest", str(test_file), "-q", "-k", "interp and not suite",
+           "-p", "no:cacheprovider", "-x"]
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900,
+                          cwd=Path(__file__).parents[1])
+    tail = (proc.stdout + proc.stderr)[-6000:]
+    assert proc.returncode == 0, f"interpreter tests failed:\n{tail}"
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary, tail  # they ran, none skipped

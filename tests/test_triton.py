@@ -22,12 +22,10 @@ atol + |ref|*eps) fails spuriously where the sum cancels; |W| @ |x| does not.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_interpreter_suite
 
 from qwhisper.quants import BLOCK_SIZES, QK, GGMLType, ref
 
@@ -147,14 +145,7 @@ def test_interpreter_suite():
     """Run the interpreter tests of this file in a child process with TRITON_INTERPRET=1."""
     if INTERPRETING:
         pytest.skip("already in the interpreter process")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-k", "interp and not suite",
-           "-p", "no:cacheprovider", "-x"]
-    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[1])
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    assert proc.returncode == 0, f"interpreter tests failed:\n{tail}"
-    summary = proc.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "skipped" not in summary, tail  # they ran, none skipped
+    run_interpreter_suite(__file__)
 
 
 # ------------------------------------------------------------------------------------------
