@@ -24,7 +24,6 @@ The machine is shared: wall times move with other jobs' load (recorded), CPU sec
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -40,7 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import evalsets  # noqa: E402
-from wer_cpu import cpu_name, git_commit, version  # noqa: E402
+from wer_cpu import cpu_name, git_commit, stderr_to, version  # noqa: E402
 
 AUDIO = {  # name -> how to get (samples, reference)
     "jfk": "jfk.wav",
@@ -130,20 +129,6 @@ class QwhisperEngine:
 
 
 # --- whisper.cpp ----------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def stderr_to(path: str | None):
-    """Point fd 2 (whisper.cpp's C-level log) at a file, or /dev/null, for the duration."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(path or os.devnull, "w") as f:
-        os.dup2(f.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
 
 class WhisperCppEngine:
     name = "whisper.cpp"

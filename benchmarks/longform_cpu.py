@@ -35,8 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import evalsets  # noqa: E402
-from bench_cpu import stderr_to  # noqa: E402
-from wer_cpu import cpu_name, git_commit, version  # noqa: E402
+from wer_cpu import cpu_name, git_commit, stderr_to, version  # noqa: E402
 
 GAP_S = 5.0  # report silences between consecutive segments longer than this
 MAX_DELTA_POINTS = 0.5  # acceptance: qwhisper's WER at most this above whisper.cpp's

@@ -121,12 +121,12 @@ DIAGNOSTICS = (("qwhisper-zeros", "openai's zero padding"), ("qwhisper-noctx", "
 
 
 @contextlib.contextmanager
-def quiet_stderr():
-    """Silence whisper.cpp's C-level log lines (written to fd 2) for the duration."""
+def stderr_to(path: str | None):
+    """Point fd 2 (whisper.cpp's C-level log) at a file, or /dev/null, for the duration."""
     sys.stderr.flush()
     saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
+    with open(path or os.devnull, "w") as f:
+        os.dup2(f.fileno(), 2)
     try:
         yield
     finally:
@@ -137,12 +137,12 @@ def quiet_stderr():
 def run_whispercpp(path: Path, audios: dict, threads: int) -> tuple[dict[str, str], float, float]:
     from pywhispercpp.model import Model
 
-    with quiet_stderr():
+    with stderr_to(None):
         model = Model(str(path), n_threads=threads, print_progress=False, language="en")
     hyps, wall, cpu = {}, 0.0, 0.0
     for name, audio in audios.items():
         t0, c0 = time.perf_counter(), time.process_time()
-        with quiet_stderr():
+        with stderr_to(None):
             segments = model.transcribe(audio)
         hyps[name] = " ".join(s.text.strip() for s in segments)  # pywhispercpp strips segment texts
         wall += time.perf_counter() - t0
@@ -243,6 +243,25 @@ def _without_reuse(command: str) -> str:
     return " ".join(w for w in out if not w.startswith("--reuse="))
 
 
+def _differing_utterances(name: str, utts, ours: Run, theirs: Run, titles: tuple[str, str, str]) -> list[str]:
+    """A collapsed table of the utterances whose normalised transcripts differ between two runs
+    (theirs: whisper.cpp's), word edits of each, the differing words in bold. titles: the column
+    titles of our edits, our transcript and theirs."""
+    from qwhisper.normalizer import normalize_english
+
+    diff = [u for u in utts if normalize_english(ours.hyps[u.name]) != normalize_english(theirs.hyps[u.name])]
+    lines = [f"<details><summary>{name}: {len(diff)} of {len(utts)} utterances differ</summary>\n"]
+    if diff:
+        lines += [f"| utterance | words | {titles[0]} | whisper.cpp edits | {titles[1]} | {titles[2]} |",
+                  "| --- | ---: | ---: | ---: | --- | --- |"]
+    for u in diff:
+        eq, n = word_errors(u.reference, ours.hyps[u.name])
+        ew, _ = word_errors(u.reference, theirs.hyps[u.name])
+        hq, hw = _mark(normalize_english(ours.hyps[u.name]), normalize_english(theirs.hyps[u.name]))
+        lines.append(f"| {u.name} | {n} | {eq} | {ew} | {hq} | {hw} |")
+    return lines + ["", "</details>", ""]
+
+
 def markdown(utts, sets: dict[str, list], runs: dict[tuple[str, str], Run], rows: list[tuple[str, str]],
              command: str, threads: int, audio_s: float, load: str, reused: set[str] = frozenset()) -> str:
     from qwhisper.normalizer import normalize_english
@@ -298,36 +317,15 @@ def markdown(utts, sets: dict[str, list], runs: dict[tuple[str, str], Run], rows
               ""]
     for base, qtype in rows:
         name = model_name(base, qtype)
-        q, w = runs[("qwhisper", name)], runs[("whispercpp", name)]
-        diff = [u for u in utts if normalize_english(q.hyps[u.name]) != normalize_english(w.hyps[u.name])]
-        lines.append(f"<details><summary>{name}: {len(diff)} of {len(utts)} utterances differ</summary>\n")
-        if diff:
-            lines += ["| utterance | words | qwhisper edits | whisper.cpp edits | qwhisper (normalised) | "
-                      "whisper.cpp (normalised) |", "| --- | ---: | ---: | ---: | --- | --- |"]
-        for u in diff:
-            eq, n = word_errors(u.reference, q.hyps[u.name])
-            ew, _ = word_errors(u.reference, w.hyps[u.name])
-            hq, hw = _mark(normalize_english(q.hyps[u.name]), normalize_english(w.hyps[u.name]))
-            lines.append(f"| {u.name} | {n} | {eq} | {ew} | {hq} | {hw} |")
-        lines += ["", "</details>", ""]
+        lines += _differing_utterances(name, utts, runs[("qwhisper", name)], runs[("whispercpp", name)],
+                                       ("qwhisper edits", "qwhisper (normalised)", "whisper.cpp (normalised)"))
     if diagnose:
         lines += ["## Appendix: qwhisper with all of whisper.cpp's conventions vs whisper.cpp", ""]
         for base, qtype in rows:
             name = model_name(base, qtype)
-            if ("qwhisper-wcpp", name) not in runs:
-                continue
-            d, w = runs[("qwhisper-wcpp", name)], runs[("whispercpp", name)]
-            diff = [u for u in utts if normalize_english(d.hyps[u.name]) != normalize_english(w.hyps[u.name])]
-            lines.append(f"<details><summary>{name}: {len(diff)} of {len(utts)} utterances differ</summary>\n")
-            if diff:
-                lines += ["| utterance | words | qwhisper (wcpp conventions) edits | whisper.cpp edits | qwhisper | "
-                          "whisper.cpp |", "| --- | ---: | ---: | ---: | --- | --- |"]
-            for u in diff:
-                eq, n = word_errors(u.reference, d.hyps[u.name])
-                ew, _ = word_errors(u.reference, w.hyps[u.name])
-                hq, hw = _mark(normalize_english(d.hyps[u.name]), normalize_english(w.hyps[u.name]))
-                lines.append(f"| {u.name} | {n} | {eq} | {ew} | {hq} | {hw} |")
-            lines += ["", "</details>", ""]
+            if ("qwhisper-wcpp", name) in runs:
+                lines += _differing_utterances(name, utts, runs[("qwhisper-wcpp", name)], runs[("whispercpp", name)],
+                                               ("qwhisper (wcpp conventions) edits", "qwhisper", "whisper.cpp"))
     lines += ["References (normalised):", "", "<details><summary>show</summary>\n"]
     lines += [f"- {u.name}: {normalize_english(u.reference)}" for u in utts]
     lines += ["", "</details>", ""]
