@@ -173,7 +173,7 @@ class _LoopGraph:
         self.graph = graph
         from .quants import triton_ops
 
-        self._keep = list(triton_ops._scratch.values())  # the scratch buffers the graph writes
+        self._keep = triton_ops.scratch_buffers()  # the scratch buffers the graph writes
 
 
 def _loop_graph(task, inference, rules_key) -> _LoopGraph | None:

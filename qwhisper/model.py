@@ -273,6 +273,24 @@ class AudioEncoder(nn.Module):
 ENCODER_GRAPH_MAX_BATCH = 4
 
 
+def capture_graph(fn, device: torch.device):
+    """Run fn() once eagerly on a side stream (compiles kernels, creates cuBLAS handles, grows the
+    dequantize scratch buffer; its side effects happen), then record a second call in a CUDA graph
+    (recorded, not run). Returns (graph, fn's output inside the graph, the scratch buffers the graph
+    writes: keep them alive as long as the graph)."""
+    from .quants import triton_ops
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out, triton_ops.scratch_buffers()
+
+
 class _GraphedEncoder:
     """A CUDA graph of AudioEncoder.forward for one (batch, dtype, device): a static mel input
     buffer, captured on first use, replayed for every later window of that shape.
@@ -295,18 +313,7 @@ class _GraphedEncoder:
         self.mel.copy_(mel)
         if self.graph is None:
             try:
-                side = torch.cuda.Stream(mel.device)
-                side.wait_stream(torch.cuda.current_stream(mel.device))
-                with torch.cuda.stream(side):  # compiles kernels, grows the scratch buffer, cuBLAS handles
-                    encoder(self.mel)
-                torch.cuda.current_stream(mel.device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self.out = encoder(self.mel)
-                self.graph = graph
-                from .quants import triton_ops
-
-                self._keep = list(triton_ops._scratch.values())
+                self.graph, self.out, self._keep = capture_graph(lambda: encoder(self.mel), mel.device)
             except (RuntimeError, ImportError) as e:
                 warnings.warn(f"CUDA graph capture of the encoder failed ({e}); encoding eagerly")
                 self.failed, self.graph, self.out = True, None, None
@@ -430,18 +437,9 @@ class _GraphedStep:
         return self.logits.clone()  # the graph's output buffer is overwritten by the next replay
 
     def _capture(self, decoder: TextDecoder, cache: KVCache) -> None:
-        side = torch.cuda.Stream(self.tokens.device)
-        side.wait_stream(torch.cuda.current_stream(self.tokens.device))
-        with torch.cuda.stream(side):  # compiles kernels, creates handles; writes this step's K/V
-            decoder.forward_at(self.tokens, self.positions, cache)
-        torch.cuda.current_stream(self.tokens.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.logits = decoder.forward_at(self.tokens, self.positions, cache)
-        self.graph = graph
-        from .quants import triton_ops
-
-        self._keep = list(triton_ops._scratch.values())  # the dequantize buffers the graph writes
+        # the eager run writes this step's K/V; the replay that follows writes the same again
+        self.graph, self.logits, self._keep = capture_graph(
+            lambda: decoder.forward_at(self.tokens, self.positions, cache), self.tokens.device)
 
 
 class TextDecoder(nn.Module):

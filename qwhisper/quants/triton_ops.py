@@ -522,6 +522,12 @@ def _scratch_buffer(n: int, dtype: torch.dtype, device: torch.device) -> torch.T
     return buf
 
 
+def scratch_buffers() -> list[torch.Tensor]:
+    """The scratch buffers as they are now. A CUDA graph that dequantizes into them holds their
+    addresses: it keeps this list so that a later growth (a new, larger buffer) leaves them alive."""
+    return list(_scratch.values())
+
+
 _CUBLAS_N_ALIGN = 8  # cuBLAS falls back to a slow kernel when N is odd (51865: 12x slower, H100)
 
 
@@ -604,4 +610,5 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
     return y.reshape(*lead, n)
 
 
-__all__ = ["dequantize", "dequantize_into", "qmatmul", "qgemm_fused", "dequant_matmul", "linear", "pick", "QMATMUL_MAX_M"]
+__all__ = ["dequantize", "dequantize_into", "qmatmul", "qgemm_fused", "dequant_matmul", "linear", "pick", "QMATMUL_MAX_M",
+           "scratch_buffers"]
