@@ -48,8 +48,11 @@ import torch
 import triton
 import triton.language as tl
 
-from . import QK, GGMLType, row_nbytes
+from . import QK, GGMLType, row_nbytes, triton_ops
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
 from .triton_ops import (
+    INTERPRETED,
     _LAYOUT,
     _MAGIC_BITS,
     _QK,
@@ -59,7 +62,10 @@ from .triton_ops import (
     _f16_at,
     _gemv_config,
     _next_pow2,
+    _prefetch_at,
+    _prefetch_l2,
     _qh_at,
+    prefetch_lines,
 )
 
 MAX_ROWS = 8  # rows one fused step can take (model.FUSED_STEP_MAX_ROWS chooses how many it gets)
@@ -76,6 +82,30 @@ MIN_BLOCK_N = 1
 LONG_STEP_NB = 64
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 64
+
+# Programmatic dependent launch (sm_90+): every kernel of the step lets the next one start as
+# soon as all its programs run (griddepcontrol.launch_dependents) and the next one waits
+# (griddepcontrol.wait) only before it reads what the previous one wrote. What it does before
+# the wait is independent of earlier kernels: the GEMVs ask L2 for their weight slice and the
+# cross-attention for its keys and values, so the DRAM latency of one kernel overlaps the
+# previous one, and launch latency disappears from the chain. CUDA graphs keep the edges.
+# Module switch (None: on where the device supports it), for benchmarks.
+PDL: bool | None = None
+_pdl_devices: dict = {}
+
+
+def _pdl(device: torch.device) -> bool:
+    if INTERPRETED or device.type != "cuda" or PDL is False:
+        return False
+    on = _pdl_devices.get(device.index)
+    if on is None:
+        on = _pdl_devices[device.index] = torch.cuda.get_device_capability(device)[0] >= 9
+    return on
+
+
+def _pdl_kw(pdl: bool) -> dict:
+    return {"launch_pdl": True} if pdl else {}
+
 
 EPI_STORE, EPI_RESIDUAL, EPI_GELU, EPI_QKV = 0, 1, 2, 3
 _EPILOGUES = {"store": EPI_STORE, "residual": EPI_RESIDUAL, "gelu": EPI_GELU}
@@ -137,6 +167,7 @@ def _step_gemv_kernel(
     BITS: tl.constexpr, ZERO: tl.constexpr,  # block layout (triton_ops._LAYOUT); BITS 16: F16 rows
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, EVEN_K: tl.constexpr,
     LN: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
+    PF_LINES: tl.constexpr, PDL: tl.constexpr,  # L2 prefetch of the weight slice; see PDL above
 ):
     # The loop is triton_ops._qgemv_kernel's (4-D tiles [NB, BLOCK_M, BLOCK_N, QB], clamped
     # rather than masked loads); x comes through _x_at (normalised on the fly), and the
@@ -144,6 +175,14 @@ def _step_gemv_kernel(
     QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
     n_blk = K // _QK
     pid = tl.program_id(0)
+    if PDL:
+        gdc_launch_dependents()
+    if PF_LINES > 0:  # weights: written by nobody, so read before the wait
+        row_bytes = n_blk * TS if BITS != 16 else 2 * K
+        n0 = pid * BLOCK_N
+        _prefetch_l2(w8 + n0.to(tl.int64) * row_bytes, (tl.minimum(N - n0, BLOCK_N) * row_bytes).to(tl.int64), PF_LINES)
+    if PDL:
+        gdc_wait()  # x, the residual, the caches and pos are the previous kernels'
     bb = tl.arange(0, NB)[:, None, None, None]
     mm = tl.arange(0, BLOCK_M)[None, :, None, None]
     nn = pid * BLOCK_N + tl.arange(0, BLOCK_N)[None, None, :, None]
@@ -208,6 +247,14 @@ def _step_gemv_kernel(
                     acc += w_lo * x_lo
                     acc += w_hi * x_hi
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
+    _epilogue(y, pid, bias_ptr, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, pos_ptr, n_seg, M, N,
+              BLOCK_M, BLOCK_N, HAS_BIAS, EPI)
+
+
+@triton.jit
+def _epilogue(y, pid, bias_ptr, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, pos_ptr, n_seg, M, N,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr):
+    """y [BLOCK_M, BLOCK_N] (rows pid*BLOCK_N.. of W) + bias -> out / out += / GELU / q|k|v scatter."""
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     m1 = tl.arange(0, BLOCK_M)
     ok = (m1 < M)[:, None] & (n1 < N)[None, :]
@@ -271,16 +318,19 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         x = x.contiguous()
     w8, w16 = _raw_views(raw, ggml_type, n, k)
     ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
-    block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln is not None)
     ln_w, ln_b, eps = ln if ln is not None else (x, x, 0.0)
     kc, vc, stride_cr, stride_cs, pos, n_seg = qkv if qkv is not None else (out, out, 0, 0, out, 1)
+    pdl = _pdl(x.device)
+    block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln is not None)
+    row_bytes = 2 * k if bits == 16 else (k // QK) * ts
     _step_gemv_kernel[(triton.cdiv(n, block_n),)](
         x, x.stride(0), ln_w, ln_b, float(eps), w8, w16, bias if bias is not None else x,
         out, out.stride(0), kc, vc, stride_cr, stride_cs, pos, n_seg, m, n, k, _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
         LN=ln is not None, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
-        HAS_BIAS=bias is not None, EPI=epi, num_warps=num_warps)
+        HAS_BIAS=bias is not None, EPI=epi, PF_LINES=prefetch_lines(block_n * row_bytes), PDL=pdl,
+        num_warps=num_warps, **_pdl_kw(pdl))
     return out
 
 
@@ -341,12 +391,21 @@ def _attn_kernel(
     pos_ptr,  # CAUSAL: keys 0..pos attended
     S, G, H, qk_scale,  # keys (not CAUSAL); query rows per K/V row; heads; log2(e)/sqrt(D)
     D: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr, SPLIT_S: tl.constexpr, SPLITS: tl.constexpr,
-    CAUSAL: tl.constexpr,
+    CAUSAL: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)  # (K/V row r, head h)
     split = tl.program_id(1)
     r = pid // H
     h = pid % H
+    if PDL:
+        gdc_launch_dependents()
+    if PREFETCH:  # cross K/V: fixed for the window, so asked for before the wait
+        pf_s = tl.minimum(split * SPLIT_S + tl.arange(0, SPLIT_S), S - 1).to(tl.int64)
+        pf_at = r.to(tl.int64) * stride_kr + pf_s * stride_ks + h * D  # one head's D values: D*2 bytes
+        _prefetch_at(k_ptr + pf_at)
+        _prefetch_at(v_ptr + pf_at)
+    if PDL:
+        gdc_wait()
     if CAUSAL:
         n_keys = tl.load(pos_ptr).to(tl.int32) + 1
     else:
@@ -433,13 +492,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
     bs = min(bs, split_s)
     splits = triton.cdiv(s_max, split_s)
     sp2 = _next_pow2(splits)  # the partials' split axis (the combine reads it as one tile)
+    pdl = _pdl(q.device)
     part_o = torch.empty((m * n_head * sp2 * d,), dtype=torch.float32, device=q.device)
     part_ml = torch.empty((m * n_head * sp2 * 2,), dtype=torch.float32, device=q.device)
     _attn_kernel[(r * n_head, splits)](
         q, q.stride(0), k, v, k.stride(0), k.stride(1), out, out.stride(0), part_o, part_ml, counters,
         position if position is not None else counters, s_max, g, n_head, math.log2(math.e) / math.sqrt(d),
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None,
-        num_warps=4)
+        PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
+        num_warps=4, **_pdl_kw(pdl))
     return out
 
 
@@ -451,9 +512,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
 @triton.jit
 def _embed_kernel(tok_ptr, stride_t, w8, w16, pe_ptr, pos_ptr, x_ptr, K, magic,
                   TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
-                  BITS: tl.constexpr, ZERO: tl.constexpr, NBLK: tl.constexpr):
+                  BITS: tl.constexpr, ZERO: tl.constexpr, NBLK: tl.constexpr, PDL: tl.constexpr):
     """x[m] = W[tokens[m]] + pe[pos] in float32 (W dequantized as triton_ops.dequantize does)."""
     m = tl.program_id(0)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()  # tokens and pos come from the step before
     t = tl.load(tok_ptr + m * stride_t).to(tl.int64)
     pos = tl.load(pos_ptr).to(tl.int64)
     n_blk = K // _QK
@@ -506,7 +570,8 @@ def embed(tokens: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, n_vocab:
     # tokens may be a strided view (decoding passes tokens[:, offset:] of the whole sequence)
     _embed_kernel[(m,)](tokens, tokens.stride(0), w8, w16, pe, position, out, c, _MAGIC_BITS,
                         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
-                        NBLK=_next_pow2(min(c // QK, 64)), num_warps=4)
+                        NBLK=_next_pow2(min(c // QK, 64)), PDL=_pdl(out.device), num_warps=4,
+                        **_pdl_kw(_pdl(out.device)))
     return out
 
 

@@ -58,8 +58,16 @@ def _patch_interpreter_scalars() -> None:
     interpreter._patch_lang_tensor = patched
 
 
-if os.environ.get("TRITON_INTERPRET") == "1":
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+if INTERPRETED:
     _patch_interpreter_scalars()
+
+# Ask L2 for a program's whole weight slice when the program starts (prefetch.global.L2 per
+# 128-byte line, fire and forget), instead of only the NB blocks the loop's next step loads:
+# the loads then meet lines already on their way. The interpreter runs no inline PTX. Module
+# switch so that benchmarks can measure without it.
+PREFETCH_L2 = not INTERPRETED
+_LINE = 128
 
 # Byte layout of each block type, read by the kernels:
 #   TS: bytes per block; M_B: byte offset of the f16 minimum m (-1: none); QH_B: byte offset of the
@@ -135,6 +143,25 @@ def _decode_int8(qs, magic):
     byte ^ 0x80 = q + 128 in 0..255; OR-ed into 2^23 and then 2^23 + 128 subtracted.
     """
     return (qs ^ (magic | 0x80)).to(tl.float32, bitcast=True) - (8388608.0 + 128)
+
+
+@triton.jit
+def _prefetch_at(ptrs):
+    """prefetch.global.L2 of the 128-byte line of every pointer in the tensor ptrs."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs.to(tl.int64, bitcast=True)],
+                              dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_l2(ptr8, nbytes, LINES: tl.constexpr):
+    """Prefetch the bytes [ptr8, ptr8 + nbytes) into L2, one 128-byte line per element
+    (LINES >= nbytes / 128, a power of 2; the extra elements repeat the last line)."""
+    _prefetch_at(ptr8 + tl.minimum(tl.arange(0, LINES).to(tl.int64) * 128, nbytes - 1))
+
+
+def prefetch_lines(nbytes: int) -> int:
+    """LINES for _prefetch_l2 of a slice of nbytes, or 0 (no prefetch) when PREFETCH_L2 is off."""
+    return _next_pow2(-(-nbytes // _LINE)) if PREFETCH_L2 and nbytes > 0 else 0
 
 
 # ------------------------------------------------------------------------------------------
@@ -268,6 +295,7 @@ def _qgemv_kernel(
     NB: tl.constexpr,  # 32-weight blocks per row per loop step
     EVEN_K: tl.constexpr,  # (K/32) % NB == 0: every step is full
     HAS_BIAS: tl.constexpr,
+    PF_LINES: tl.constexpr,  # > 0: prefetch the program's BLOCK_N rows of W into L2 first
 ):
     # Tiles are 4-D [NB, BLOCK_M, BLOCK_N, QB] (QB = bytes of qs read per block: 16, or 32 for
     # Q8_0): the compiler spreads lanes over (qs byte, block) and keeps rows in registers, and W
@@ -275,6 +303,10 @@ def _qgemv_kernel(
     QB: tl.constexpr = 32 if BITS == 8 else 16
     n_blk = K // _QK
     pid = tl.program_id(0)
+    if PF_LINES > 0:
+        n0 = pid * BLOCK_N
+        _prefetch_l2(w8 + n0.to(tl.int64) * (n_blk * TS), (tl.minimum(N - n0, BLOCK_N) * (n_blk * TS)).to(tl.int64),
+                     PF_LINES)
     bb = tl.arange(0, NB)[:, None, None, None]
     mm = tl.arange(0, BLOCK_M)[None, :, None, None]
     nn = pid * BLOCK_N + tl.arange(0, BLOCK_N)[None, None, :, None]
@@ -371,7 +403,7 @@ def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequ
     """Fused dequant-GEMV: x (M, K) @ W.T (+ bias) -> (M, N) in x's dtype, for 1 <= M <= 16.
 
     raw: the (N, K) weight's ggml blocks (uint8, on x's device), read once; fp32 accumulation.
-    config: (BLOCK_M, BLOCK_N, NB, num_warps) overriding _gemv_config (benchmarks, tests).
+    config: (BLOCK_M, BLOCK_N, NB, num_warps[, L2 prefetch]) overriding _gemv_config (benchmarks, tests).
     """
     ggml_type = _as_type(ggml_type)
     if ggml_type not in _LAYOUT:
@@ -388,13 +420,14 @@ def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequ
     if bias is not None and tuple(bias.shape) != (n,):
         raise ValueError(f"bias must be ({n},), got {tuple(bias.shape)}")
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    block_m, block_n, nb, num_warps = config or _gemv_config(m, n, k, ggml_type)
+    block_m, block_n, nb, num_warps, *pf = config or _gemv_config(m, n, k, ggml_type)
     ts, m_b, qh_b, qs_b, bits, zero = _LAYOUT[ggml_type]
+    pf_lines = prefetch_lines(block_n * (k // QK) * ts) if (pf[0] if pf else True) else 0
     _qgemv_kernel[(triton.cdiv(n, block_n),)](
         x, w8, w16, bias if bias is not None else y, y, m, n, k, x.stride(0), _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
-        HAS_BIAS=bias is not None, num_warps=num_warps)
+        HAS_BIAS=bias is not None, PF_LINES=pf_lines, num_warps=num_warps)
     return y
 
 
