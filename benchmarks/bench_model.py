@@ -204,7 +204,20 @@ def _bench_eager(r: dict, model, xa, sot, decode_steps, reps: int, steps: int, g
     r["prompt_ms_per_token"] = _median_ms(run_prompt, reps) / PROMPT_TOKENS
 
 
-def bench_file(path: str, reps: int, batch: int, steps: int, decode_only: bool = False) -> dict:
+# --ablate: the graphed one-row fused step with module switches of quants/triton_decoder.py
+# (and triton_ops.PREFETCH_L2) changed, each against the default
+ABLATIONS = {
+    "no_pdl": {"PDL": False},
+    "no_prefetch": {"PREFETCH_L2": False},
+    "no_pdl_no_prefetch": {"PDL": False, "PREFETCH_L2": False},
+    "self_split_128": {"SELF_SPLIT_S": 128},
+    "self_split_512": {"SELF_SPLIT_S": 512},
+    "cross_split_32": {"CROSS_SPLIT_S": 32},
+    "cross_split_128": {"CROSS_SPLIT_S": 128},
+}
+
+
+def bench_file(path: str, reps: int, batch: int, steps: int, decode_only: bool = False, ablate: bool = False) -> dict:
     import torch
 
     from qwhisper.loader import load_model
@@ -273,6 +286,24 @@ def bench_file(path: str, reps: int, batch: int, steps: int, decode_only: bool =
         finally:
             qm.FUSED_STEP_MAX_ROWS = default_rows
             model.decoder.drop_graphs()
+        if ablate:  # the graphed fused step with one of its choices switched off or changed
+            from qwhisper.quants import triton_decoder
+
+            for tag, settings in ABLATIONS.items():
+                saved = {(mod, k): getattr(mod, k) for mod, k in ((triton_decoder if k != "PREFETCH_L2" else triton_ops, k)
+                                                                 for k in settings)}
+                try:
+                    for (mod, k), v in zip(saved, settings.values()):
+                        setattr(mod, k, v)
+                    model.decoder.drop_graphs()
+                    gcache = model.new_kv_cache(xa)
+                    model.logits(sot, gcache)
+                    r[f"graph_decode_ms_per_token_{tag}"] = _median_ms(decode_steps(gcache, 1), reps) / steps
+                    del gcache
+                finally:
+                    for (mod, k), v in saved.items():
+                        setattr(mod, k, v)
+                    model.decoder.drop_graphs()
         if any(st.failed for sets in model.decoder._graphed.values() for st in sets):
             r["graph_error"] = "capture failed: eager steps were timed"
         if model.decoder._fused_error or not model.decoder._fused_ran:
@@ -347,6 +378,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep-files", action="store_true", help="leave the random model files in --dir")
     p.add_argument("--decode-only", action="store_true",
                    help="only the graphed decoder steps (fused and unfused): no encoder, eager or prompt measures")
+    p.add_argument("--ablate", action="store_true",
+                   help="also the graphed fused step without programmatic dependent launch, and without L2 prefetch")
     args = p.parse_args(argv)
 
     import torch
@@ -369,7 +402,7 @@ def main(argv=None) -> int:
     for path, arch, ftype, _ in jobs:
         t1 = time.perf_counter()
         try:
-            r = bench_file(path, args.reps, args.batch, args.steps, args.decode_only)
+            r = bench_file(path, args.reps, args.batch, args.steps, args.decode_only, args.ablate)
         except Exception as e:  # noqa: BLE001 -- one model's failure must not end the run
             r = {"error": f"{type(e).__name__}: {e}"[:300]}
         torch.cuda.empty_cache()

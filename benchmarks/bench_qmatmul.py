@@ -116,12 +116,17 @@ GEMV_TUNE = [(8, 8, 2), (16, 8, 2), (4, 8, 2), (8, 16, 4), (4, 16, 4), (2, 16, 4
 TC_TUNE = [(16, 64, 2, 8, 4, 4), (16, 64, 4, 8, 4, 3), (16, 128, 2, 8, 4, 4), (16, 64, 2, 8, 4, 3)]
 
 
+ONLY_MS: list[int] = []  # --ms: measure only these M
+
+
 def tasks(tune: bool) -> list[tuple]:
     """(type, n, k, m, provider, config) for every measurement, the warm-up's work list."""
     out = []
     for t in TYPES:
         for model, name, n, k in shapes():
             for m in MS:
+                if ONLY_MS and m not in ONLY_MS:
+                    continue
                 for prov in providers(t, m):
                     out.append((t, n, k, m, prov, None))
     if tune:
@@ -275,11 +280,14 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=min(8, os.cpu_count() or 1), help="processes compiling kernels first (0: none)")
     ap.add_argument("--tune", action="store_true", help="also sweep kernel tile configs")
     ap.add_argument("--types", help="comma-separated subset of types, e.g. q5_0,q8_0")
+    ap.add_argument("--ms", help="comma-separated subset of M (rows of x), e.g. 1,16")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_qmatmul: no CUDA device", file=sys.stderr)
         return 2
-    global TYPES
+    global TYPES, ONLY_MS
+    if args.ms:
+        ONLY_MS = [int(v) for v in args.ms.split(",")]
     if args.types:
         TYPES = [GGMLType[s.strip().upper()] for s in args.types.split(",")]
     import triton

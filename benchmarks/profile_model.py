@@ -56,6 +56,45 @@ def _profile(fn, title: str, rows: int, out: Path | None) -> None:
         (out / f"profile-{title.split()[0]}.txt").write_text(text)
 
 
+FUSED_STAGES = ("qkv", "self-attn", "out", "cross-q", "cross-attn", "cross-out", "fc1", "fc2")
+
+
+def _fused_stages(fn, n_layer: int, out: Path | None, title: str) -> None:
+    """Kernel durations of one fused decoder step (quants/triton_decoder.py), by stage: the
+    step's kernels run in a fixed order (embed, 8 per layer, head), so the i-th kernel's stage
+    is known. Durations from the profiler (CUPTI); gaps = wall time not covered by kernels."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    ours = ("_embed_kernel", "_step_gemv_kernel", "_attn_kernel")
+    ks = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and e.name in ours),
+                key=lambda e: e.time_range.start)
+    names = ["embed"] + [s for _ in range(n_layer) for s in FUSED_STAGES] + ["head"]
+    if len(ks) != len(names):
+        print(f"fused stages: {len(ks)} kernels, expected {len(names)}: " + ", ".join(sorted({e.name for e in ks})))
+        return
+    tot: dict[str, float] = {}
+    for e, nm in zip(ks, names):
+        tot[nm] = tot.get(nm, 0.0) + e.time_range.elapsed_us()
+    span = ks[-1].time_range.end - ks[0].time_range.start
+    busy = sum(tot.values())
+    lines = [f"## {title}", f"span {span:.1f} us, kernels {busy:.1f} us, gaps {span - busy:.1f} us",
+             "| stage | total us | per layer us |", "|---|---|---|"]
+    for nm in ["embed", *FUSED_STAGES, "head"]:
+        per = tot[nm] / (n_layer if nm in FUSED_STAGES else 1)
+        lines.append(f"| {nm} | {tot[nm]:.1f} | {per:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text, flush=True)
+    if out:
+        (out / f"stages-{title.split()[0]}.txt").write_text(text)
+
+
 def main(argv=None) -> int:
     import torch
 
@@ -92,6 +131,30 @@ def main(argv=None) -> int:
             cache.offset -= 1  # the same position every time
 
         _profile(step, "decoder step (eager, 1 row)", args.rows, args.out)
+
+        from qwhisper.quants import triton_decoder
+
+        model.decoder.fused_step = True
+        for pdl in (False, None):
+            triton_decoder.PDL = pdl
+            _fused_stages(step, dims.n_text_layer, args.out, f"fused-step{'' if pdl is None else '-no-pdl'} "
+                          f"(eager) {args.arch} {args.type}")
+        # the same step replayed from the model's CUDA graph (what transcription runs): with PDL
+        # the kernels overlap, so a stage's time there includes its wait for the one before
+        model.decoder.cuda_graphs = True
+        for pdl in (False, None):
+            triton_decoder.PDL = pdl
+            model.decoder.drop_graphs()
+            gcache = model.new_kv_cache(features)
+            model.logits(torch.randint(0, 50000, (1, 64), device="cuda"), gcache)
+
+            def gstep():
+                model.logits(token, gcache)
+                gcache.offset -= 1
+
+            _fused_stages(gstep, dims.n_text_layer, args.out, f"fused-graph{'' if pdl is None else '-no-pdl'} "
+                          f"{args.arch} {args.type}")
+        triton_decoder.PDL = None
     return 0
 
 
