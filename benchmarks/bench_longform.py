@@ -266,10 +266,23 @@ def run(args: argparse.Namespace) -> dict:
     env = environment(args.device)  # before: the commit of the code that runs
     samples, reference = load_pack(args.audio, args.limit_seconds)
     whisper = WhisperModel(args.model, device=args.device)
+    _tuning(whisper, args)
     options = TranscribeOptions(language="en")  # defaults otherwise (greedy + fallback, timestamps)
     rows = measure(whisper, samples, reference, options, args.batch_sizes, args.device, args.warmup, args.repeat)
     return {"env": env, "label": f"{Path(str(whisper.path)).name} (real weights)",
             "audio_seconds": len(samples) / SAMPLE_RATE, "rows": rows}
+
+
+def _tuning(whisper, args: argparse.Namespace) -> None:
+    """--graph-max-rows, --cache-dequantized-decoder: what-if switches for the batched step."""
+    import qwhisper.model as qm
+
+    if args.graph_max_rows:
+        qm.GRAPH_MAX_ROWS = args.graph_max_rows
+    if args.cache_dequantized_decoder:  # float16 copies of the decoder's weights, read by cuBLAS
+        for mod in whisper.model.decoder.modules():
+            if isinstance(mod, qm.QLinear) and mod.ggml_type not in (qm.GGMLType.F16, qm.GGMLType.F32):
+                mod.cache_dequantized = True
 
 
 def synthetic(args: argparse.Namespace) -> dict:
@@ -290,6 +303,7 @@ def synthetic(args: argparse.Namespace) -> dict:
     env = environment(args.device)
     samples, _ = load_pack(args.audio, args.limit_seconds)
     whisper = WhisperModel(str(path), device=args.device)
+    _tuning(whisper, args)
     eot = whisper.tokenizer.eot
     # EOT suppressed from the first step on, sample_len tokens, one temperature, nothing skipped:
     # every window costs the same, exactly --tokens steps after the prompt
@@ -323,6 +337,9 @@ def main(argv=None) -> int:
         r.add_argument("--warmup", choices=["full", "short", "none"], default="full")
         r.add_argument("--repeat", type=int, default=1, help="timed runs per mode, the fastest kept")
         r.add_argument("--out", default=None, help="JSON of the results")
+        r.add_argument("--graph-max-rows", type=int, default=0, help="model.GRAPH_MAX_ROWS for this run (0: default)")
+        r.add_argument("--cache-dequantized-decoder", action="store_true",
+                       help="keep float16 copies of the decoder's quantized weights (cuBLAS reads them)")
         if name == "run":
             r.add_argument("--model", required=True, help="GGML file or model name")
         else:

@@ -107,6 +107,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--rows", type=int, default=25)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--step-rows", type=int, default=0,
+                   help="also one eager decoder step of this many rows, one window each (the batched long-form step)")
     args = p.parse_args(argv)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -155,6 +157,19 @@ def main(argv=None) -> int:
             _fused_stages(gstep, dims.n_text_layer, args.out, f"fused-graph{'' if pdl is None else '-no-pdl'} "
                           f"{args.arch} {args.type}")
         triton_decoder.PDL = None
+        if args.step_rows:  # the batched long-form step: N rows, each over its own window's cross K/V
+            n = args.step_rows
+            model.decoder.cuda_graphs = False
+            feats = torch.cat([model.embed_audio(mel[:1]) for _ in range(n)])
+            bcache = model.decoder.new_kv_cache(feats.to(model.dtype))
+            model.logits(torch.randint(0, 50000, (n, 64), device="cuda"), bcache)
+            btoken = torch.randint(0, 50000, (n, 1), device="cuda")
+
+            def bstep():
+                model.logits(btoken, bcache)
+                bcache.offset -= 1
+
+            _profile(bstep, f"decoder-{n}-rows step (eager)", args.rows, args.out)
     return 0
 
 

@@ -365,11 +365,13 @@ class KVCache:
 
 
 # A decoder step of at most this many rows is replayed from a CUDA graph (beams, and the batched
-# pipeline's windows: qwhisper.batched). Steps of 9..16 rows may dequantize into triton_ops' shared
+# pipeline's windows: qwhisper.batched). Steps of 9..32 rows may dequantize into triton_ops' shared
 # scratch buffer; the graph keeps the buffers it was captured with alive (_GraphedStep._keep), so a
 # later growth of the scratch leaves its addresses valid. The persistent KV buffers of a graphed
-# shape stay allocated (large-v3 at 16 rows: ~1.2 GB self + ~3.9 GB cross K/V in float16).
-GRAPH_MAX_ROWS = 16
+# shape stay allocated (large-v3 at 32 rows: ~2.3 GB self + ~7.9 GB cross K/V in float16). 32,
+# not 16: `--batch-size 32` ran eagerly before (large-v3 q5_0, 25 windows x 112 tokens on an H100:
+# 6.04 s eager, 1.04 s graphed; docs/reports/performance.md section 4).
+GRAPH_MAX_ROWS = 32
 # Steps of at most this many rows run the fused kernels (TextDecoder.fused_step). The kernels
 # take up to 8 rows, but at 5 rows (beams) they measured slower than the unfused step on an
 # H100 (large-v3 q5_0 graphed: 1.20 against 0.82 ms per token; benchmarks/README.md), so
