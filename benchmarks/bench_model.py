@@ -210,10 +210,8 @@ ABLATIONS = {
     "no_pdl": {"PDL": False},
     "no_prefetch": {"PREFETCH_L2": False},
     "no_pdl_no_prefetch": {"PDL": False, "PREFETCH_L2": False},
-    "self_split_128": {"SELF_SPLIT_S": 128},
-    "self_split_512": {"SELF_SPLIT_S": 512},
-    "cross_split_32": {"CROSS_SPLIT_S": 32},
-    "cross_split_128": {"CROSS_SPLIT_S": 128},
+    "2_warps": {"STEP_WARPS": 2},
+    "4_warps_640_programs": {"STEP_WARPS": 4, "STEP_MIN_PROGRAMS": 640},
 }
 
 

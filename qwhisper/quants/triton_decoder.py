@@ -82,6 +82,14 @@ MIN_BLOCK_N = 1
 # out 4.4 -> 3.8, cross out 4.4 -> 3.6; the LN GEMVs got slower (qkv 8.9 -> 9.6, fc1 8.7 ->
 # 12.3: the normalisation per step grows with it), so they keep triton_ops' 16. 0: off.
 LONG_STEP_NB = 64
+# The step's GEMVs below the vocabulary's width: programs of STEP_WARPS warps, BLOCK_N the
+# largest power of 2 <= 16 that leaves >= STEP_MIN_PROGRAMS programs (8 per SM on a 132-SM H100)
+# and <= 64 accumulators a thread. Swept on an H100 with PDL on (graphed one-row step, ms per
+# token; docs/reports/performance.md section 4): 1 warp / 1056 programs against triton_ops'
+# 4 warps / 640: large-v3 q5_0 1.85 -> 1.70, f16 1.69 -> 1.57, tiny q5_0 0.137 -> 0.130, tiny
+# f16 0.142 -> 0.129; 2 warps, 8 warps, 264..2112 programs and 8 or 32 blocks a step were slower.
+STEP_WARPS = 1
+STEP_MIN_PROGRAMS = 1056
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 64
 
@@ -300,13 +308,16 @@ def _raw_views(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int) -> tuple[
 
 def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, NB, num_warps): triton_ops' GEMV tile table (F16 rows read 32 halfs a
-    block, as Q8_0's 32 bytes), with LONG_STEP_NB blocks per step for long rows without LN."""
+    block, as Q8_0's 32 bytes), with LONG_STEP_NB blocks per step for long rows without LN; below
+    the vocabulary's width, one-warp programs (STEP_WARPS), at least STEP_MIN_PROGRAMS of them."""
     qb = 16 if bits in (4, 5) else 32
     block_m, block_n, nb, num_warps = _gemv_config(m, n, k, GGMLType.Q8_0 if qb == 32 else GGMLType.Q4_0)
     if LONG_STEP_NB and not ln and k // QK >= 40 and n < 16384 and block_m * LONG_STEP_NB * qb <= 32 * 32 * num_warps:
         # <= 32 accumulators a thread: long steps also hold their decoded weights (64 spilled)
-        nb, block_n = LONG_STEP_NB, 16
-        while block_n > 1 and (triton.cdiv(n, block_n) < 640 or nb * block_m * block_n * qb > 32 * 32 * num_warps):
+        nb = LONG_STEP_NB
+    if n < 16384:
+        num_warps, block_n = STEP_WARPS, 16
+        while block_n > 1 and (triton.cdiv(n, block_n) < STEP_MIN_PROGRAMS or nb * block_m * block_n * qb > 64 * 32 * num_warps):
             block_n //= 2
     return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
 
