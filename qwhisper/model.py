@@ -368,7 +368,7 @@ class KVCache:
 # pipeline's windows: qwhisper.batched). Steps of 9..32 rows may dequantize into triton_ops' shared
 # scratch buffer; the graph keeps the buffers it was captured with alive (_GraphedStep._keep), so a
 # later growth of the scratch leaves its addresses valid. The persistent KV buffers of a graphed
-# shape stay allocated (large-v3 at 32 rows: ~2.3 GB self + ~7.9 GB cross K/V in float16). 32,
+# shape stay allocated (large-v3 q5_0 at 25 rows: 6.4 GB peak above the weights, H100). 32,
 # not 16: `--batch-size 32` ran eagerly before (large-v3 q5_0, 25 windows x 112 tokens on an H100:
 # 6.04 s eager, 1.04 s graphed; docs/reports/performance.md section 4).
 GRAPH_MAX_ROWS = 32

@@ -4,8 +4,8 @@ One greedy (or beam) step of M <= 8 rows, one token per row, is bound by kernel 
 per-kernel time (the GEMVs are instruction-issue bound, Nsight Compute in docs/reports/
 performance.md section 4), not by the ~0.6 GB of weights it reads (large-v3 q5_0). Graphed on an H100,
 large-v3 q5_0 takes 1.77 ms per token this way against 3.01 unfused, tiny 0.15 against 0.28
-(benchmarks/README.md; with programmatic dependent launch, see PDL below, 1.86 and 0.137:
-docs/reports/performance.md section 4); model.py uses it for one-row steps
+(benchmarks/README.md; with programmatic dependent launch, see PDL below, and one-warp GEMV
+programs, STEP_WARPS: 1.69 and 0.129, docs/reports/performance.md section 4); model.py uses it for one-row steps
 (FUSED_STEP_MAX_ROWS: at 5 rows it measured slower than the unfused step). This module runs the step as:
 
     embed      x = dequant(token_embedding[tokens]) + positional_embedding[pos]   (float32 residual)
