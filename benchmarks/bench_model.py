@@ -271,6 +271,16 @@ def bench_file(path: str, reps: int, batch: int, steps: int, decode_only: bool =
             r[f"graph_batch5_ms_per_token{tag}"] = _median_ms(decode_steps(gcache5, BEAMS), reps) / steps / BEAMS
             del gcache, gcache5
             gc.collect()  # frees the buffer sets for the next round
+        # the 256-token prompt as transcription feeds it on CUDA: replayed from the graph of its
+        # bucket (model._GraphedStep.prompt), logits of two positions
+        prompt = torch.randint(0, 50000, (1, PROMPT_TOKENS), device=dev, generator=g)
+        gcache = model.new_kv_cache(xa)
+
+        def run_graph_prompt():
+            gcache.offset = 0
+            model.logits(prompt, gcache, logit_positions=[0, -1])
+        r["graph_prompt_ms_per_token"] = _median_ms(run_graph_prompt, reps) / PROMPT_TOKENS
+        del gcache
         # the fused kernels at 5 rows (production keeps beams unfused: model.FUSED_STEP_MAX_ROWS)
         import qwhisper.model as qm
 
@@ -339,12 +349,12 @@ def table(results: dict, env: dict) -> str:
               "and the fused kernels forced on for 5 rows."), "",
              ("| model | type | encoder b1 | encoder per window b8 | decode/token | decode/token, old logits "
              "| decode/token, CUDA graph | decode/token, CUDA graph, unfused | 5-beam step/token | 5-beam, CUDA graph "
-             "| 5-beam, CUDA graph, unfused | 5-beam, CUDA graph, fused kernels | prompt/token | decoder weights GB/s (graph) "
+             "| 5-beam, CUDA graph, unfused | 5-beam, CUDA graph, fused kernels | prompt/token | prompt/token, CUDA graph | decoder weights GB/s (graph) "
              "| VRAM weights / file MB | peak MB | whisper.cpp H200: enc, dec, 5-batch, prompt |"),
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (arch, ftype), r in results.items():
         if "error" in r:
-            lines.append(f"| {arch} | {ftype} | error: {r['error']} |" + " |" * 14)
+            lines.append(f"| {arch} | {ftype} | error: {r['error']} |" + " |" * 15)
             continue
         g = r.get("graph_decode_ms_per_token")
         ref = WHISPER_CPP_H200.get((arch, ftype))
@@ -353,7 +363,7 @@ def table(results: dict, env: dict) -> str:
                  f"{g:.3f}" if g else "-", _ms(r, "graph_decode_ms_per_token_unfused"), _ms(r, "batch5_ms_per_token"),
                  _ms(r, "graph_batch5_ms_per_token"), _ms(r, "graph_batch5_ms_per_token_unfused"),
                  _ms(r, "graph_batch5_ms_per_token_fused_kernels"),
-                 _ms(r, "prompt_ms_per_token", 4),
+                 _ms(r, "prompt_ms_per_token", 4), _ms(r, "graph_prompt_ms_per_token", 4),
                  f"{r['decoder_weight_bytes'] / (g * 1e-3) / 1e9:.0f}" if g else "-",
                  f"{r['weights_vram_bytes'] / 1e6:.0f} / {r['file_bytes'] / 1e6:.0f}", f"{r['peak_vram_bytes'] / 1e6:.0f}",
                  " / ".join(f"{v:g}" for v in ref) if ref else "-"]

@@ -404,6 +404,7 @@ class _GraphedStep:
         self._owner: weakref.ref | None = None
         # graphs of the greedy loop's whole step on these buffers (qwhisper.greedy_loop)
         self.loop_graphs: dict = {}
+        self.prompt_graphs: dict[tuple[int, int], _GraphedPrompt | None] = {}  # None: capture failed
 
     def in_use(self) -> bool:
         return self._owner is not None and self._owner() is not None
@@ -442,6 +443,65 @@ class _GraphedStep:
         # the eager run writes this step's K/V; the replay that follows writes the same again
         self.graph, self.logits, self._keep = capture_graph(
             lambda: decoder.forward_at(self.tokens, self.positions, cache), self.tokens.device)
+
+    def prompt(self, decoder: TextDecoder, tokens: Tensor, offset: int, logit_positions: Sequence[int],
+               cache: KVCache) -> Tensor | None:
+        """Logits (rows, len(logit_positions), n_vocab) of a T-token prompt at `offset`, from a
+        graph of the prompt pass padded to T's bucket (PROMPT_BUCKETS); None where it can't (then
+        the caller runs it eagerly).
+
+        Padding goes after the prompt (the last token repeated): causal attention keeps the real
+        positions from seeing it, and its K/V rows lie beyond the prompt, where each later step
+        writes its own row before any query may attend to it."""
+        t = tokens.shape[1]
+        tb = next((b for b in PROMPT_BUCKETS if b >= t), None)
+        lp = [p if p >= 0 else t + p for p in logit_positions]
+        if tb is None or offset + tb > decoder.n_ctx or not all(0 <= p < t for p in lp):
+            return None
+        key = (tb, len(lp))
+        g = self.prompt_graphs.get(key, False)
+        if g is None:  # its capture failed before
+            return None
+        if g is False:
+            g = _GraphedPrompt(tokens.shape[0], tb, len(lp), tokens.device)
+        g.fill(tokens, offset, lp)
+        if g.graph is None:
+            try:
+                g.graph, g.logits, g.keep = capture_graph(
+                    lambda: decoder.forward_at(g.tokens, g.positions, cache, logit_positions=g.lp), tokens.device)
+            except RuntimeError as e:
+                warnings.warn(f"CUDA graph capture of the prompt pass failed ({e}); running it eagerly")
+                self.prompt_graphs[key] = None
+                return None
+            self.prompt_graphs[key] = g
+        g.graph.replay()
+        return g.logits.clone()
+
+
+# Prompt lengths the graphed prompt pass is padded to (_GraphedStep.prompt): a graph per bucket
+# and number of logit positions; a longer prompt runs eagerly. The eager pass is host-bound
+# (~750 launches for large-v3), so padding costs less than it saves.
+PROMPT_BUCKETS = (8, 16, 32, 64, 128, 256)
+
+
+class _GraphedPrompt:
+    """Static inputs of one prompt-pass graph: tokens (rows, bucket), positions, logit positions."""
+
+    def __init__(self, rows: int, bucket: int, n_logits: int, device: torch.device):
+        self.tokens = torch.zeros((rows, bucket), dtype=torch.long, device=device)
+        self.positions = torch.zeros((bucket,), dtype=torch.long, device=device)
+        self.lp = torch.zeros((n_logits,), dtype=torch.long, device=device)
+        self._arange = torch.arange(bucket, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: Tensor | None = None
+        self.keep: list[Tensor] = []
+
+    def fill(self, tokens: Tensor, offset: int, lp: list[int]) -> None:
+        t = tokens.shape[1]
+        self.tokens[:, :t].copy_(tokens)
+        self.tokens[:, t:].copy_(tokens[:, -1:].expand(-1, self.tokens.shape[1] - t))
+        torch.add(self._arange, offset, out=self.positions)
+        self.lp.copy_(torch.tensor(lp, dtype=torch.long))
 
 
 class TextDecoder(nn.Module):
@@ -541,6 +601,11 @@ class TextDecoder(nn.Module):
             if logits is not None:
                 cache.offset = offset + 1
                 return logits
+        if graphed is not None and t > 1 and alignment_heads is None and logit_positions is not None:
+            logits = graphed.prompt(self, tokens, offset, logit_positions, cache)
+            if logits is not None:
+                cache.offset = offset + t
+                return logits
         positions = torch.arange(offset, offset + t, device=tokens.device)  # (T,)
         qk_out: list[Tensor] = []
         logits = self.forward_at(tokens, positions, cache, alignment_heads, qk_out, logit_positions)
@@ -554,7 +619,7 @@ class TextDecoder(nn.Module):
 
     def forward_at(self, tokens: Tensor, positions: Tensor, cache: KVCache,
                    alignment_heads: Sequence[tuple[int, int]] | None = None,
-                   qk_out: list[Tensor] | None = None, logit_positions: Sequence[int] | None = None) -> Tensor:
+                   qk_out: list[Tensor] | None = None, logit_positions: Sequence[int] | Tensor | None = None) -> Tensor:
         """tokens (B, T) at `positions` (T,) long on the device -> logits (B, T, n_vocab) float32,
         or (B, len(logit_positions), n_vocab) of those of the T tokens only.
 
@@ -587,7 +652,9 @@ class TextDecoder(nn.Module):
             heads = [h for layer, h in alignment_heads if layer == i] if alignment_heads else None
             x = block(x, cross_kv=(cache.cross_k[i], cache.cross_v[i]), mask=mask, positions=positions,
                       cache=(cache.self_k[i], cache.self_v[i]), qk_heads=heads, qk_out=qk_out)
-        if logit_positions is not None:
+        if isinstance(logit_positions, Tensor):  # a device index tensor (graphed prompt passes)
+            x = x.index_select(1, logit_positions)
+        elif logit_positions is not None:
             x = x[:, list(logit_positions)]  # (B, len(logit_positions), C)
         x = self.ln(x)
         # the tied embedding as a QLinear: on CUDA the quantized blocks go through
