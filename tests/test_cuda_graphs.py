@@ -150,3 +150,40 @@ def test_cuda_prompt_graph_equals_eager(shared_q5_1):
     keys = {k for sets in model.decoder._graphed.values() for st in sets for k, g in st.prompt_graphs.items()
             if g is not None}
     assert keys == {(b, 2) for b in (8, 32, 128)} and set(PROMPT_BUCKETS) >= {8, 32, 128}
+
+
+def test_prompt_graph_inputs_are_padded_after_the_prompt():
+    """_GraphedPrompt.fill (CPU tensors): the prompt, then its last token repeated up to the
+    bucket; positions offset..offset+bucket-1; logit positions as given (already absolute)."""
+    from qwhisper.model import _GraphedPrompt
+
+    g = _GraphedPrompt(rows=2, bucket=8, n_logits=2, device=torch.device("cpu"))
+    tokens = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    g.fill(tokens, offset=3, lp=[0, 2])
+    assert g.tokens.tolist() == [[5, 6, 7, 7, 7, 7, 7, 7], [8, 9, 10, 10, 10, 10, 10, 10]]
+    assert g.positions.tolist() == list(range(3, 11)) and g.lp.tolist() == [0, 2]
+    g.fill(torch.arange(8).view(1, 8).repeat(2, 1), offset=0, lp=[1, 7])  # a full bucket: no padding
+    assert g.tokens[0].tolist() == list(range(8)) and g.positions.tolist() == list(range(8))
+
+
+def test_prompt_graph_declines_what_it_cannot_replay(tmp_path):
+    """_GraphedStep.prompt returns None (the caller runs the pass eagerly) for a prompt longer
+    than the largest bucket, one whose bucket would pass the context, and logit positions outside
+    the prompt, before touching any graph."""
+    from qwhisper.model import PROMPT_BUCKETS
+
+    layers, n_ctx, s, c = 1, 448, 5, 4
+    zeros = lambda r, n: [torch.zeros(r, n, c) for _ in range(layers)]  # noqa: E731
+    st = _GraphedStep(zeros(1, n_ctx), zeros(1, n_ctx), zeros(1, s), zeros(1, s))
+
+    class Decoder:  # only n_ctx is read before a graph is built
+        pass
+
+    dec = Decoder()
+    dec.n_ctx = n_ctx
+    too_long = torch.zeros((1, PROMPT_BUCKETS[-1] + 1), dtype=torch.long)
+    assert st.prompt(dec, too_long, 0, [0, -1], None) is None
+    assert st.prompt(dec, torch.zeros((1, 100), dtype=torch.long), n_ctx - 120, [0, -1], None) is None  # 128 > 120
+    assert st.prompt(dec, torch.zeros((1, 10), dtype=torch.long), 0, [10], None) is None
+    assert st.prompt(dec, torch.zeros((1, 10), dtype=torch.long), 0, [-11], None) is None
+    assert not st.prompt_graphs
