@@ -46,7 +46,7 @@ from qwhisper.quants import GGMLType, tensor_nbytes  # noqa: E402
 
 MODELS = {"tiny": (384, 51864), "small": (768, 51865), "large-v3": (1280, 51866)}  # (d, vocab)
 TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.F16]
-MS = [1, 5, 16, 1500]
+MS = [1, 5, 16, 32, 1500]
 
 
 def shapes() -> list[tuple[str, str, int, int]]:
@@ -92,6 +92,8 @@ def providers(t: GGMLType, m: int) -> list[str]:
         return ["cublas-f16"]
     if m <= 16:
         return ["linear", "gemv", "tc", "deq+cublas", "cublas-f16"]
+    if m <= 32:  # the batched pipeline's steps (model.GRAPH_MAX_ROWS)
+        return ["linear", "tc", "deq+cublas", "cublas-f16"]
     return ["linear", "cublas-f16"]  # linear = deq+cublas here (the fused tensor-core GEMM lost, run 1)
 
 
@@ -114,6 +116,7 @@ def make_fn(prov: str, t: GGMLType, x: torch.Tensor, raw: torch.Tensor, n: int, 
 
 GEMV_TUNE = [(8, 8, 2), (16, 8, 2), (4, 8, 2), (8, 16, 4), (4, 16, 4), (2, 16, 4), (1, 16, 4), (16, 16, 4)]
 TC_TUNE = [(16, 64, 2, 8, 4, 4), (16, 64, 4, 8, 4, 3), (16, 128, 2, 8, 4, 4), (16, 64, 2, 8, 4, 3)]
+TC_TUNE_32 = [(32, 64, 2, 8, 4, 3), (32, 64, 4, 8, 4, 3), (32, 128, 2, 8, 4, 3), (32, 32, 4, 8, 4, 3), (16, 32, 4, 8, 2, 3)]
 
 
 ONLY_MS: list[int] = []  # --ms: measure only these M
@@ -139,6 +142,11 @@ def tasks(tune: bool) -> list[tuple]:
                 for m in (5, 16):
                     for cfg in TC_TUNE:
                         out.append((t, n, k, m, "tc", cfg))
+            for n, k in [(1280, 1280), (5120, 1280), (1280, 5120), (3840, 1280)]:  # batched steps' shapes
+                for m in (16, 32):
+                    for cfg in TC_TUNE + TC_TUNE_32:
+                        if cfg[0] >= m or cfg[0] == 16:
+                            out.append((t, n, k, m, "tc", cfg))
     return out
 
 
