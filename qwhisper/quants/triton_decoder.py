@@ -92,6 +92,9 @@ STEP_WARPS = 1
 STEP_MIN_PROGRAMS = 1056
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 64
+# Warps per attention program: 1, 2 and 8 (and 2 with cross splits of 32) measured equal or slower
+# on an H100 (bench_model --ablate, session 3).
+ATTN_WARPS = 4
 
 # Programmatic dependent launch (sm_90+): every kernel of the step lets the next one start as
 # soon as all its programs run (griddepcontrol.launch_dependents) and the next one waits
@@ -513,7 +516,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
         position if position is not None else counters, s_max, g, n_head, math.log2(math.e) / math.sqrt(d),
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None,
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
-        num_warps=4, **_pdl_kw(pdl))
+        num_warps=ATTN_WARPS, **_pdl_kw(pdl))
     return out
 
 
