@@ -255,6 +255,24 @@ def test_interp_decoder_step_matches_unfused(ggml_type, rows, n_group, monkeypat
     assert not dec._fused_state.counters.any()
 
 
+def test_triton_without_gdc_turns_pdl_off(monkeypatch):
+    """A Triton without griddepcontrol (before 3.3) still imports the fused step, with
+    programmatic dependent launch off (the kernels' PDL branches are never compiled then)."""
+    import importlib
+    import sys
+    import types
+
+    td = _td()
+    try:
+        monkeypatch.setitem(sys.modules, "triton.language.extra.cuda", types.ModuleType("triton.language.extra.cuda"))
+        old = importlib.reload(td)
+        assert old.gdc_wait is None and old._pdl(torch.device("cuda", 0)) is False
+    finally:
+        monkeypatch.undo()
+        importlib.reload(td)
+    assert td.gdc_wait is not None
+
+
 def test_unsupported_reasons():
     """What makes the model fall back to the unfused step (no kernels run)."""
     td = _td()

@@ -51,7 +51,10 @@ import triton
 import triton.language as tl
 
 from . import QK, GGMLType, row_nbytes, triton_ops
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # Triton before 3.3 (e.g. the one torch 2.4 ships): no programmatic dependent launch
+    gdc_launch_dependents = gdc_wait = None
 
 from .triton_ops import (
     INTERPRETED,
@@ -108,7 +111,7 @@ _pdl_devices: dict = {}
 
 
 def _pdl(device: torch.device) -> bool:
-    if INTERPRETED or device.type != "cuda" or PDL is False:
+    if INTERPRETED or device.type != "cuda" or PDL is False or gdc_wait is None:
         return False
     on = _pdl_devices.get(device.index)
     if on is None:
