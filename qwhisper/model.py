@@ -88,30 +88,35 @@ class QLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.is_cuda and not self.cache_dequantized:
-            # Triton kernels on the raw blocks (quants/triton_ops.linear), imported on first use;
-            # without a working Triton, warn once and fall back to torch (openai's timing.py way).
-            fn = QLinear.__dict__.get("_triton_linear")
-            if fn is None:
-                try:
-                    from .quants.triton_ops import linear as fn
-                except ImportError as e:
-                    import warnings
-
-                    warnings.warn(f"Triton kernels unavailable ({e}); falling back to torch dequantize + F.linear")
-                    fn = False
-                QLinear._triton_linear = fn
-            if fn:
-                try:
-                    return fn(x, self.weight, self.ggml_type, (self.out_features, self.in_features), self.bias)
-                except torch.cuda.OutOfMemoryError:
-                    raise
-                except RuntimeError as e:  # e.g. no CUDA toolchain for Triton to compile with
-                    import warnings
-
-                    warnings.warn(f"Failed to launch Triton kernels ({e}); falling back to torch dequantize + F.linear")
-                    QLinear._triton_linear = False
+            y = self._via_triton(x)
+            if y is not None:
+                return y
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, self.dequantized(x.dtype), bias)
+
+    def _via_triton(self, x: Tensor) -> Tensor | None:
+        """x @ W.T + b through the Triton kernels on the raw blocks (quants/triton_ops.linear),
+        imported on first use; None (and a warning, once) without a working Triton: the caller
+        falls back to torch (openai's timing.py way)."""
+        fn = QLinear.__dict__.get("_triton_linear")
+        if fn is None:
+            try:
+                from .quants.triton_ops import linear as fn
+            except ImportError as e:
+                warnings.warn(f"Triton kernels unavailable ({e}); falling back to torch dequantize + F.linear")
+                fn = False
+            QLinear._triton_linear = fn
+        if not fn:
+            return None
+        try:
+            return fn(x, self.weight, self.ggml_type, (self.out_features, self.in_features), self.bias)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (RuntimeError, triton_errors()) as e:  # no CUDA toolchain; a Triton too old for a kernel
+            warnings.warn(f"Failed to launch Triton kernels ({type(e).__name__}: {str(e)[:300]}); "
+                          "falling back to torch dequantize + F.linear")
+            QLinear._triton_linear = False
+            return None
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

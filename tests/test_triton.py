@@ -487,3 +487,26 @@ def test_cuda_graph_of_decoder_step_matches_eager(shared_q5_1):
     n = 2 + len(steps)
     for a, b in zip(cache.self_k + cache.self_v, eager_cache.self_k + eager_cache.self_v):
         torch.testing.assert_close(a[:, :n], b[:, :n], rtol=0, atol=0)
+
+
+def test_qlinear_falls_back_on_a_triton_compile_error(monkeypatch):
+    """When the Triton kernel fails to compile (CompilationError, not a RuntimeError: a Triton
+    too old for a kernel's PTX), QLinear warns once and turns the Triton path off, so that
+    forward answers through torch dequantize + F.linear. CPU: _via_triton is called directly."""
+    from triton.compiler.errors import CompilationError
+
+    from qwhisper.model import QLinear
+
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise CompilationError("kernel.py", None, "an instruction this Triton does not know")
+
+    monkeypatch.setattr(QLinear, "_triton_linear", broken, raising=False)
+    lin = QLinear(64, 8, False, GGMLType.Q8_0)
+    x = torch.zeros(2, 64)
+    with pytest.warns(UserWarning, match="Failed to launch Triton kernels"):
+        assert lin._via_triton(x) is None
+    assert QLinear.__dict__.get("_triton_linear") is False and calls == [1]
+    assert lin._via_triton(x) is None and calls == [1]  # off from then on, no second attempt
