@@ -1,12 +1,12 @@
 """Fused one-token decoder step for CUDA: eight kernels per decoder layer instead of ~24.
 
 One greedy (or beam) step of M <= 8 rows, one token per row, is bound by kernel count x
-per-kernel time (the GEMVs are instruction-issue bound, Nsight Compute in docs/reports/
-performance.md section 4), not by the ~0.6 GB of weights it reads (large-v3 q5_0). Graphed on an H100,
-large-v3 q5_0 takes 1.77 ms per token this way against 3.01 unfused, tiny 0.15 against 0.28
-(benchmarks/README.md; with programmatic dependent launch, see PDL below, and one-warp GEMV
-programs, STEP_WARPS: 1.69 and 0.129, docs/reports/performance.md section 4); model.py uses it for one-row steps
-(FUSED_STEP_MAX_ROWS: at 5 rows it measured slower than the unfused step). This module runs the step as:
+per-kernel time (the GEMVs are instruction-issue bound: Nsight Compute in
+docs/reports/performance.md section 4), not by the ~0.6 GB of weights it reads (large-v3 q5_0).
+Graphed on an H100, large-v3 q5_0 takes 1.69 ms per token this way against 2.9 unfused, tiny
+f16 0.128 against 0.33 (with programmatic dependent launch, PDL below, and one-warp GEMV
+programs, STEP_WARPS; performance.md section 4). model.py uses it for one-row steps
+(FUSED_STEP_MAX_ROWS: at 5 rows it measured slower than the unfused step). The step runs as:
 
     embed      x = dequant(token_embedding[tokens]) + positional_embedding[pos]   (float32 residual)
     per layer:
@@ -50,12 +50,12 @@ import torch
 import triton
 import triton.language as tl
 
-from . import QK, GGMLType, row_nbytes, triton_ops
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # Triton before 3.3 (e.g. the one torch 2.4 ships): no programmatic dependent launch
     gdc_launch_dependents = gdc_wait = None
 
+from . import QK, GGMLType, row_nbytes, triton_ops
 from .triton_ops import (
     INTERPRETED,
     _LAYOUT,
@@ -319,8 +319,7 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, i
     qb = 16 if bits in (4, 5) else 32
     block_m, block_n, nb, num_warps = _gemv_config(m, n, k, GGMLType.Q8_0 if qb == 32 else GGMLType.Q4_0)
     if LONG_STEP_NB and not ln and k // QK >= 40 and n < 16384 and block_m * LONG_STEP_NB * qb <= 32 * 32 * num_warps:
-        # <= 32 accumulators a thread: long steps also hold their decoded weights (64 spilled)
-        nb = LONG_STEP_NB
+        nb = LONG_STEP_NB  # (sm_90 compile of the one-warp tiles below: 168 registers, no spills)
     if n < 16384:
         num_warps, block_n = STEP_WARPS, 16
         while block_n > 1 and (triton.cdiv(n, block_n) < STEP_MIN_PROGRAMS or nb * block_m * block_n * qb > 64 * 32 * num_warps):
