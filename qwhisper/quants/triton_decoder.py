@@ -62,10 +62,12 @@ from .triton_ops import (
     _MAGIC_BITS,
     _QK,
     _as_type,
+    _block_fma,
     _decode_int8,
     _decode_nibbles,
     _f16_at,
     _gemv_config,
+    _load_blocks,
     _next_pow2,
     _prefetch_at,
     _prefetch_l2,
@@ -227,41 +229,14 @@ def _step_gemv_kernel(
             acc += w * _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
         else:
             base = w_row + blk * TS
-            d = tl.load(w16 + base // 2).to(tl.float16, bitcast=True).to(tl.float32)
-            if not EVEN_K:
-                d = tl.where(b0 + bb < n_blk, d, 0.0)
-            qs = tl.load(w8 + base + QS_B + jj).to(tl.int32)
-            if BITS == 8:
-                q = _decode_int8(qs, magic)
-                x = _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
-                if BLOCK_M == 1:
-                    acc += d * (q * x)
-                else:
-                    acc += (q * d) * x
-            else:
-                qh = qs  # unused unless BITS == 5
-                if BITS == 5:
-                    qh = _qh_at(w16, base + QH_B, None, True)
-                q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
-                x_lo = _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
+            live = b0 + bb < n_blk
+            d, qs, qh = _load_blocks(w8, w16, base, live, jj, QH_B, QS_B, BITS, EVEN_K)
+            x_lo = _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
+            x_hi = x_lo
+            if BITS != 8:
                 x_hi = _x_at(x_row, k_lo + 16, mean, rstd, ln_w, ln_b, LN)
-                m = d  # unused unless M_B >= 0
-                if M_B >= 0:
-                    m = _f16_at(w16, base + M_B, None, True)
-                    if not EVEN_K:
-                        m = tl.where(b0 + bb < n_blk, m, 0.0)
-                if BLOCK_M == 1:
-                    acc += d * (q_lo * x_lo + q_hi16 * (x_hi * 0.0625))
-                    if M_B >= 0:
-                        acc += m * (x_lo + x_hi)
-                else:
-                    w_lo = q_lo * d
-                    w_hi = q_hi16 * (d * 0.0625)
-                    if M_B >= 0:
-                        w_lo += m
-                        w_hi += m
-                    acc += w_lo * x_lo
-                    acc += w_hi * x_hi
+            acc = _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B, BITS, ZERO, EVEN_K,
+                             BLOCK_M == 1)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
     _epilogue(y, pid, bias_ptr, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, pos_ptr, n_seg, M, N,
               BLOCK_M, BLOCK_N, HAS_BIAS, EPI)

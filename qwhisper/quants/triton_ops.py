@@ -164,6 +164,58 @@ def prefetch_lines(nbytes: int) -> int:
     return _next_pow2(-(-nbytes // _LINE)) if PREFETCH_L2 and nbytes > 0 else 0
 
 
+@triton.jit
+def _load_blocks(w8, w16, base, live, jj, QH_B: tl.constexpr, QS_B: tl.constexpr, BITS: tl.constexpr,
+                 EVEN_K: tl.constexpr):
+    """The GEMVs' d, qs and qh of the blocks at byte offsets `base`: d float32, zeroed where not
+    `live` (a clamped, repeated block) unless EVEN_K; qs int32 bytes at jj; qh int32 for the
+    5-bit types (else qs stands in, unused)."""
+    d = tl.load(w16 + base // 2).to(tl.float16, bitcast=True).to(tl.float32)
+    if not EVEN_K:
+        d = tl.where(live, d, 0.0)
+    qs = tl.load(w8 + base + QS_B + jj).to(tl.int32)
+    qh = qs
+    if BITS == 5:
+        qh = _qh_at(w16, base + QH_B, None, True)
+    return d, qs, qh
+
+
+@triton.jit
+def _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B: tl.constexpr, BITS: tl.constexpr,
+               ZERO: tl.constexpr, EVEN_K: tl.constexpr, ONE_ROW: tl.constexpr):
+    """acc + the blocks' products with x, the GEMVs' inner step (the minimum m of Q4_1/Q5_1 is
+    read here). x_lo = x[32b + j] (Q8_0: all 32), x_hi = x[32b + 16 + j] (4/5-bit). One x row: d
+    is applied once per block and byte (d*(q.x), q_hi*x_hi = q_hi16*(x_hi/16), an exact
+    rescaling); several rows: each weight is dequantized once (q*d) and then used by every row
+    (one FMA per weight and row)."""
+    if BITS == 8:
+        q = _decode_int8(qs, magic)
+        if ONE_ROW:
+            acc += d * (q * x_lo)
+        else:
+            acc += (q * d) * x_lo
+    else:
+        q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+        m = d  # unused unless M_B >= 0
+        if M_B >= 0:
+            m = _f16_at(w16, base + M_B, None, True)
+            if not EVEN_K:
+                m = tl.where(live, m, 0.0)
+        if ONE_ROW:
+            acc += d * (q_lo * x_lo + q_hi16 * (x_hi * 0.0625))
+            if M_B >= 0:
+                acc += m * (x_lo + x_hi)
+        else:
+            w_lo = q_lo * d
+            w_hi = q_hi16 * (d * 0.0625)
+            if M_B >= 0:
+                w_lo += m
+                w_hi += m
+            acc += w_lo * x_lo  # two statements: two FMAs into acc, not FMUL+FFMA+FADD
+            acc += w_hi * x_hi
+    return acc
+
+
 # ------------------------------------------------------------------------------------------
 # Dequantize: raw blocks -> float tensor
 # ------------------------------------------------------------------------------------------
@@ -321,45 +373,14 @@ def _qgemv_kernel(
         if not EVEN_K:
             blk = tl.minimum(blk, n_blk - 1)
         base = w_row + blk * TS  # [NB, 1, BN, 1] byte offsets of the blocks
-        d = tl.load(w16 + base // 2).to(tl.float16, bitcast=True).to(tl.float32)
-        if not EVEN_K:
-            d = tl.where(b0 + bb < n_blk, d, 0.0)  # a clamped (repeated) block adds nothing
-        qs = tl.load(w8 + base + QS_B + jj).to(tl.int32)  # [NB, 1, BN, QB]
+        live = b0 + bb < n_blk
+        d, qs, qh = _load_blocks(w8, w16, base, live, jj, QH_B, QS_B, BITS, EVEN_K)
         xp = x_row + blk * _QK  # [NB, BM, 1, QB]
-        # One x row: d is applied once per block and byte (d*(q.x)); several rows: each weight
-        # is dequantized once (q*d) and then used by every row (one FMA per weight and row).
-        if BITS == 8:
-            q = _decode_int8(qs, magic)
-            x = tl.load(xp).to(tl.float32)
-            if BLOCK_M == 1:
-                acc += d * (q * x)
-            else:
-                acc += (q * d) * x
-        else:
-            qh = qs  # unused unless BITS == 5
-            if BITS == 5:
-                qh = _qh_at(w16, base + QH_B, None, True)
-            q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
-            x_lo = tl.load(xp).to(tl.float32)  # x[32b + j]
+        x_lo = tl.load(xp).to(tl.float32)  # x[32b + j] (Q8_0: all 32)
+        x_hi = x_lo
+        if BITS != 8:
             x_hi = tl.load(xp + 16).to(tl.float32)  # x[32b + 16 + j]
-            m = d  # unused unless M_B >= 0
-            if M_B >= 0:
-                m = _f16_at(w16, base + M_B, None, True)
-                if not EVEN_K:
-                    m = tl.where(b0 + bb < n_blk, m, 0.0)
-            if BLOCK_M == 1:
-                # d*(q_lo*x_lo + q_hi*x_hi), q_hi*x_hi = q_hi16*(x_hi/16): an exact rescaling
-                acc += d * (q_lo * x_lo + q_hi16 * (x_hi * 0.0625))
-                if M_B >= 0:
-                    acc += m * (x_lo + x_hi)
-            else:
-                w_lo = q_lo * d
-                w_hi = q_hi16 * (d * 0.0625)
-                if M_B >= 0:
-                    w_lo += m
-                    w_hi += m
-                acc += w_lo * x_lo  # two statements: two FMAs into acc, not FMUL+FFMA+FADD
-                acc += w_hi * x_hi
+        acc = _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B, BITS, ZERO, EVEN_K, BLOCK_M == 1)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     m1 = tl.arange(0, BLOCK_M)
