@@ -301,20 +301,22 @@ def bench_file(path: str, reps: int, batch: int, steps: int, decode_only: bool =
         if ablate:  # the graphed fused step with one of its choices switched off or changed
             from qwhisper.quants import triton_decoder
 
+            def owner(k):  # PREFETCH_L2 is triton_ops' switch, the rest triton_decoder's
+                return triton_ops if k == "PREFETCH_L2" else triton_decoder
+
             for tag, settings in ABLATIONS.items():
-                saved = {(mod, k): getattr(mod, k) for mod, k in ((triton_decoder if k != "PREFETCH_L2" else triton_ops, k)
-                                                                 for k in settings)}
+                saved = {k: getattr(owner(k), k) for k in settings}
                 try:
-                    for (mod, k), v in zip(saved, settings.values()):
-                        setattr(mod, k, v)
+                    for k, v in settings.items():
+                        setattr(owner(k), k, v)
                     model.decoder.drop_graphs()
                     gcache = model.new_kv_cache(xa)
                     model.logits(sot, gcache)
                     r[f"graph_decode_ms_per_token_{tag}"] = _median_ms(decode_steps(gcache, 1), reps) / steps
                     del gcache
                 finally:
-                    for (mod, k), v in saved.items():
-                        setattr(mod, k, v)
+                    for k, v in saved.items():
+                        setattr(owner(k), k, v)
                     model.decoder.drop_graphs()
         if any(st.failed for sets in model.decoder._graphed.values() for st in sets):
             r["graph_error"] = "capture failed: eager steps were timed"

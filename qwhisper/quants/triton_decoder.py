@@ -561,10 +561,10 @@ def embed(tokens: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, n_vocab:
     pe = positional_embedding if positional_embedding.is_contiguous() else positional_embedding.contiguous()
     ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
     # tokens may be a strided view (decoding passes tokens[:, offset:] of the whole sequence)
+    pdl = _pdl(out.device)
     _embed_kernel[(m,)](tokens, tokens.stride(0), w8, w16, pe, position, out, c, _MAGIC_BITS,
                         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
-                        NBLK=_next_pow2(min(c // QK, 64)), PDL=_pdl(out.device), num_warps=4,
-                        **_pdl_kw(_pdl(out.device)))
+                        NBLK=_next_pow2(min(c // QK, 64)), PDL=pdl, num_warps=4, **_pdl_kw(pdl))
     return out
 
 
