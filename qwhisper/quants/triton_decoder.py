@@ -64,14 +64,13 @@ from .triton_ops import (
     _as_type,
     _block_fma,
     _decode_int8,
-    _decode_nibbles,
+    _dequant_nibbles,
     _f16_at,
     _gemv_config,
     _load_blocks,
     _next_pow2,
     _prefetch_at,
     _prefetch_l2,
-    _qh_at,
     prefetch_lines,
 )
 
@@ -535,17 +534,7 @@ def _embed_kernel(tok_ptr, stride_t, w8, w16, pe_ptr, pos_ptr, x_ptr, K, magic,
             else:
                 jj = tl.arange(0, 16)[None, :]
                 k = blk * _QK + jj
-                qs = tl.load(w8 + base + QS_B + jj, mask=ok, other=0).to(tl.int32)
-                qh = qs
-                if BITS == 5:
-                    qh = _qh_at(w16, base + QH_B, ok, False)
-                q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
-                w_lo = q_lo * d
-                w_hi = q_hi16 * (d * 0.0625)
-                if M_B >= 0:
-                    mn = _f16_at(w16, base + M_B, ok, False)
-                    w_lo = w_lo + mn
-                    w_hi = w_hi + mn
+                w_lo, w_hi = _dequant_nibbles(w8, w16, base, ok, jj, d, magic, M_B, QH_B, QS_B, BITS, ZERO)
                 tl.store(x_row + k, w_lo + tl.load(pe_row + k, mask=ok, other=0.0).to(tl.float32), mask=ok)
                 tl.store(x_row + k + 16, w_hi + tl.load(pe_row + k + 16, mask=ok, other=0.0).to(tl.float32), mask=ok)
 

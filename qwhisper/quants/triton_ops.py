@@ -165,6 +165,25 @@ def prefetch_lines(nbytes: int) -> int:
 
 
 @triton.jit
+def _dequant_nibbles(w8, w16, base, ok, jj, d, magic, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
+                     BITS: tl.constexpr, ZERO: tl.constexpr):
+    """4/5-bit blocks at byte offsets `base` (loads masked by ok, other=0), scale d given ->
+    exact float32 (w_lo, w_hi): weights j and j + 16 of each block, jj = arange(16)."""
+    qs = _ld(w8 + base + QS_B + jj, ok, False).to(tl.int32)
+    qh = qs  # unused unless BITS == 5
+    if BITS == 5:
+        qh = _qh_at(w16, base + QH_B, ok, False)
+    q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+    w_lo = q_lo * d  # exact
+    w_hi = q_hi16 * (d * 0.0625)  # 16q * d/16: both factors exact powers-of-2 rescalings
+    if M_B >= 0:
+        m = _f16_at(w16, base + M_B, ok, False)
+        w_lo = w_lo + m  # one rounding (the product is exact)
+        w_hi = w_hi + m
+    return w_lo, w_hi
+
+
+@triton.jit
 def _load_blocks(w8, w16, base, live, jj, QH_B: tl.constexpr, QS_B: tl.constexpr, BITS: tl.constexpr,
                  EVEN_K: tl.constexpr):
     """The GEMVs' d, qs and qh of the blocks at byte offsets `base`: d float32, zeroed where not
@@ -242,17 +261,7 @@ def _dequantize_kernel(
         tl.store(out + jj, (q * d).to(dt), mask=ok)
     else:
         jj = tl.arange(0, 16)[None, :]
-        qs = _ld(w8 + base + QS_B + jj, ok, False).to(tl.int32)
-        qh = qs  # unused unless BITS == 5
-        if BITS == 5:
-            qh = _qh_at(w16, base + QH_B, ok, False)
-        q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
-        w_lo = q_lo * d  # exact
-        w_hi = q_hi16 * (d * 0.0625)  # 16q * d/16: both factors exact powers-of-2 rescalings
-        if M_B >= 0:
-            m = _f16_at(w16, base + M_B, ok, False)
-            w_lo = w_lo + m  # one rounding (the product is exact)
-            w_hi = w_hi + m
+        w_lo, w_hi = _dequant_nibbles(w8, w16, base, ok, jj, d, magic, M_B, QH_B, QS_B, BITS, ZERO)
         tl.store(out + jj, w_lo.to(dt), mask=ok)
         tl.store(out + 16 + jj, w_hi.to(dt), mask=ok)
 
@@ -501,17 +510,7 @@ def _qgemm_kernel(
             a = tl.reshape((q * d).to(dt), (BLOCK_N, NB * _QK))
         else:
             jj = tl.arange(0, 16)[None, None, :]
-            qs = _ld(w8 + base + QS_B + jj, ok, False).to(tl.int32)
-            qh = qs
-            if BITS == 5:
-                qh = _qh_at(w16, base + QH_B, ok, False)
-            q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
-            w_lo = q_lo * d
-            w_hi = q_hi16 * (d * 0.0625)
-            if M_B >= 0:
-                m = _f16_at(w16, base + M_B, ok, False)
-                w_lo = w_lo + m
-                w_hi = w_hi + m
+            w_lo, w_hi = _dequant_nibbles(w8, w16, base, ok, jj, d, magic, M_B, QH_B, QS_B, BITS, ZERO)
             # [BN, NB, 16, 2(half)] -> [BN, NB, 2, 16] -> [BN, 32*NB]: weights in K order
             t = tl.permute(tl.join(w_lo.to(dt), w_hi.to(dt)), (0, 1, 3, 2))
             a = tl.reshape(t, (BLOCK_N, NB * _QK))
