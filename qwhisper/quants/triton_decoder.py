@@ -186,9 +186,10 @@ def _step_gemv_kernel(
     LN: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
     PF_LINES: tl.constexpr, PDL: tl.constexpr,  # L2 prefetch of the weight slice; see PDL above
 ):
-    # The loop is triton_ops._qgemv_kernel's (4-D tiles [NB, BLOCK_M, BLOCK_N, QB], clamped
-    # rather than masked loads); x comes through _x_at (normalised on the fly), and the
-    # epilogue adds bias and residual, applies GELU or scatters q|k|v.
+    # The loop is triton_ops._qgemv_kernel's, through the same step helpers (_load_blocks,
+    # _block_fma; 4-D tiles [NB, BLOCK_M, BLOCK_N, QB], clamped rather than masked loads); x comes
+    # through _x_at (normalised on the fly), and the epilogue adds bias and residual, applies
+    # GELU or scatters q|k|v.
     QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
     n_blk = K // _QK
     pid = tl.program_id(0)
