@@ -274,15 +274,15 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _tuning(whisper, args: argparse.Namespace) -> None:
-    """--graph-max-rows, --cache-dequantized-decoder: what-if switches for the batched step."""
+    """--graph-max-rows, --cache-dequantized-decoder, --sdpa-self-attention: switches for the batched step."""
     import qwhisper.model as qm
 
     if args.graph_max_rows:
         qm.GRAPH_MAX_ROWS = args.graph_max_rows
     if args.cache_dequantized_decoder:  # float16 copies of the decoder's weights, read by cuBLAS
-        for mod in whisper.model.decoder.modules():
-            if isinstance(mod, qm.QLinear) and mod.ggml_type not in (qm.GGMLType.F16, qm.GGMLType.F32):
-                mod.cache_dequantized = True
+        whisper.model.cache_decoder_weights()
+    if args.sdpa_self_attention:  # one-token self-attention over the whole masked cache, as before
+        qm.CACHED_ATTENTION_TRITON = False
 
 
 def synthetic(args: argparse.Namespace) -> dict:
@@ -340,6 +340,8 @@ def main(argv=None) -> int:
         r.add_argument("--graph-max-rows", type=int, default=0, help="model.GRAPH_MAX_ROWS for this run (0: default)")
         r.add_argument("--cache-dequantized-decoder", action="store_true",
                        help="keep float16 copies of the decoder's quantized weights (cuBLAS reads them)")
+        r.add_argument("--sdpa-self-attention", action="store_true",
+                       help="one-token self-attention by SDPA over the whole cache (model.CACHED_ATTENTION_TRITON off)")
         if name == "run":
             r.add_argument("--model", required=True, help="GGML file or model name")
         else:

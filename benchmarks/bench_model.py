@@ -392,6 +392,8 @@ def main(argv=None) -> int:
     p.add_argument("--keep-files", action="store_true", help="leave the random model files in --dir")
     p.add_argument("--decode-only", action="store_true",
                    help="only the graphed decoder steps (fused and unfused): no encoder, eager or prompt measures")
+    p.add_argument("--sdpa-self-attention", action="store_true",
+                   help="unfused one-token steps (beams) attend over the whole cache with SDPA (model.CACHED_ATTENTION_TRITON off)")
     p.add_argument("--ablate", action="store_true",
                    help="also the graphed fused step without programmatic dependent launch, and without L2 prefetch")
     args = p.parse_args(argv)
@@ -416,6 +418,10 @@ def main(argv=None) -> int:
     for path, arch, ftype, _ in jobs:
         t1 = time.perf_counter()
         try:
+            if args.sdpa_self_attention:
+                import qwhisper.model as qm
+
+                qm.CACHED_ATTENTION_TRITON = False
             r = bench_file(path, args.reps, args.batch, args.steps, args.decode_only, args.ablate)
         except Exception as e:  # noqa: BLE001 -- one model's failure must not end the run
             r = {"error": f"{type(e).__name__}: {e}"[:300]}

@@ -173,6 +173,10 @@ class MultiHeadAttention(nn.Module):
                 k_cache.index_copy_(1, positions, k)  # (B, n_ctx, C) rows positions <- (B, T, C)
                 v_cache.index_copy_(1, positions, v)
                 k, v = k_cache, v_cache
+                if q.is_cuda and q.shape[1] == 1:
+                    o = _cached_attention(q, k, v, self.n_head, positions)
+                    if o is not None:
+                        return self.out(o)
         return self.out(self.qkv_attention(q, k, v, mask))
 
     def kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
@@ -210,6 +214,44 @@ class MultiHeadAttention(nn.Module):
         v = v.view(b, s, self.n_head, d).transpose(1, 2)  # (B, H, S, D)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, D)
         return out.transpose(1, 2).reshape(b, t, c)
+
+
+# One-token self-attention over the static cache on CUDA (batched windows, beams): the fused
+# step's split-key kernel reads keys 0..pos only (pos from the device), where SDPA under the
+# (T, n_ctx) mask reads all n_ctx rows of every cache (448; a window's first steps need a few).
+# Module switch for benchmarks; off -> SDPA.
+CACHED_ATTENTION_TRITON = True
+_attention_counters: dict = {}  # (device, size) -> int32 zeros the kernel leaves zero
+
+
+def _cached_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, n_head: int, positions: Tensor) -> Tensor | None:
+    """q (B, 1, C) over k_cache, v_cache (B, n_ctx, C) rows 0..positions[0] -> (B, 1, C); None
+    where the Triton kernel can't run (switch off, no Triton, odd head size): SDPA then."""
+    global CACHED_ATTENTION_TRITON
+    b, _, c = q.shape
+    d = c // n_head
+    if not CACHED_ATTENTION_TRITON or d & (d - 1) or k_cache.stride(2) != 1:
+        return None
+    try:
+        from .quants import triton_decoder
+    except ImportError:
+        CACHED_ATTENTION_TRITON = False
+        return None
+    key = (q.device, b * n_head)
+    counters = _attention_counters.get(key)
+    if counters is None:
+        counters = _attention_counters[key] = torch.zeros(b * n_head, dtype=torch.int32, device=q.device)
+    out = torch.empty((b, c), dtype=q.dtype, device=q.device)
+    try:
+        triton_decoder.attention(q.view(b, c), k_cache, v_cache, n_head, out, counters, position=positions,
+                                 split_s=triton_decoder.SELF_SPLIT_S)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, triton_errors()) as e:
+        warnings.warn(f"Triton attention failed ({type(e).__name__}: {str(e)[:300]}); using SDPA")
+        CACHED_ATTENTION_TRITON = False
+        return None
+    return out.view(b, 1, c)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -720,6 +762,18 @@ class Whisper(nn.Module):
             if out is not None:
                 return out
         return self.encoder(mel)
+
+    def cache_decoder_weights(self) -> int:
+        """Keep a dequantized copy of every quantized decoder weight (QLinear.cache_dequantized):
+        steps of several rows then run F.linear (cuBLAS) on it instead of dequantizing each weight
+        at every step; one-row fused steps still read the blocks. Built now, in the activation
+        dtype (not inside a CUDA graph capture); returns its bytes. F16/F32 weights need no copy."""
+        n = 0
+        for m in self.decoder.modules():
+            if isinstance(m, QLinear) and m.ggml_type not in (GGMLType.F16, GGMLType.F32):
+                m.cache_dequantized = True
+                n += m.dequantized(self.dtype).nbytes
+        return n
 
     @torch.no_grad()
     def new_kv_cache(self, audio_features: Tensor, n_group: int = 1) -> KVCache:

@@ -648,10 +648,15 @@ class WhisperModel:
     compute_type: activation dtype of the torch backend: "auto" (float16 on CUDA, float32 on the
     CPU), "float16" (CUDA only) or "float32" (weights stay in their GGML type either way; float32
     on CUDA follows the golden more closely at some speed cost, docs/reports/gpu-end-to-end.md).
+    cache_decoder_weights: on CUDA, keep a dequantized copy (the activation dtype) of every
+    quantized decoder weight, so batched and beam steps run cuBLAS on it instead of dequantizing
+    each weight at every step. Costs VRAM (large-v3 q5_0: +1.6 GB in float16, against 1.1 GB of
+    weights) for speed on batched long-form (docs/batched.md); one-row steps read the quantized
+    blocks either way. Off by default: weights in VRAM = the file's size.
     """
 
     def __init__(self, model: str | os.PathLike = "tiny.en", device: str | torch.device = "auto",
-                 backend: str = "torch", compute_type: str = "auto"):
+                 backend: str = "torch", compute_type: str = "auto", cache_decoder_weights: bool = False):
         from .ggml_file import read_ggml
         from .models import resolve_model
 
@@ -675,6 +680,8 @@ class WhisperModel:
                 raise OptionError(f"compute_type float16 needs a CUDA device, not {str(self.device)!r}")
             dtype = None if compute_type == "auto" else getattr(torch, compute_type)
             self.model = load_model(ggml, self.device, dtype=dtype)
+            if cache_decoder_weights:
+                self.model.cache_decoder_weights()
         self.tokenizer = Tokenizer.from_ggml(ggml)
         self.mel_filters = np.array(ggml.mel_filters, dtype=np.float32)
         self.dims = ggml.hparams
@@ -694,8 +701,8 @@ class WhisperModel:
 
 
 def load_model(name: str | os.PathLike = "tiny.en", device: str | torch.device = "auto",
-               backend: str = "torch", compute_type: str = "auto") -> WhisperModel:
-    return WhisperModel(name, device, backend, compute_type)
+               backend: str = "torch", compute_type: str = "auto", cache_decoder_weights: bool = False) -> WhisperModel:
+    return WhisperModel(name, device, backend, compute_type, cache_decoder_weights)
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -715,6 +722,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="torch", choices=BACKENDS, help="torch model, or the numpy golden reference (CPU)")
     parser.add_argument("--compute-type", default="auto", choices=COMPUTE_TYPES,
                         help="activation dtype: auto (float16 on CUDA, float32 on CPU), float16 or float32")
+    parser.add_argument("--cache-decoder-weights", action="store_true",
+                        help="CUDA: keep dequantized copies of the decoder's weights (faster --batch-size / beams, more VRAM)")
     parser.add_argument("--language", "-l", default=None, help="spoken language (code or name); default or 'auto': detect (English for .en models)")
     parser.add_argument("--task", default="transcribe", choices=["transcribe", "translate"], help="transcribe, or translate to English")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the first try")
@@ -797,7 +806,7 @@ def run(args: argparse.Namespace) -> int:
         resolve_formats(args.output_format)
     except ValueError as e:
         raise OptionError(f"--output-format: {e}") from None
-    model = WhisperModel(args.model, args.device, args.backend, args.compute_type)
+    model = WhisperModel(args.model, args.device, args.backend, args.compute_type, args.cache_decoder_weights)
     if options.batch_size > 1:  # the chunks of all files share batches (qwhisper.batched)
         from .batched import transcribe_files
 

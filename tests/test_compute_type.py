@@ -26,6 +26,8 @@ def test_cli_passes_compute_type():
     add_arguments(parser)
     assert parser.parse_args(["a.wav", "--compute-type", "float32"]).compute_type == "float32"
     assert parser.parse_args(["a.wav"]).compute_type == "auto"
+    assert parser.parse_args(["a.wav", "--cache-decoder-weights"]).cache_decoder_weights
+    assert not parser.parse_args(["a.wav"]).cache_decoder_weights
 
 
 @pytest.mark.cuda

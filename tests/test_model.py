@@ -443,6 +443,24 @@ def test_loader_zero_copy_and_caching(real):
     assert not any(p.requires_grad for p in m.model.parameters())
 
 
+def test_cache_decoder_weights_builds_the_quantized_decoder_copies(tmp_path):
+    """Model.cache_decoder_weights: every quantized decoder QLinear keeps its dequantized weight
+    (the model's dtype, built at once); the encoder's are left alone; the bytes returned are
+    theirs; and the kept copy is exactly the dequantized blocks."""
+    m = load_model(need(SHARED_MODEL_Q5_1))
+    for q in m.modules():
+        if isinstance(q, QLinear):
+            q.cache_dequantized, q._dequantized = False, None
+    n = m.cache_decoder_weights()
+    dec = [q for q in m.decoder.modules() if isinstance(q, QLinear) and q.ggml_type not in (GGMLType.F16, GGMLType.F32)]
+    assert dec and all(q.cache_dequantized and q._dequantized is not None for q in dec)
+    assert n == sum(q.in_features * q.out_features * 4 for q in dec)
+    assert not any(q.cache_dequantized for q in m.encoder.modules() if isinstance(q, QLinear))
+    q = dec[0]
+    want = ref.dequantize(q.weight.numpy(), q.ggml_type, (q.out_features, q.in_features))
+    np.testing.assert_array_equal(q._dequantized.numpy(), want)
+
+
 def test_loader_accepts_path_and_reports_missing_tensor(tmp_path):
     src = read_ggml(need(SHARED_MODEL_Q5_1))
     assert load_model(SHARED_MODEL_Q5_1).dims == src.hparams

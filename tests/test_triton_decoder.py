@@ -331,6 +331,42 @@ def test_cuda_fused_step_logits(monkeypatch):
 
 
 @pytest.mark.cuda
+def test_cuda_unfused_step_cached_attention_matches_sdpa(monkeypatch):
+    """The unfused one-token step's self-attention through the split-key kernel (keys 0..pos of
+    the static cache) against SDPA over the whole masked cache: real tiny.en q5_1, 1 and 5 rows,
+    a 5-token prompt then 6 steps; logits within 2e-3 of their scale, and the switch really
+    changes the path taken."""
+    from conftest import SHARED_MODEL_Q5_1, need
+
+    from qwhisper import model as model_mod
+    from qwhisper.loader import load_model
+
+    path = need(SHARED_MODEL_Q5_1)
+    gpu = load_model(path, "cuda")
+    gpu.decoder.fused_step = False
+    rng = np.random.default_rng(5)
+    mel = torch.from_numpy(rng.uniform(-0.8, 1.2, (1, 80, 3000)).astype(np.float32)).cuda()
+    xa = gpu.embed_audio(mel)
+    calls = []
+    real = model_mod._cached_attention
+    monkeypatch.setattr(model_mod, "_cached_attention", lambda *a: calls.append(1) or real(*a))
+    for rows in (1, 5):
+        tokens = torch.from_numpy(rng.integers(0, 50000, (rows, 6))).cuda()
+        out = {}
+        for triton_path in (False, True):
+            monkeypatch.setattr(model_mod, "CACHED_ATTENTION_TRITON", triton_path)
+            cache = gpu.new_kv_cache(xa, n_group=rows)
+            gpu.logits(torch.tensor([[50257, 50362, 843, 523, 616]] * rows).cuda(), cache)
+            n0 = len(calls)
+            out[triton_path] = torch.stack([gpu.logits(tokens[:, j:j + 1], cache).float().cpu() for j in range(6)])
+            assert len(calls) > n0  # the helper was asked (it declines when the switch is off)
+        a, b = out[True], out[False]
+        err = ((a - b).abs().max() / b.abs().max()).item()
+        print(f"{rows} rows: cached-attention kernel vs SDPA, relative {err:.3g}")
+        assert err < 2e-3 and model_mod.CACHED_ATTENTION_TRITON
+
+
+@pytest.mark.cuda
 def test_cuda_fused_greedy_matches_golden():
     """jfk.wav with the real tiny.en q5_1 on the GPU, fused graphed steps: the greedy tokens
     are the numpy golden's (model_ref) from its own encoder output."""
