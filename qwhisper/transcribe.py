@@ -670,6 +670,8 @@ class WhisperModel:
         if backend == "numpy":
             if str(device) not in ("auto", "cpu"):
                 raise OptionError(f"the numpy backend runs on the CPU, not on {device!r}")
+            if cache_decoder_weights:
+                raise OptionError("cache_decoder_weights is an option of the torch backend, not of the numpy one")
             self.device = torch.device("cpu")
             self.model = NumpyWhisper(ggml)
         else:

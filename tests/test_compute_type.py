@@ -14,6 +14,8 @@ def test_compute_type_validation(toy_f16):
     with pytest.raises(OptionError, match="float16 needs a CUDA device"):
         WhisperModel(toy_f16, device="cpu", compute_type="float16")
     assert WhisperModel(toy_f16, device="cpu", compute_type="float32").model.dtype == torch.float32
+    with pytest.raises(OptionError, match="cache_decoder_weights"):
+        WhisperModel(toy_f16, backend="numpy", cache_decoder_weights=True)
     assert WhisperModel(toy_f16, device="cpu").model.dtype == torch.float32
 
 
