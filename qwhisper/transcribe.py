@@ -650,7 +650,7 @@ class WhisperModel:
     on CUDA follows the golden more closely at some speed cost, docs/reports/gpu-end-to-end.md).
     cache_decoder_weights: on CUDA, keep a dequantized copy (the activation dtype) of every
     quantized decoder weight, so batched and beam steps run cuBLAS on it instead of dequantizing
-    each weight at every step. Costs VRAM (large-v3 q5_0: +1.6 GB in float16, against 1.1 GB of
+    each weight at every step. Costs VRAM (large-v3 q5_0: +1.8 GB in float16, against 1.1 GB of
     weights) for speed on batched long-form (docs/batched.md); one-row steps read the quantized
     blocks either way. Off by default: weights in VRAM = the file's size.
     """
