@@ -239,8 +239,6 @@ def _step_gemv_kernel(
         row_bytes = n_blk * TS if BITS != 16 else 2 * K
         n0 = pid * BLOCK_N
         _prefetch_l2(w8 + n0.to(tl.int64) * row_bytes, (tl.minimum(N - n0, BLOCK_N) * row_bytes).to(tl.int64), PF_LINES)
-    if PDL:
-        gdc_wait()  # x, the residual, the caches and pos are the previous kernels'
     bb = tl.arange(0, NB)[:, None, None, None]
     mm = tl.arange(0, BLOCK_M)[None, :, None, None]
     nn = pid * BLOCK_N + tl.arange(0, BLOCK_N)[None, None, :, None]
@@ -249,26 +247,28 @@ def _step_gemv_kernel(
         w_row = tl.minimum(nn, N - 1).to(tl.int64) * K  # [1, 1, BN, 1] element offsets
     else:
         w_row = tl.minimum(nn, N - 1).to(tl.int64) * (n_blk * TS)  # byte offsets
+    # The first step's blocks are loaded before the wait (and so before the LN statistics): their
+    # round trip overlaps the previous kernel's tail and the statistics' own. Not for F16 rows,
+    # whose float32 step tile held across the statistics made large-v3 f16 slower (1.57 -> 1.71
+    # ms per token on an H100, LN GEMVs).
+    PEEL: tl.constexpr = BITS != 16
+    if PEEL:
+        w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, 0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
+    if PDL:
+        gdc_wait()  # x, the residual, the caches and pos are the previous kernels'
     x_row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm  # [1, BM, 1, 1]
     acc = tl.zeros([NB, BLOCK_M, BLOCK_N, QB], dtype=tl.float32)
     mean = tl.zeros([1, BLOCK_M, 1, 1], dtype=tl.float32)
     rstd = mean
-    b_first = 0
-    if LN and BITS != 16:
-        # the first step's blocks are asked for before the statistics, so the two round trips
-        # overlap: large-v3 q5_0 1.672 -> 1.615 ms per token on an H100. Not for F16 rows, whose
-        # float32 step tile held across the statistics made large-v3 f16 slower (1.57 -> 1.71).
-        w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, 0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
+    if LN:
         mean1, rstd1 = _row_stats(x_ptr, stride_xm, M, K, eps, BLOCK_M, CHUNK)
         mean = mean1[None, :, None, None]
         rstd = rstd1[None, :, None, None]
+    b_first = 0
+    if PEEL:
         acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, ln_w, ln_b, w16, w_row, 0, bb, jj, n_blk, magic,
                         TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
         b_first = NB
-    elif LN:
-        mean1, rstd1 = _row_stats(x_ptr, stride_xm, M, K, eps, BLOCK_M, CHUNK)
-        mean = mean1[None, :, None, None]
-        rstd = rstd1[None, :, None, None]
     for b0 in range(b_first, n_blk, NB):
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
         acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, ln_w, ln_b, w16, w_row, b0, bb, jj, n_blk, magic,
@@ -420,7 +420,7 @@ def _attn_kernel(
     pos_ptr,  # CAUSAL: keys 0..pos attended
     S, G, H, qk_scale,  # keys (not CAUSAL); query rows per K/V row; heads; log2(e)/sqrt(D)
     D: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr, SPLIT_S: tl.constexpr, SPLITS: tl.constexpr,
-    CAUSAL: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    CAUSAL: tl.constexpr, PRELOAD: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)  # (K/V row r, head h)
     split = tl.program_id(1)
@@ -428,7 +428,17 @@ def _attn_kernel(
     h = pid % H
     if PDL:
         gdc_launch_dependents()
-    if PREFETCH:  # cross K/V: fixed for the window, so asked for before the wait
+    gg = tl.arange(0, BG)
+    dd = tl.arange(0, D)
+    kv = r.to(tl.int64) * stride_kr + h * D + dd[None, :]
+    # Cross K/V (fixed for the window, not CAUSAL): a split of one step (PRELOAD) is loaded into
+    # registers before the wait; longer splits are asked into L2 (PREFETCH).
+    if PRELOAD:
+        ss_pre = split * SPLIT_S + tl.arange(0, BS)
+        at_pre = kv + ss_pre.to(tl.int64)[:, None] * stride_ks
+        kt_pre = tl.load(k_ptr + at_pre, mask=(ss_pre < S)[:, None], other=0.0)
+        vt_pre = tl.load(v_ptr + at_pre, mask=(ss_pre < S)[:, None], other=0.0)
+    elif PREFETCH:
         pf_s = tl.minimum(split * SPLIT_S + tl.arange(0, SPLIT_S), S - 1).to(tl.int64)
         pf_at = r.to(tl.int64) * stride_kr + pf_s * stride_ks + h * D  # one head's D values: D*2 bytes
         _prefetch_at(k_ptr + pf_at)
@@ -441,20 +451,21 @@ def _attn_kernel(
         n_keys = S
     n_split = tl.cdiv(n_keys, SPLIT_S)
     if split < n_split:  # splits past the keys (self-attention early in a window) do nothing
-        gg = tl.arange(0, BG)
-        dd = tl.arange(0, D)
         rows = (r * G + tl.minimum(gg, G - 1)).to(tl.int64)  # padding rows repeat the last one
         q = tl.load(q_ptr + rows[:, None] * stride_qm + h * D + dd[None, :]).to(tl.float32) * qk_scale  # [BG, D]
-        kv = r.to(tl.int64) * stride_kr + h * D + dd[None, :]
         m_i = tl.full([BG], float("-inf"), tl.float32)
         l_i = tl.zeros([BG], dtype=tl.float32)
         acc = tl.zeros([BG, D], dtype=tl.float32)
         for s0 in range(0, SPLIT_S, BS):
             ss = split * SPLIT_S + s0 + tl.arange(0, BS)
-            ok = (ss < n_keys)[:, None]
-            at = kv + ss.to(tl.int64)[:, None] * stride_ks  # [BS, D]
-            kt = tl.load(k_ptr + at, mask=ok, other=0.0).to(tl.float32)
-            vt = tl.load(v_ptr + at, mask=ok, other=0.0).to(tl.float32)  # issued before kt is used
+            if PRELOAD:
+                kt = kt_pre.to(tl.float32)
+                vt = vt_pre.to(tl.float32)
+            else:
+                ok = (ss < n_keys)[:, None]
+                at = kv + ss.to(tl.int64)[:, None] * stride_ks  # [BS, D]
+                kt = tl.load(k_ptr + at, mask=ok, other=0.0).to(tl.float32)
+                vt = tl.load(v_ptr + at, mask=ok, other=0.0).to(tl.float32)  # issued before kt is used
             sc = tl.sum(q[:, None, :] * kt[None, :, :], axis=2)  # [BG, BS], log2 units
             sc = tl.where((ss < n_keys)[None, :], sc, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(sc, axis=1))  # finite: the first step has a key
@@ -528,6 +539,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
         q, q.stride(0), k, v, k.stride(0), k.stride(1), out, out.stride(0), part_o, part_ml, counters,
         position if position is not None else counters, s_max, g, n_head, math.log2(math.e) / math.sqrt(d),
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None,
+        PRELOAD=position is None and bs == split_s,
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
         num_warps=ATTN_WARPS, **_pdl_kw(pdl))
     return out
