@@ -431,22 +431,13 @@ def _attn_kernel(
     gg = tl.arange(0, BG)
     dd = tl.arange(0, D)
     kv = r.to(tl.int64) * stride_kr + h * D + dd[None, :]
-    # Before the wait only what no kernel of this step writes may be read: the position (copied
-    # in before the graph), the cross K/V (fixed for the window) and the cache rows before pos
-    # (earlier steps). A split of one step (PRELOAD) loads its keys and values into registers
-    # there; for self-attention row pos, this step's, is loaded again after the wait. Longer
-    # cross splits are only asked into L2 (PREFETCH).
-    if CAUSAL:
-        pos = tl.load(pos_ptr).to(tl.int32)
-        n_keys = pos + 1
-    else:
-        n_keys = S
+    # Cross K/V (fixed for the window, not CAUSAL): a split of one step (PRELOAD) is loaded into
+    # registers before the wait; longer splits are asked into L2 (PREFETCH).
     if PRELOAD:
         ss_pre = split * SPLIT_S + tl.arange(0, BS)
         at_pre = kv + ss_pre.to(tl.int64)[:, None] * stride_ks
-        ok_pre = (ss_pre < n_keys - 1 if CAUSAL else ss_pre < n_keys)[:, None]
-        kt_pre = tl.load(k_ptr + at_pre, mask=ok_pre, other=0.0)
-        vt_pre = tl.load(v_ptr + at_pre, mask=ok_pre, other=0.0)
+        kt_pre = tl.load(k_ptr + at_pre, mask=(ss_pre < S)[:, None], other=0.0)
+        vt_pre = tl.load(v_ptr + at_pre, mask=(ss_pre < S)[:, None], other=0.0)
     elif PREFETCH:
         pf_s = tl.minimum(split * SPLIT_S + tl.arange(0, SPLIT_S), S - 1).to(tl.int64)
         pf_at = r.to(tl.int64) * stride_kr + pf_s * stride_ks + h * D  # one head's D values: D*2 bytes
@@ -454,6 +445,10 @@ def _attn_kernel(
         _prefetch_at(v_ptr + pf_at)
     if PDL:
         gdc_wait()
+    if CAUSAL:
+        n_keys = tl.load(pos_ptr).to(tl.int32) + 1
+    else:
+        n_keys = S
     n_split = tl.cdiv(n_keys, SPLIT_S)
     if split < n_split:  # splits past the keys (self-attention early in a window) do nothing
         rows = (r * G + tl.minimum(gg, G - 1)).to(tl.int64)  # padding rows repeat the last one
@@ -466,11 +461,6 @@ def _attn_kernel(
             if PRELOAD:
                 kt = kt_pre.to(tl.float32)
                 vt = vt_pre.to(tl.float32)
-                if CAUSAL:  # row pos: written by this step's q|k|v kernel, so read after the wait
-                    at_pos = kv + pos.to(tl.int64) * stride_ks  # [1, D]
-                    own = (ss == pos)[:, None]
-                    kt = tl.where(own, tl.load(k_ptr + at_pos).to(tl.float32), kt)
-                    vt = tl.where(own, tl.load(v_ptr + at_pos).to(tl.float32), vt)
             else:
                 ok = (ss < n_keys)[:, None]
                 at = kv + ss.to(tl.int64)[:, None] * stride_ks  # [BS, D]
