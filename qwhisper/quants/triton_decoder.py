@@ -254,8 +254,22 @@ def _step_gemv_kernel(
     PEEL: tl.constexpr = BITS != 16
     if PEEL:
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, 0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
+    # The epilogue's inputs are loaded early too, not after the loop: the bias and the position
+    # (copied in before the step's first kernel) before the wait, the residual right after it.
+    n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    m1 = tl.arange(0, BLOCK_M)
+    ok = (m1 < M)[:, None] & (n1 < N)[None, :]
+    bias = tl.zeros([1, BLOCK_N], dtype=tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + n1, mask=n1 < N, other=0.0).to(tl.float32)[None, :]
+    pos = 0
+    if EPI == 3:
+        pos = tl.load(pos_ptr).to(tl.int64)
     if PDL:
-        gdc_wait()  # x, the residual, the caches and pos are the previous kernels'
+        gdc_wait()  # x, the residual and the caches are the previous kernels'
+    res = bias
+    if EPI == 1:
+        res = tl.load(out_ptr + (m1.to(tl.int64) * stride_om)[:, None] + n1[None, :], mask=ok, other=0.0).to(tl.float32)
     x_row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm  # [1, BM, 1, 1]
     acc = tl.zeros([NB, BLOCK_M, BLOCK_N, QB], dtype=tl.float32)
     mean = tl.zeros([1, BLOCK_M, 1, 1], dtype=tl.float32)
@@ -274,21 +288,18 @@ def _step_gemv_kernel(
         acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, ln_w, ln_b, w16, w_row, b0, bb, jj, n_blk, magic,
                         TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
-    _epilogue(y, pid, bias_ptr, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, pos_ptr, n_seg, M, N,
-              BLOCK_M, BLOCK_N, HAS_BIAS, EPI)
+    _epilogue(y, bias, res, pos, n1, m1, ok, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, n_seg,
+              HAS_BIAS, EPI)
 
 
 @triton.jit
-def _epilogue(y, pid, bias_ptr, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, pos_ptr, n_seg, M, N,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr):
-    """y [BLOCK_M, BLOCK_N] (rows pid*BLOCK_N.. of W) + bias -> out / out += / GELU / q|k|v scatter."""
-    n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    m1 = tl.arange(0, BLOCK_M)
-    ok = (m1 < M)[:, None] & (n1 < N)[None, :]
+def _epilogue(y, bias, res, pos, n1, m1, ok, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, n_seg,
+              HAS_BIAS: tl.constexpr, EPI: tl.constexpr):
+    """y [BLOCK_M, BLOCK_N] (rows n1 of W) + bias -> out / out = res + . / GELU / q|k|v scatter at
+    cache row pos. bias [1, BN], res [BM, BN] (EPI 1) and pos (EPI 3) come loaded."""
     if HAS_BIAS:
-        y += tl.load(bias_ptr + n1, mask=n1 < N, other=0.0).to(tl.float32)[None, :]
+        y += bias
     if EPI == 3:  # q | k | v: q to out, k and v into the caches at row pos
-        pos = tl.load(pos_ptr).to(tl.int64)
         seg = n1[None, :] // n_seg
         col = n1[None, :] - seg * n_seg
         rows = m1.to(tl.int64)[:, None]
@@ -299,7 +310,7 @@ def _epilogue(y, pid, bias_ptr, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, s
     else:
         out = out_ptr + (m1.to(tl.int64) * stride_om)[:, None] + n1[None, :]
         if EPI == 1:
-            y += tl.load(out, mask=ok, other=0.0).to(tl.float32)
+            y += res
         if EPI == 2:  # exact GELU, as nn.GELU()
             y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
         tl.store(out, y.to(out_ptr.dtype.element_ty), mask=ok)
