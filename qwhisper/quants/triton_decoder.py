@@ -165,9 +165,24 @@ def _row_stats(x_ptr, stride_xm, M, K, eps, BLOCK_M: tl.constexpr, CHUNK: tl.con
 @triton.jit
 def _x_at(x_row, k, mean, rstd, ln_w, ln_b, LN: tl.constexpr):
     """x[m, k] as float32, layer-normalised when LN ((x - mean) * rstd * w + b)."""
+    w, b = _ln_at(ln_w, ln_b, k, LN)
+    return _x_norm(x_row, k, mean, rstd, w, b, LN)
+
+
+@triton.jit
+def _ln_at(ln_w, ln_b, k, LN: tl.constexpr):
+    """The LayerNorm's weight and bias at k, float32 (constants: loadable before the PDL wait)."""
+    if LN:
+        return tl.load(ln_w + k).to(tl.float32), tl.load(ln_b + k).to(tl.float32)
+    else:
+        return 0.0, 0.0
+
+
+@triton.jit
+def _x_norm(x_row, k, mean, rstd, w, b, LN: tl.constexpr):
     x = tl.load(x_row + k).to(tl.float32)
     if LN:
-        x = (x - mean) * rstd * tl.load(ln_w + k).to(tl.float32) + tl.load(ln_b + k).to(tl.float32)
+        x = (x - mean) * rstd * w + b
     return x
 
 
@@ -189,22 +204,36 @@ def _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS: tl.constexpr, QH_B: tl.co
 
 
 @triton.jit
-def _gemv_fma(acc, w0, qs, qh, x_row, mean, rstd, ln_w, ln_b, w16, w_row, b0, bb, jj, n_blk, magic,
-              TS: tl.constexpr, M_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr, EVEN_K: tl.constexpr,
-              LN: tl.constexpr, BLOCK_M: tl.constexpr):
-    """acc + one step's products: the weights loaded by _gemv_loads (w0 = F16 w, or d), x through
-    _x_at (normalised on the fly when LN)."""
+def _step_k(b0, bb, jj, n_blk, EVEN_K: tl.constexpr):
+    """[NB, 1, 1, QB] x index of weight j of blocks b0 .. b0+NB-1 (clamped)."""
     blk = b0 + bb
     if not EVEN_K:
         blk = tl.minimum(blk, n_blk - 1)
-    k_lo = blk * _QK + jj  # [NB, 1, 1, QB] x index of weight j of each block
+    return blk * _QK + jj
+
+
+@triton.jit
+def _gemv_fma(acc, w0, qs, qh, x_row, mean, rstd, ln_w, ln_b, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, b0, bb, jj,
+              n_blk, magic, TS: tl.constexpr, M_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr,
+              EVEN_K: tl.constexpr, LN: tl.constexpr, PRE_LN: tl.constexpr, BLOCK_M: tl.constexpr):
+    """acc + one step's products: the weights loaded by _gemv_loads (w0 = F16 w, or d), x
+    normalised on the fly when LN, with the LN weight and bias given (PRE_LN: lnw_lo .. lnb_hi,
+    loaded before the PDL wait) or loaded here."""
+    blk = b0 + bb
+    if not EVEN_K:
+        blk = tl.minimum(blk, n_blk - 1)
+    k_lo = _step_k(b0, bb, jj, n_blk, EVEN_K)
     if BITS == 16:
         acc += w0 * _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
     else:
-        x_lo = _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
+        if not PRE_LN:
+            lnw_lo, lnb_lo = _ln_at(ln_w, ln_b, k_lo, LN)
+        x_lo = _x_norm(x_row, k_lo, mean, rstd, lnw_lo, lnb_lo, LN)
         x_hi = x_lo
         if BITS != 8:
-            x_hi = _x_at(x_row, k_lo + 16, mean, rstd, ln_w, ln_b, LN)
+            if not PRE_LN:
+                lnw_hi, lnb_hi = _ln_at(ln_w, ln_b, k_lo + 16, LN)
+            x_hi = _x_norm(x_row, k_lo + 16, mean, rstd, lnw_hi, lnb_hi, LN)
         acc = _block_fma(acc, w0, qs, qh, x_lo, x_hi, w16, w_row + blk * TS, b0 + bb < n_blk, jj, magic, M_B, BITS,
                          ZERO, EVEN_K, BLOCK_M == 1)
     return acc
@@ -252,8 +281,11 @@ def _step_gemv_kernel(
     # whose float32 step tile held across the statistics made large-v3 f16 slower (1.57 -> 1.71
     # ms per token on an H100, LN GEMVs).
     PEEL: tl.constexpr = BITS != 16
-    if PEEL:
+    if PEEL:  # with the LN weight and bias of the same step
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, 0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
+        k0 = _step_k(0, bb, jj, n_blk, EVEN_K)
+        lnw_lo, lnb_lo = _ln_at(ln_w, ln_b, k0, LN)
+        lnw_hi, lnb_hi = _ln_at(ln_w, ln_b, k0 + 16, LN)
     # The epilogue's inputs are loaded early too, not after the loop: the bias and the position
     # (copied in before the step's first kernel) before the wait, the residual right after it.
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -280,13 +312,13 @@ def _step_gemv_kernel(
         rstd = rstd1[None, :, None, None]
     b_first = 0
     if PEEL:
-        acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, ln_w, ln_b, w16, w_row, 0, bb, jj, n_blk, magic,
-                        TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
+        acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, ln_w, ln_b, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16,
+                        w_row, 0, bb, jj, n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, True, BLOCK_M)
         b_first = NB
     for b0 in range(b_first, n_blk, NB):
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
-        acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, ln_w, ln_b, w16, w_row, b0, bb, jj, n_blk, magic,
-                        TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
+        acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, ln_w, ln_b, 0.0, 0.0, 0.0, 0.0, w16, w_row, b0, bb, jj,
+                        n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, False, BLOCK_M)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
     _epilogue(y, bias, res, pos, n1, m1, ok, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, n_seg,
               HAS_BIAS, EPI)
