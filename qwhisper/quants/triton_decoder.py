@@ -3,8 +3,8 @@
 One greedy (or beam) step of M <= 8 rows, one token per row, is bound by kernel count x
 per-kernel time (the GEMVs are instruction-issue bound: Nsight Compute in
 docs/reports/performance.md section 4), not by the ~0.6 GB of weights it reads (large-v3 q5_0).
-Graphed on an H100, large-v3 q5_0 takes 1.54 ms per token this way against 2.6 unfused, tiny
-f16 0.13 against 0.30 (with programmatic dependent launch, PDL below, one-warp GEMV programs,
+Graphed on an H100, large-v3 q5_0 takes 1.44 ms per token this way against 2.6 unfused, tiny
+f16 0.12 against 0.30 (with programmatic dependent launch, PDL below, one-warp GEMV programs,
 STEP_WARPS, and loads issued before the PDL wait; performance.md sections 4 and 5). model.py uses it for one-row steps
 (FUSED_STEP_MAX_ROWS: at 5 rows it measured slower than the unfused step). The step runs as:
 
