@@ -5,8 +5,9 @@ per-kernel time (the GEMVs are instruction-issue bound: Nsight Compute in
 docs/reports/performance.md section 4), not by the ~0.6 GB of weights it reads (large-v3 q5_0).
 Graphed on an H100, large-v3 q5_0 takes 1.44 ms per token this way against 2.6 unfused, tiny
 f16 0.12 against 0.30 (with programmatic dependent launch, PDL below, one-warp GEMV programs,
-STEP_WARPS, and loads issued before the PDL wait; performance.md sections 4 and 5). model.py uses it for one-row steps
-(FUSED_STEP_MAX_ROWS: at 5 rows it measured slower than the unfused step). The step runs as:
+STEP_WARPS, and loads issued before the PDL wait; performance.md sections 4 and 5). model.py
+uses it for one-row steps (FUSED_STEP_MAX_ROWS: at 5 rows it measured slower than the unfused
+step). The step runs as:
 
     embed      x = dequant(token_embedding[tokens]) + positional_embedding[pos]   (float32 residual)
     per layer:
@@ -187,13 +188,20 @@ def _x_norm(x_row, k, mean, rstd, w, b, LN: tl.constexpr):
 
 
 @triton.jit
+def _step_blocks(b0, bb, n_blk, EVEN_K: tl.constexpr):
+    """[NB, 1, 1, 1] the blocks of the GEMV step at b0 (past the row's last: clamped to it)."""
+    blk = b0 + bb
+    if not EVEN_K:
+        blk = tl.minimum(blk, n_blk - 1)
+    return blk
+
+
+@triton.jit
 def _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
                 BITS: tl.constexpr, EVEN_K: tl.constexpr):
     """One GEMV step's weight loads, blocks b0 .. b0+NB-1 (clamped): F16 rows -> (w float32, -, -);
     blocks -> (d, qs, qh) as triton_ops._load_blocks gives them."""
-    blk = b0 + bb  # [NB, 1, 1, 1]
-    if not EVEN_K:
-        blk = tl.minimum(blk, n_blk - 1)
+    blk = _step_blocks(b0, bb, n_blk, EVEN_K)
     if BITS == 16:
         w = tl.load(w16 + w_row + blk * _QK + jj).to(tl.float16, bitcast=True).to(tl.float32)
         if not EVEN_K:
@@ -204,25 +212,14 @@ def _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS: tl.constexpr, QH_B: tl.co
 
 
 @triton.jit
-def _step_k(b0, bb, jj, n_blk, EVEN_K: tl.constexpr):
-    """[NB, 1, 1, QB] x index of weight j of blocks b0 .. b0+NB-1 (clamped)."""
-    blk = b0 + bb
-    if not EVEN_K:
-        blk = tl.minimum(blk, n_blk - 1)
-    return blk * _QK + jj
-
-
-@triton.jit
 def _gemv_fma(acc, w0, qs, qh, x_row, mean, rstd, ln_w, ln_b, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, b0, bb, jj,
               n_blk, magic, TS: tl.constexpr, M_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr,
               EVEN_K: tl.constexpr, LN: tl.constexpr, PRE_LN: tl.constexpr, BLOCK_M: tl.constexpr):
     """acc + one step's products: the weights loaded by _gemv_loads (w0 = F16 w, or d), x
     normalised on the fly when LN, with the LN weight and bias given (PRE_LN: lnw_lo .. lnb_hi,
     loaded before the PDL wait) or loaded here."""
-    blk = b0 + bb
-    if not EVEN_K:
-        blk = tl.minimum(blk, n_blk - 1)
-    k_lo = _step_k(b0, bb, jj, n_blk, EVEN_K)
+    blk = _step_blocks(b0, bb, n_blk, EVEN_K)
+    k_lo = blk * _QK + jj  # [NB, 1, 1, QB] x index of weight j of each block
     if BITS == 16:
         acc += w0 * _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
     else:
@@ -283,7 +280,7 @@ def _step_gemv_kernel(
     PEEL: tl.constexpr = BITS != 16
     if PEEL:  # with the LN weight and bias of the same step
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, 0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
-        k0 = _step_k(0, bb, jj, n_blk, EVEN_K)
+        k0 = _step_blocks(0, bb, n_blk, EVEN_K) * _QK + jj
         lnw_lo, lnb_lo = _ln_at(ln_w, ln_b, k0, LN)
         lnw_hi, lnb_hi = _ln_at(ln_w, ln_b, k0 + 16, LN)
     # The epilogue's inputs are loaded early too, not after the loop: the bias and the position
@@ -299,7 +296,7 @@ def _step_gemv_kernel(
         pos = tl.load(pos_ptr).to(tl.int64)
     if PDL:
         gdc_wait()  # x, the residual and the caches are the previous kernels'
-    res = bias
+    res = bias  # (unused unless EPI == 1)
     if EPI == 1:
         res = tl.load(out_ptr + (m1.to(tl.int64) * stride_om)[:, None] + n1[None, :], mask=ok, other=0.0).to(tl.float32)
     x_row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm  # [1, BM, 1, 1]
