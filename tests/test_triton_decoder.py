@@ -117,6 +117,37 @@ def test_interp_gemv_long_steps(ggml_type):
 
 
 @interp
+@pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0], ids=lambda t: t.name)
+def test_interp_gemv_steps_after_the_first(ggml_type):
+    """Rows long enough for the block loop to run after its first step (the one loaded before the
+    PDL wait): LN + store at K = 1280 (16 blocks a step: 16, 16, then 8 of 16 live) and the
+    residual epilogue at K = 5120 without LN (64 a step: 64, 64, then 32 of 64 live)."""
+    td = _td()
+    rng = np.random.default_rng(int(ggml_type) + 40)
+    n = 6
+    bits = 16 if ggml_type == GGMLType.F16 else 5
+    for k, ln in ((1280, True), (5120, False)):
+        nb = td._tile(1, n, k, bits, ln)[2]
+        assert k // 32 > 2 * nb, (k, nb)  # the loop runs twice after the first step
+        raw, w = weights(ggml_type, n, k, rng)
+        bias = rng.standard_normal(n).astype(np.float32)
+        x = torch.from_numpy((rng.standard_normal((1, k)) + 1).astype(np.float32))
+        if ln:
+            lnw, lnb = rng.uniform(0.5, 1.5, k).astype(np.float32), rng.normal(0, 0.3, k).astype(np.float32)
+            y = td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias),
+                        (torch.from_numpy(lnw), torch.from_numpy(lnb), 1e-5), "store")
+            xn = F.layer_norm(x.double(), (k,), torch.from_numpy(lnw).double(), torch.from_numpy(lnb).double(),
+                              1e-5).numpy()
+            want = xn @ w.astype(np.float64).T + bias
+            assert_close(y, want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} LN K={k}")
+        else:
+            res = torch.from_numpy(rng.standard_normal((1, n)).astype(np.float32))
+            want = res.double().numpy() + x.double().numpy() @ w.astype(np.float64).T + bias
+            td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), None, "residual", out=res)
+            assert_close(res, want, np.abs(x.numpy()) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} K={k}")
+
+
+@interp
 @pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.Q5_0], ids=lambda t: t.name)
 def test_interp_gemv_qkv_writes_cache_row(ggml_type):
     td = _td()
