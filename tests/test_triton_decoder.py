@@ -235,12 +235,13 @@ def test_interp_embed(ggml_type):
     np.testing.assert_array_equal(out.numpy(), want)
 
 
-def random_decoder(ggml_type: GGMLType, seed: int, n_layer: int = 2):
-    """A TextDecoder (n_vocab 96, n_ctx 16, n_state 64, 2 heads) of random weights in ggml_type, float32."""
+def random_decoder(ggml_type: GGMLType, seed: int, n_layer: int = 2, n_vocab: int = 96, n_ctx: int = 16,
+                   n_state: int = 64, n_head: int = 2):
+    """A TextDecoder (default n_vocab 96, n_ctx 16, n_state 64, 2 heads) of random weights in ggml_type, float32."""
     from qwhisper.model import QLinear, TextDecoder
 
     rng = np.random.default_rng(seed)
-    dec = TextDecoder(96, 16, 64, 2, n_layer)
+    dec = TextDecoder(n_vocab, n_ctx, n_state, n_head, n_layer)
     with torch.no_grad():
         for mod in dec.modules():
             if isinstance(mod, QLinear):
@@ -252,7 +253,7 @@ def random_decoder(ggml_type: GGMLType, seed: int, n_layer: int = 2):
             elif isinstance(mod, torch.nn.LayerNorm):
                 mod.weight.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, mod.weight.shape).astype(np.float32)))
                 mod.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, mod.bias.shape).astype(np.float32)))
-        dec.positional_embedding.copy_(torch.from_numpy(rng.normal(0, 0.3, (16, 64)).astype(np.float32)))
+        dec.positional_embedding.copy_(torch.from_numpy(rng.normal(0, 0.3, (n_ctx, n_state)).astype(np.float32)))
     return dec
 
 
@@ -359,6 +360,44 @@ def test_cuda_fused_step_logits(monkeypatch):
         assert gpu.decoder._fused_error is None and gpu.decoder._fused_ran
         print(f"beams {beams}: relative error vs float32 CPU, unfused {errs[False]:.3g}, fused {errs[True]:.3g}")
         assert errs[True] <= max(1.5 * errs[False], 1e-3) and errs[True] < 2e-2, errs
+
+
+def fused_vs_unfused(dec, xa: torch.Tensor, positions: list[int]) -> float:
+    """Worst relative error of fused one-token steps (td.decoder_step) against the unfused ones
+    (forward_at with fused_step off) after the same 3-token prompt; K/V rows checked too."""
+    td = _td()
+    rng = np.random.default_rng(11)
+    dev = xa.device
+    dec.fused_step = False
+    worst = 0.0
+    with torch.no_grad():
+        caches = [dec.new_kv_cache(xa, 1) for _ in range(2)]
+        prompt = torch.from_numpy(rng.integers(0, dec.token_embedding.out_features, (1, 3))).to(dev)
+        for cache in caches:
+            dec.forward_at(prompt, torch.arange(3, device=dev), cache)
+        for pos in positions:
+            tok = torch.from_numpy(rng.integers(0, dec.token_embedding.out_features, (1, 1))).to(dev)
+            where = torch.tensor([pos], device=dev)
+            want = dec.forward_at(tok, where, caches[0])
+            got = td.decoder_step(dec, tok, where, caches[1])
+            worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())
+        for i in range(len(dec.blocks)):
+            for a, b in ((caches[0].self_k[i], caches[1].self_k[i]), (caches[0].self_v[i], caches[1].self_v[i])):
+                torch.testing.assert_close(b[:, :positions[-1] + 1], a[:, :positions[-1] + 1], rtol=1e-4, atol=1e-4)
+    return worst
+
+
+@pytest.mark.cuda
+def test_cuda_fused_step_large_rows_match_unfused():
+    """large-v3's widths (n_state 1280, 20 heads, MLP 5120), 2 layers of random Q5_0 weights, float32
+    on the GPU: the fused step with PDL, its loads before the wait and block loops of three steps
+    (K 1280 with LN, 5120 without; the tiny model's rows fit one) and a cross-attention of two
+    splits, against the unfused step."""
+    dec = random_decoder(GGMLType.Q5_0, seed=7, n_vocab=512, n_ctx=32, n_state=1280, n_head=20).cuda()
+    xa = torch.from_numpy(np.random.default_rng(8).standard_normal((1, 100, 1280)).astype(np.float32)).cuda()
+    err = fused_vs_unfused(dec, xa, [3, 4, 5])
+    print(f"fused vs unfused, large-v3 widths: relative {err:.3g}")
+    assert err < 1e-4
 
 
 @pytest.mark.cuda
