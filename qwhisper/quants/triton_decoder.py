@@ -164,23 +164,26 @@ def _row_stats(x_ptr, stride_xm, M, K, eps, BLOCK_M: tl.constexpr, CHUNK: tl.con
 
 
 @triton.jit
-def _x_at(x_row, k, mean, rstd, ln_w, ln_b, LN: tl.constexpr):
-    """x[m, k] as float32, layer-normalised when LN ((x - mean) * rstd * w + b)."""
-    w, b = _ln_at(ln_w, ln_b, k, LN)
-    return _x_norm(x_row, k, mean, rstd, w, b, LN)
-
-
-@triton.jit
-def _ln_at(ln_w, ln_b, k, LN: tl.constexpr):
-    """The LayerNorm's weight and bias at k, float32 (constants: loadable before the PDL wait)."""
+def _step_ln(ln_w, ln_b, b0, bb, jj, n_blk, EVEN_K: tl.constexpr, LN: tl.constexpr, BITS: tl.constexpr):
+    """The LayerNorm's weight and bias at the x indices of the GEMV step at b0, float32 (constants:
+    loadable before the PDL wait): (w_lo, b_lo, w_hi, b_hi), hi = weights j + 16 of the 4/5-bit
+    blocks (else the same as lo); zeros without LN."""
     if LN:
-        return tl.load(ln_w + k).to(tl.float32), tl.load(ln_b + k).to(tl.float32)
+        k_lo = _step_blocks(b0, bb, n_blk, EVEN_K) * _QK + jj
+        w_lo = tl.load(ln_w + k_lo).to(tl.float32)
+        b_lo = tl.load(ln_b + k_lo).to(tl.float32)
+        w_hi, b_hi = w_lo, b_lo
+        if BITS == 4 or BITS == 5:
+            w_hi = tl.load(ln_w + k_lo + 16).to(tl.float32)
+            b_hi = tl.load(ln_b + k_lo + 16).to(tl.float32)
+        return w_lo, b_lo, w_hi, b_hi
     else:
-        return 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
 
 
 @triton.jit
 def _x_norm(x_row, k, mean, rstd, w, b, LN: tl.constexpr):
+    """x[m, k] as float32, layer-normalised when LN ((x - mean) * rstd * w + b, w and b given)."""
     x = tl.load(x_row + k).to(tl.float32)
     if LN:
         x = (x - mean) * rstd * w + b
@@ -212,24 +215,19 @@ def _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS: tl.constexpr, QH_B: tl.co
 
 
 @triton.jit
-def _gemv_fma(acc, w0, qs, qh, x_row, mean, rstd, ln_w, ln_b, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, b0, bb, jj,
-              n_blk, magic, TS: tl.constexpr, M_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr,
-              EVEN_K: tl.constexpr, LN: tl.constexpr, PRE_LN: tl.constexpr, BLOCK_M: tl.constexpr):
+def _gemv_fma(acc, w0, qs, qh, x_row, mean, rstd, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, b0, bb, jj, n_blk,
+              magic, TS: tl.constexpr, M_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr,
+              EVEN_K: tl.constexpr, LN: tl.constexpr, BLOCK_M: tl.constexpr):
     """acc + one step's products: the weights loaded by _gemv_loads (w0 = F16 w, or d), x
-    normalised on the fly when LN, with the LN weight and bias given (PRE_LN: lnw_lo .. lnb_hi,
-    loaded before the PDL wait) or loaded here."""
+    normalised on the fly when LN with the LN weight and bias loaded by _step_ln."""
     blk = _step_blocks(b0, bb, n_blk, EVEN_K)
     k_lo = blk * _QK + jj  # [NB, 1, 1, QB] x index of weight j of each block
+    x_lo = _x_norm(x_row, k_lo, mean, rstd, lnw_lo, lnb_lo, LN)
     if BITS == 16:
-        acc += w0 * _x_at(x_row, k_lo, mean, rstd, ln_w, ln_b, LN)
+        acc += w0 * x_lo
     else:
-        if not PRE_LN:
-            lnw_lo, lnb_lo = _ln_at(ln_w, ln_b, k_lo, LN)
-        x_lo = _x_norm(x_row, k_lo, mean, rstd, lnw_lo, lnb_lo, LN)
         x_hi = x_lo
         if BITS != 8:
-            if not PRE_LN:
-                lnw_hi, lnb_hi = _ln_at(ln_w, ln_b, k_lo + 16, LN)
             x_hi = _x_norm(x_row, k_lo + 16, mean, rstd, lnw_hi, lnb_hi, LN)
         acc = _block_fma(acc, w0, qs, qh, x_lo, x_hi, w16, w_row + blk * TS, b0 + bb < n_blk, jj, magic, M_B, BITS,
                          ZERO, EVEN_K, BLOCK_M == 1)
@@ -252,9 +250,9 @@ def _step_gemv_kernel(
     PF_LINES: tl.constexpr, PDL: tl.constexpr,  # L2 prefetch of the weight slice; see PDL above
 ):
     # The loop is triton_ops._qgemv_kernel's, through the same step helpers (_load_blocks,
-    # _block_fma, wrapped as _gemv_loads / _gemv_fma so the first step can be issued before the LN
-    # statistics; 4-D tiles [NB, BLOCK_M, BLOCK_N, QB], clamped rather than masked loads); x comes
-    # through _x_at (normalised on the fly), and the epilogue adds bias and residual, applies
+    # _block_fma, wrapped as _gemv_loads / _gemv_fma so the first step can be issued before the PDL
+    # wait; 4-D tiles [NB, BLOCK_M, BLOCK_N, QB], clamped rather than masked loads); x comes
+    # through _x_norm (normalised on the fly), and the epilogue adds bias and residual, applies
     # GELU or scatters q|k|v.
     QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
     n_blk = K // _QK
@@ -280,9 +278,7 @@ def _step_gemv_kernel(
     PEEL: tl.constexpr = BITS != 16
     if PEEL:  # with the LN weight and bias of the same step
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, 0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
-        k0 = _step_blocks(0, bb, n_blk, EVEN_K) * _QK + jj
-        lnw_lo, lnb_lo = _ln_at(ln_w, ln_b, k0, LN)
-        lnw_hi, lnb_hi = _ln_at(ln_w, ln_b, k0 + 16, LN)
+        lnw_lo, lnb_lo, lnw_hi, lnb_hi = _step_ln(ln_w, ln_b, 0, bb, jj, n_blk, EVEN_K, LN, BITS)
     # The epilogue's inputs are loaded early too, not after the loop: the bias and the position
     # (copied in before the step's first kernel) before the wait, the residual right after it.
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -309,13 +305,14 @@ def _step_gemv_kernel(
         rstd = rstd1[None, :, None, None]
     b_first = 0
     if PEEL:
-        acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, ln_w, ln_b, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16,
-                        w_row, 0, bb, jj, n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, True, BLOCK_M)
+        acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, 0, bb, jj,
+                        n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
         b_first = NB
     for b0 in range(b_first, n_blk, NB):
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
-        acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, ln_w, ln_b, 0.0, 0.0, 0.0, 0.0, w16, w_row, b0, bb, jj,
-                        n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, False, BLOCK_M)
+        lnw_lo, lnb_lo, lnw_hi, lnb_hi = _step_ln(ln_w, ln_b, b0, bb, jj, n_blk, EVEN_K, LN, BITS)
+        acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, b0, bb, jj,
+                        n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
     _epilogue(y, bias, res, pos, n1, m1, ok, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, n_seg,
               HAS_BIAS, EPI)
