@@ -257,6 +257,37 @@ def random_decoder(ggml_type: GGMLType, seed: int, n_layer: int = 2, n_vocab: in
     return dec
 
 
+def fused_vs_unfused(dec, xa: torch.Tensor, positions: list[int], n_group: int = 1, cache_tol: float = 1e-4) -> float:
+    """Worst relative error of fused one-token steps (td.decoder_step) against the unfused ones
+    (forward_at with fused_step off) after the same 3-token prompt, rows = len(xa) * n_group; the
+    K/V cache rows agree within cache_tol and the attention counters are left zero."""
+    td = _td()
+    rng = np.random.default_rng(11)
+    dev = xa.device
+    rows, n_vocab = xa.shape[0] * n_group, dec.token_embedding.out_features
+    dec.fused_step = False
+    worst = 0.0
+    with torch.no_grad():
+        caches = [dec.new_kv_cache(xa, n_group) for _ in range(2)]
+        prompt = torch.from_numpy(rng.integers(0, n_vocab, (rows, 3))).to(dev)
+        for cache in caches:
+            dec.forward_at(prompt, torch.arange(3, device=dev), cache)
+        assert td.unsupported(dec, rows) is None
+        for pos in positions:
+            tok = torch.from_numpy(rng.integers(0, n_vocab, (rows, 3))).to(dev)[:, 1:2]  # strided, as decoding slices
+            where = torch.tensor([pos], device=dev)
+            want = dec.forward_at(tok, where, caches[0])
+            got = td.decoder_step(dec, tok, where, caches[1])
+            assert got.shape == want.shape == (rows, 1, n_vocab) and got.dtype == torch.float32
+            worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())
+        end = positions[-1] + 1
+        for i in range(len(dec.blocks)):
+            for a, b in ((caches[0].self_k[i], caches[1].self_k[i]), (caches[0].self_v[i], caches[1].self_v[i])):
+                torch.testing.assert_close(b[:, :end], a[:, :end], rtol=cache_tol, atol=cache_tol)
+    assert not dec._fused_state.counters.any()
+    return worst
+
+
 @interp
 @pytest.mark.parametrize("ggml_type,rows,n_group", [(GGMLType.Q5_0, 1, 1), (GGMLType.F16, 4, 2)],
                          ids=["q5_0-greedy", "f16-2x2beams"])
@@ -266,25 +297,9 @@ def test_interp_decoder_step_matches_unfused(ggml_type, rows, n_group, monkeypat
     td = _td()
     monkeypatch.setattr(td, "MIN_BLOCK_N", 16)  # the interpreter runs programs one at a time
     dec = random_decoder(ggml_type, seed=rows)
-    rng = np.random.default_rng(9)
-    xa = torch.from_numpy(rng.standard_normal((rows // n_group, 20, 64)).astype(np.float32))
-    with torch.no_grad():
-        caches = [dec.new_kv_cache(xa, n_group) for _ in range(2)]
-        prompt = torch.from_numpy(rng.integers(0, 96, (rows, 3)))
-        for cache in caches:
-            dec.forward_at(prompt, torch.arange(3), cache)
-        assert td.unsupported(dec, rows) is None
-        for pos in (3, 4):
-            tok = torch.from_numpy(rng.integers(0, 96, (rows, 3)))[:, 1:2]  # strided, as decoding slices
-            want = dec.forward_at(tok, torch.tensor([pos]), caches[0])
-            got = td.decoder_step(dec, tok, torch.tensor([pos]), caches[1])
-            assert got.shape == want.shape == (rows, 1, 96) and got.dtype == torch.float32
-            err = (got - want).abs().max().item() / want.abs().max().item()
-            assert err < 1e-5, f"step at {pos}: relative error {err:.3g}"
-        for i in range(len(dec.blocks)):
-            for a, b in ((caches[0].self_k[i], caches[1].self_k[i]), (caches[0].self_v[i], caches[1].self_v[i])):
-                torch.testing.assert_close(b[:, :5], a[:, :5], rtol=1e-5, atol=1e-5)
-    assert not dec._fused_state.counters.any()
+    xa = torch.from_numpy(np.random.default_rng(9).standard_normal((rows // n_group, 20, 64)).astype(np.float32))
+    err = fused_vs_unfused(dec, xa, [3, 4], n_group, cache_tol=1e-5)
+    assert err < 1e-5, f"relative error {err:.3g}"
 
 
 def test_triton_without_gdc_turns_pdl_off(monkeypatch):
@@ -360,31 +375,6 @@ def test_cuda_fused_step_logits(monkeypatch):
         assert gpu.decoder._fused_error is None and gpu.decoder._fused_ran
         print(f"beams {beams}: relative error vs float32 CPU, unfused {errs[False]:.3g}, fused {errs[True]:.3g}")
         assert errs[True] <= max(1.5 * errs[False], 1e-3) and errs[True] < 2e-2, errs
-
-
-def fused_vs_unfused(dec, xa: torch.Tensor, positions: list[int]) -> float:
-    """Worst relative error of fused one-token steps (td.decoder_step) against the unfused ones
-    (forward_at with fused_step off) after the same 3-token prompt; K/V rows checked too."""
-    td = _td()
-    rng = np.random.default_rng(11)
-    dev = xa.device
-    dec.fused_step = False
-    worst = 0.0
-    with torch.no_grad():
-        caches = [dec.new_kv_cache(xa, 1) for _ in range(2)]
-        prompt = torch.from_numpy(rng.integers(0, dec.token_embedding.out_features, (1, 3))).to(dev)
-        for cache in caches:
-            dec.forward_at(prompt, torch.arange(3, device=dev), cache)
-        for pos in positions:
-            tok = torch.from_numpy(rng.integers(0, dec.token_embedding.out_features, (1, 1))).to(dev)
-            where = torch.tensor([pos], device=dev)
-            want = dec.forward_at(tok, where, caches[0])
-            got = td.decoder_step(dec, tok, where, caches[1])
-            worst = max(worst, ((got - want).abs().max() / want.abs().max()).item())
-        for i in range(len(dec.blocks)):
-            for a, b in ((caches[0].self_k[i], caches[1].self_k[i]), (caches[0].self_v[i], caches[1].self_v[i])):
-                torch.testing.assert_close(b[:, :positions[-1] + 1], a[:, :positions[-1] + 1], rtol=1e-4, atol=1e-4)
-    return worst
 
 
 @pytest.mark.cuda
