@@ -161,13 +161,17 @@ class MultiHeadAttention(nn.Module):
         qk_heads (cross-attention only): also append to `qk_out` the scaled q.k of these heads,
         (B, len(qk_heads), T, S) float32 before softmax (word timestamps; SDPA returns no weights).
         """
-        q = self.query(x)
         if kv is not None:
+            q = self.query(x)
             k, v = kv
             if qk_heads:
                 qk_out.append(self.qk(q, k, qk_heads))
         else:
-            k, v = self.key(x), self.value(x)
+            qkv = self.qkv_projection()
+            if qkv is not None:  # one GEMM (GEMV) instead of three; q, k, v are views of its output
+                q, k, v = qkv(x).split(self.query.out_features, dim=-1)
+            else:
+                q, k, v = self.query(x), self.key(x), self.value(x)
             if cache is not None:
                 k_cache, v_cache = cache
                 k_cache.index_copy_(1, positions, k)  # (B, n_ctx, C) rows positions <- (B, T, C)
@@ -178,6 +182,34 @@ class MultiHeadAttention(nn.Module):
                     if o is not None:
                         return self.out(o)
         return self.out(self.qkv_attention(q, k, v, mask))
+
+    def qkv_projection(self) -> QLinear | None:
+        """One QLinear over the query | key | value rows (the key's bias zeros), or None where the
+        three weights differ in type, device or bias dtype. Built on first use: the three weights
+        become views of its bytes (a GGML row is self-contained, so no extra memory); rebuilt when
+        they or the biases are no longer the ones it was built from (moved, converted, replaced).
+        Not a submodule: state_dict and the loader see the three projections only."""
+        q, k, v = self.query, self.key, self.value
+        sig = (q.weight.data_ptr(), k.weight.data_ptr(), v.weight.data_ptr(), q.bias.data_ptr(), v.bias.data_ptr(),
+               q.bias.dtype, q.weight.device)
+        got = self.__dict__.get("_qkv")
+        if got is not None and got[0] == sig:
+            return got[1]
+        if (q.ggml_type != k.ggml_type or k.ggml_type != v.ggml_type or q.bias.dtype != v.bias.dtype
+                or len({t.device for t in (q.weight, k.weight, v.weight, q.bias, v.bias)}) != 1):
+            return None
+        c = q.out_features
+        lin = QLinear(q.in_features, 3 * c, True, q.ggml_type)
+        cat = torch.cat([q.weight.reshape(-1), k.weight.reshape(-1), v.weight.reshape(-1)]).view(3 * c, -1)
+        lin.weight = cat
+        lin.bias = nn.Parameter(torch.cat([q.bias.detach(), torch.zeros_like(q.bias), v.bias.detach()]),
+                                requires_grad=False)
+        for i, m in enumerate((q, k, v)):
+            m.weight = cat[i * c:(i + 1) * c]
+        sig = (q.weight.data_ptr(), k.weight.data_ptr(), v.weight.data_ptr(), q.bias.data_ptr(), v.bias.data_ptr(),
+               q.bias.dtype, q.weight.device)
+        self.__dict__["_qkv"] = (sig, lin)
+        return lin
 
     def kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys and values of audio features xa (B, S, C): each (B, S, C)."""
@@ -768,9 +800,18 @@ class Whisper(nn.Module):
         steps of several rows then run F.linear (cuBLAS) on it instead of dequantizing each weight
         at every step; one-row fused steps still read the blocks. Built now, in the activation
         dtype (not inside a CUDA graph capture); returns its bytes. F16/F32 weights need no copy."""
+        dense = (GGMLType.F16, GGMLType.F32)
+        lins: list[QLinear] = []
+        for block in self.decoder.blocks:  # self-attention: the merged q|k|v projection is what runs
+            qkv = block.attn.qkv_projection()
+            if qkv is not None:
+                lins.append(qkv)
+        merged = {id(m) for b in self.decoder.blocks if b.attn.qkv_projection() is not None
+                  for m in (b.attn.query, b.attn.key, b.attn.value)}
+        lins += [m for m in self.decoder.modules() if isinstance(m, QLinear) and id(m) not in merged]
         n = 0
-        for m in self.decoder.modules():
-            if isinstance(m, QLinear) and m.ggml_type not in (GGMLType.F16, GGMLType.F32):
+        for m in lins:
+            if m.ggml_type not in dense:
                 m.cache_dequantized = True
                 n += m.dequantized(self.dtype).nbytes
         return n

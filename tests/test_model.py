@@ -444,21 +444,31 @@ def test_loader_zero_copy_and_caching(real):
 
 
 def test_cache_decoder_weights_builds_the_quantized_decoder_copies(tmp_path):
-    """Model.cache_decoder_weights: every quantized decoder QLinear keeps its dequantized weight
-    (the model's dtype, built at once); the encoder's are left alone; the bytes returned are
-    theirs; and the kept copy is exactly the dequantized blocks."""
+    """Model.cache_decoder_weights: every quantized decoder weight that a step reads keeps its
+    dequantized copy (the model's dtype, built at once): each self-attention's merged q|k|v
+    projection (MultiHeadAttention.qkv_projection, not its three parts) and every other decoder
+    QLinear; the encoder's are left alone; the bytes returned are theirs; and a kept copy is
+    exactly the dequantized blocks (the merged one: the three parts', stacked)."""
     m = load_model(need(SHARED_MODEL_Q5_1))
     for q in m.modules():
         if isinstance(q, QLinear):
             q.cache_dequantized, q._dequantized = False, None
     n = m.cache_decoder_weights()
-    dec = [q for q in m.decoder.modules() if isinstance(q, QLinear) and q.ggml_type not in (GGMLType.F16, GGMLType.F32)]
-    assert dec and all(q.cache_dequantized and q._dequantized is not None for q in dec)
+    parts = {id(lin) for b in m.decoder.blocks for lin in (b.attn.query, b.attn.key, b.attn.value)}
+    merged = [b.attn.qkv_projection() for b in m.decoder.blocks]
+    dec = merged + [q for q in m.decoder.modules() if isinstance(q, QLinear) and id(q) not in parts]
+    dec = [q for q in dec if q.ggml_type not in (GGMLType.F16, GGMLType.F32)]
+    assert len(dec) == 8 * len(m.decoder.blocks) + 1  # qkv, out, cross q|k|v|out, fc1, fc2; the vocabulary
+    assert all(q.cache_dequantized and q._dequantized is not None for q in dec)
     assert n == sum(q.in_features * q.out_features * 4 for q in dec)
     assert not any(q.cache_dequantized for q in m.encoder.modules() if isinstance(q, QLinear))
-    q = dec[0]
-    want = ref.dequantize(q.weight.numpy(), q.ggml_type, (q.out_features, q.in_features))
-    np.testing.assert_array_equal(q._dequantized.numpy(), want)
+    for q in (dec[0], dec[-1]):
+        want = ref.dequantize(q.weight.numpy(), q.ggml_type, (q.out_features, q.in_features))
+        np.testing.assert_array_equal(q._dequantized.numpy(), want)
+    att = m.decoder.blocks[0].attn
+    stacked = np.concatenate([ref.dequantize(lin.weight.numpy(), lin.ggml_type, (lin.out_features, lin.in_features))
+                              for lin in (att.query, att.key, att.value)])
+    np.testing.assert_array_equal(merged[0]._dequantized.numpy(), stacked)
 
 
 def test_loader_accepts_path_and_reports_missing_tensor(tmp_path):

@@ -29,8 +29,8 @@ squares, one pass over x); every program of a LN-GEMV normalises the few x rows 
 
 Weights stay raw GGML blocks (F16 or Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) and are decoded with
 triton_ops' helpers (the ones its bit-exact dequantize test covers). The q, k, v rows of each
-self-attention are concatenated once (a GGML row is self-contained, so that is a byte concat)
-and the three QLinear weights become views of it (no extra memory).
+self-attention are read as one weight: model.MultiHeadAttention.qkv_projection (a byte concat
+the three QLinear weights are views of, no extra memory; the unfused step uses it too).
 
 Attention splits the keys over programs (SPLIT_S rows each, online softmax inside); the last
 program of a (row, head) to finish, found with an atomic counter, combines the partial results
@@ -658,8 +658,8 @@ class _Layer:
 class DecoderStep:
     """The fused one-token step of one TextDecoder (built by `prepare`, kept on the decoder).
 
-    Holds the concatenated q|k|v rows of each layer (the decoder's q/k/v QLinear weights are
-    rebound to views of them, so they take no extra memory) and the attention counters.
+    Holds each layer's q|k|v rows (MultiHeadAttention.qkv_projection's weight, which the q/k/v
+    QLinear weights are views of) with a float32 bias, and the attention counters.
     """
 
     def __init__(self, decoder):
@@ -670,16 +670,8 @@ class DecoderStep:
         self.device = decoder.token_embedding.weight.device
         self.layers: list[_Layer] = []
         for block in blocks:
-            att = block.attn
-            t = att.query.ggml_type
-            cat = torch.cat([att.query.weight.reshape(-1), att.key.weight.reshape(-1), att.value.weight.reshape(-1)])
-            shape = att.query.weight.shape
-            c = self.n_state
-            for i, lin in enumerate((att.query, att.key, att.value)):
-                lin.weight = cat[i * lin.weight.numel(): (i + 1) * lin.weight.numel()].view(shape)
-            zeros = torch.zeros(c, dtype=torch.float32, device=self.device)
-            bias = torch.cat([att.query.bias.float(), zeros, att.value.bias.float()])
-            self.layers.append(_Layer(cat, bias, t))
+            qkv = block.attn.qkv_projection()  # the q|k|v rows, shared with the unfused step
+            self.layers.append(_Layer(qkv.weight.reshape(-1), qkv.bias.float(), qkv.ggml_type))
         self.counters = torch.zeros(MAX_ROWS * self.n_head, dtype=torch.int32, device=self.device)
         self.signature = _signature(decoder)
 
@@ -739,9 +731,8 @@ def unsupported(decoder, rows: int) -> str | None:
     for b in decoder.blocks:
         if b.cross_attn is None:
             return "a decoder block without cross-attention"
-        qkv = {b.attn.query.ggml_type, b.attn.key.ggml_type, b.attn.value.ggml_type}
-        if len(qkv) != 1:
-            return "query, key and value weights of different types"
+        if b.attn.qkv_projection() is None:
+            return "query, key and value weights of different types (or devices, bias dtypes)"
         lins += [b.attn.query, b.attn.out, b.cross_attn.query, b.cross_attn.out, b.mlp[0], b.mlp[2]]
     bad = sorted({lin.ggml_type.name for lin in lins if lin.ggml_type not in FUSED_TYPES})
     return f"weight types {bad}" if bad else None
