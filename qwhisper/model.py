@@ -44,6 +44,22 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
+    def add_forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """(x + y, self(x + y)): a residual add and the LayerNorm after it; on CUDA one Triton
+        kernel (quants/triton_ops.add_layer_norm) instead of two (or three with the cast)."""
+        if x.is_cuda and x.dtype == y.dtype and LayerNorm.__dict__.get("_fused_ok", True):
+            try:
+                from .quants.triton_ops import add_layer_norm
+
+                return add_layer_norm(x, y, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except (ImportError, RuntimeError, triton_errors()) as e:  # no Triton / toolchain: torch ops
+                warnings.warn(f"fused add + LayerNorm unavailable ({type(e).__name__}: {str(e)[:200]}); using torch")
+                LayerNorm._fused_ok = False
+        x = x + y
+        return x, self(x)
+
 
 class Conv1d(nn.Conv1d):
     """nn.Conv1d whose (dequantized float) weight and bias follow the input's dtype."""
@@ -306,10 +322,12 @@ class ResidualAttentionBlock(nn.Module):
                 qk_heads: list[int] | None = None, qk_out: list[Tensor] | None = None) -> Tensor:
         """x (B, T, C) -> (B, T, C); decoder blocks take cross_kv, mask, positions, cache,
         qk_heads, qk_out (see MHA)."""
-        x = x + self.attn(self.attn_ln(x), mask=mask, positions=positions, cache=cache)
+        a = self.attn(self.attn_ln(x), mask=mask, positions=positions, cache=cache)
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_attn_ln(x), kv=cross_kv, qk_heads=qk_heads, qk_out=qk_out)
-        return x + self.mlp(self.mlp_ln(x))
+            x, h = self.cross_attn_ln.add_forward(x, a)
+            a = self.cross_attn(h, kv=cross_kv, qk_heads=qk_heads, qk_out=qk_out)
+        x, h = self.mlp_ln.add_forward(x, a)
+        return x + self.mlp(h)
 
 
 # ------------------------------------------------------------------------------------------

@@ -510,3 +510,68 @@ def test_qlinear_falls_back_on_a_triton_compile_error(monkeypatch):
         assert lin._via_triton(x) is None
     assert QLinear.__dict__.get("_triton_linear") is False and calls == [1]
     assert lin._via_triton(x) is None and calls == [1]  # off from then on, no second attempt
+
+
+@interp
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["f16", "f32"])
+def test_interp_add_layer_norm(dtype):
+    """add_layer_norm: the sum exactly as torch's add rounds it, the LayerNorm of that sum against
+    float64 (half an ulp of the output dtype + float32 statistics); rows of K = 384 and 1280
+    (masked to the block of 2048), a (B, T, K) shape kept."""
+    ops = _ops()
+    rng = np.random.default_rng(12)
+    for shape in [(2, 3, 384), (1, 5, 1280)]:
+        k = shape[-1]
+        x = torch.from_numpy(rng.normal(0.5, 2.0, shape).astype(np.float32)).to(dtype)
+        y = torch.from_numpy(rng.normal(0.0, 1.0, shape).astype(np.float32)).to(dtype)
+        w = torch.from_numpy(rng.uniform(0.5, 1.5, k).astype(np.float32)).to(dtype)
+        b = torch.from_numpy(rng.normal(0, 0.1, k).astype(np.float32)).to(dtype)
+        s, h = ops.add_layer_norm(x, y, w, b, 1e-5)
+        assert s.shape == h.shape == x.shape and s.dtype == h.dtype == dtype
+        assert torch.equal(s, x + y)
+        sd = s.double().numpy()
+        want = (sd - sd.mean(-1, keepdims=True)) / np.sqrt(sd.var(-1, keepdims=True) + 1e-5) * w.double().numpy() \
+            + b.double().numpy()
+        ulp = 2.0 ** -11 if dtype == torch.float16 else 2.0 ** -23
+        err = np.abs(h.double().numpy() - want)
+        assert (err <= ulp * np.abs(want) + 1e-5).all(), err.max()
+
+
+@pytest.mark.cuda
+def test_cuda_add_layer_norm_matches_torch():
+    """On the GPU: add_layer_norm against torch's add + F.layer_norm at the encoder's shape
+    (float16, 2 x 1500 rows of 1280): the sum bit for bit, the LayerNorm within an ulp or two of
+    float16 (torch's Welford statistics against two passes); and the real tiny.en model's
+    encoder and unfused decoder steps with it against the same with torch's ops."""
+    from conftest import SHARED_MODEL_Q5_1, need
+
+    import qwhisper.model as qm
+    from qwhisper.loader import load_model
+
+    ops = _ops()
+    g = torch.Generator(device="cuda").manual_seed(3)
+    x = torch.randn(2, 1500, 1280, device="cuda", generator=g).half() * 4
+    y = torch.randn(2, 1500, 1280, device="cuda", generator=g).half()
+    w = (torch.rand(1280, device="cuda", generator=g) + 0.5).half()
+    b = (torch.randn(1280, device="cuda", generator=g) * 0.1).half()
+    s, h = ops.add_layer_norm(x, y, w, b, 1e-5)
+    assert torch.equal(s, x + y)
+    want = torch.nn.functional.layer_norm(x + y, (1280,), w, b, 1e-5)
+    assert ((h.float() - want.float()).abs() <= 2 ** -9 * want.float().abs() + 2e-3).all()
+
+    model = load_model(need(SHARED_MODEL_Q5_1), "cuda")
+    model.decoder.cuda_graphs = False
+    mel = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(1))
+    tokens = torch.tensor([[50257, 50362, 843, 523, 616]] * 3, device="cuda")
+    outs = []
+    for fused in (True, False):
+        qm.LayerNorm._fused_ok = fused
+        try:
+            xa = model.embed_audio(mel)
+            cache = model.new_kv_cache(xa, n_group=3)
+            outs.append((xa, model.logits(tokens, cache)))
+        finally:
+            qm.LayerNorm._fused_ok = True
+    (xa1, l1), (xa0, l0) = outs
+    assert (xa1.float() - xa0.float()).abs().max() <= 2e-2 * xa0.float().abs().max()
+    assert (l1 - l0).abs().max() <= 1e-2 * l0.abs().max()

@@ -394,8 +394,9 @@ def test_cuda_fused_step_large_rows_match_unfused():
 def test_cuda_unfused_step_cached_attention_matches_sdpa(monkeypatch):
     """The unfused one-token step's self-attention through the split-key kernel (keys 0..pos of
     the static cache) against SDPA over the whole masked cache: real tiny.en q5_1, 1 and 5 rows,
-    a 5-token prompt then 6 steps; logits within 2e-3 of their scale, and the switch really
-    changes the path taken."""
+    a 5-token prompt then 6 steps; logits within 4e-3 of their scale (float16 steps: the two
+    paths round differently, 2.2e-3 seen on an H100; a wrong attention is off by ~1), and the
+    switch really changes the path taken."""
     from conftest import SHARED_MODEL_Q5_1, need
 
     from qwhisper import model as model_mod
@@ -423,7 +424,7 @@ def test_cuda_unfused_step_cached_attention_matches_sdpa(monkeypatch):
         a, b = out[True], out[False]
         err = ((a - b).abs().max() / b.abs().max()).item()
         print(f"{rows} rows: cached-attention kernel vs SDPA, relative {err:.3g}")
-        assert err < 2e-3 and model_mod.CACHED_ATTENTION_TRITON
+        assert err < 4e-3 and model_mod.CACHED_ATTENTION_TRITON
 
 
 @pytest.mark.cuda

@@ -663,5 +663,45 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
     return y.reshape(*lead, n)
 
 
-__all__ = ["dequantize", "dequantize_into", "qmatmul", "qgemm_fused", "dequant_matmul", "linear", "pick", "QMATMUL_MAX_M",
+# ------------------------------------------------------------------------------------------
+# Residual add + LayerNorm (the unfused step and the encoder: one kernel instead of two)
+# ------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _add_layer_norm_kernel(x_ptr, y_ptr, w_ptr, b_ptr, s_ptr, h_ptr, K, eps, BLOCK_K: tl.constexpr):
+    """s = x + y (rounded to s's dtype, as torch's add rounds it); h = LN(s), float32 statistics
+    (two passes over the row in registers), rounded once to h's dtype. One program a row."""
+    row = tl.program_id(0).to(tl.int64) * K
+    kk = tl.arange(0, BLOCK_K)
+    ok = kk < K
+    x = tl.load(x_ptr + row + kk, mask=ok, other=0.0).to(tl.float32)
+    y = tl.load(y_ptr + row + kk, mask=ok, other=0.0).to(tl.float32)
+    s = (x + y).to(s_ptr.dtype.element_ty)
+    tl.store(s_ptr + row + kk, s, mask=ok)
+    sf = s.to(tl.float32)
+    mean = tl.sum(sf, axis=0) / K
+    d = tl.where(ok, sf - mean, 0.0)
+    rstd = 1.0 / tl.sqrt_rn(tl.sum(d * d, axis=0) / K + eps)
+    w = tl.load(w_ptr + kk, mask=ok, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + kk, mask=ok, other=0.0).to(tl.float32)
+    tl.store(h_ptr + row + kk, (d * rstd * w + b).to(h_ptr.dtype.element_ty), mask=ok)
+
+
+def add_layer_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                   eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + y, LayerNorm(x + y)) for x, y (..., K) of one float dtype, LayerNorm over the last axis
+    with weight and bias (K,): both new tensors of x's dtype and shape."""
+    if x.shape != y.shape or x.dtype != y.dtype:
+        raise ValueError(f"x and y must match, got {tuple(x.shape)} {x.dtype} and {tuple(y.shape)} {y.dtype}")
+    k = x.shape[-1]
+    x2, y2 = x.reshape(-1, k).contiguous(), y.reshape(-1, k).contiguous()
+    s, h = torch.empty_like(x2), torch.empty_like(x2)
+    if x2.shape[0]:
+        _add_layer_norm_kernel[(x2.shape[0],)](x2, y2, weight, bias, s, h, k, float(eps), BLOCK_K=_next_pow2(k),
+                                               num_warps=4 if k <= 2048 else 8)
+    return s.view(x.shape), h.view(x.shape)
+
+
+__all__ = ["add_layer_norm", "dequantize", "dequantize_into", "qmatmul", "qgemm_fused", "dequant_matmul", "linear", "pick", "QMATMUL_MAX_M",
            "scratch_buffers"]
