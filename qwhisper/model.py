@@ -319,15 +319,26 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
                 positions: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None,
-                qk_heads: list[int] | None = None, qk_out: list[Tensor] | None = None) -> Tensor:
+                qk_heads: list[int] | None = None, qk_out: list[Tensor] | None = None,
+                add: Tensor | None = None, defer: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """x (B, T, C) -> (B, T, C); decoder blocks take cross_kv, mask, positions, cache,
-        qk_heads, qk_out (see MHA)."""
-        a = self.attn(self.attn_ln(x), mask=mask, positions=positions, cache=cache)
+        qk_heads, qk_out (see MHA).
+
+        Every residual add is fused with the LayerNorm after it (LayerNorm.add_forward): add, the
+        previous block's deferred MLP output, is added to x with this block's first LayerNorm;
+        defer: return (x, MLP output) for the caller to add the same way (the next block, or the
+        final LayerNorm) instead of their sum."""
+        if add is None:
+            h = self.attn_ln(x)
+        else:
+            x, h = self.attn_ln.add_forward(x, add)
+        a = self.attn(h, mask=mask, positions=positions, cache=cache)
         if self.cross_attn is not None:
             x, h = self.cross_attn_ln.add_forward(x, a)
             a = self.cross_attn(h, kv=cross_kv, qk_heads=qk_heads, qk_out=qk_out)
         x, h = self.mlp_ln.add_forward(x, a)
-        return x + self.mlp(h)
+        y = self.mlp(h)
+        return (x, y) if defer else x + y
 
 
 # ------------------------------------------------------------------------------------------
@@ -359,9 +370,10 @@ class AudioEncoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """mel (B, n_mels, 2*n_ctx) -> audio features (B, n_ctx, C)."""
         x = self.stem(x)
+        y = None  # each block's MLP output, added with the next LayerNorm
         for block in self.blocks:
-            x = block(x)
-        return self.ln_post(x)
+            x, y = block(x, add=y, defer=True)
+        return self.ln_post(x) if y is None else self.ln_post.add_forward(x, y)[1]
 
 
 # The encoder of a batch of at most this many windows is replayed from a CUDA graph on CUDA: at
@@ -745,15 +757,16 @@ class TextDecoder(nn.Module):
         mask = torch.arange(self.n_ctx, device=tokens.device)[None, :] <= positions[:, None]  # (T, n_ctx)
         pe = self.positional_embedding.index_select(0, positions).to(dtype)  # (T, C)
         x = self.token_embedding.rows(tokens, dtype) + pe  # (B, T, C)
+        y = None  # each block's MLP output, added with the next LayerNorm
         for i, block in enumerate(self.blocks):
             heads = [h for layer, h in alignment_heads if layer == i] if alignment_heads else None
-            x = block(x, cross_kv=(cache.cross_k[i], cache.cross_v[i]), mask=mask, positions=positions,
-                      cache=(cache.self_k[i], cache.self_v[i]), qk_heads=heads, qk_out=qk_out)
+            x, y = block(x, cross_kv=(cache.cross_k[i], cache.cross_v[i]), mask=mask, positions=positions,
+                         cache=(cache.self_k[i], cache.self_v[i]), qk_heads=heads, qk_out=qk_out, add=y, defer=True)
         if isinstance(logit_positions, Tensor):  # a device index tensor (graphed prompt passes)
-            x = x.index_select(1, logit_positions)
+            x, y = x.index_select(1, logit_positions), y.index_select(1, logit_positions)
         elif logit_positions is not None:
-            x = x[:, list(logit_positions)]  # (B, len(logit_positions), C)
-        x = self.ln(x)
+            x, y = x[:, list(logit_positions)], y[:, list(logit_positions)]  # (B, len(logit_positions), C)
+        x = self.ln(x) if y is None else self.ln.add_forward(x, y)[1]
         # the tied embedding as a QLinear: on CUDA the quantized blocks go through
         # triton_ops.linear (GEMV / few-row tensor cores) instead of a dequantized copy per step
         return self.token_embedding(x).float()  # (B, T, n_vocab)
