@@ -206,10 +206,8 @@ class MultiHeadAttention(nn.Module):
         they or the biases are no longer the ones it was built from (moved, converted, replaced).
         Not a submodule: state_dict and the loader see the three projections only."""
         q, k, v = self.query, self.key, self.value
-        sig = (q.weight.data_ptr(), k.weight.data_ptr(), v.weight.data_ptr(), q.bias.data_ptr(), v.bias.data_ptr(),
-               q.bias.dtype, q.weight.device)
         got = self.__dict__.get("_qkv")
-        if got is not None and got[0] == sig:
+        if got is not None and got[0] == self._qkv_signature():
             return got[1]
         if (q.ggml_type != k.ggml_type or k.ggml_type != v.ggml_type or q.bias.dtype != v.bias.dtype
                 or len({t.device for t in (q.weight, k.weight, v.weight, q.bias, v.bias)}) != 1):
@@ -222,10 +220,14 @@ class MultiHeadAttention(nn.Module):
                                 requires_grad=False)
         for i, m in enumerate((q, k, v)):
             m.weight = cat[i * c:(i + 1) * c]
-        sig = (q.weight.data_ptr(), k.weight.data_ptr(), v.weight.data_ptr(), q.bias.data_ptr(), v.bias.data_ptr(),
-               q.bias.dtype, q.weight.device)
-        self.__dict__["_qkv"] = (sig, lin)
+        self.__dict__["_qkv"] = (self._qkv_signature(), lin)
         return lin
+
+    def _qkv_signature(self) -> tuple:
+        """What the merged projection was built from: the weights' and biases' memory, dtype, device."""
+        q, k, v = self.query, self.key, self.value
+        return (q.weight.data_ptr(), k.weight.data_ptr(), v.weight.data_ptr(), q.bias.data_ptr(), v.bias.data_ptr(),
+                q.bias.dtype, q.weight.device)
 
     def kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys and values of audio features xa (B, S, C): each (B, S, C)."""
@@ -762,11 +764,11 @@ class TextDecoder(nn.Module):
             heads = [h for layer, h in alignment_heads if layer == i] if alignment_heads else None
             x, y = block(x, cross_kv=(cache.cross_k[i], cache.cross_v[i]), mask=mask, positions=positions,
                          cache=(cache.self_k[i], cache.self_v[i]), qk_heads=heads, qk_out=qk_out, add=y, defer=True)
-        if isinstance(logit_positions, Tensor):  # a device index tensor (graphed prompt passes)
-            x, y = x.index_select(1, logit_positions), y.index_select(1, logit_positions)
-        elif logit_positions is not None:
-            x, y = x[:, list(logit_positions)], y[:, list(logit_positions)]  # (B, len(logit_positions), C)
-        x = self.ln(x) if y is None else self.ln.add_forward(x, y)[1]
+        if logit_positions is not None:  # only these positions' logits: (B, len(logit_positions), C)
+            pick = ((lambda t: t.index_select(1, logit_positions)) if isinstance(logit_positions, Tensor)
+                    else (lambda t: t[:, list(logit_positions)]))  # a device index tensor: graphed prompt passes
+            x, y = pick(x), (None if y is None else pick(y))
+        x = self.ln(x) if y is None else self.ln.add_forward(x, y)[1]  # the last block's MLP output added here
         # the tied embedding as a QLinear: on CUDA the quantized blocks go through
         # triton_ops.linear (GEMV / few-row tensor cores) instead of a dequantized copy per step
         return self.token_embedding(x).float()  # (B, T, n_vocab)

@@ -35,6 +35,10 @@ def test_selected_logits_equal_the_full_projection(toy_f16):
         assert torch.equal(a, b)
     nxt = torch.randint(0, 50000, (2, 1))
     assert torch.equal(m.logits(nxt, full_cache), m.logits(nxt, sel_cache))
+    # the index as a tensor (graphed prompt passes hand one in): the same selection
+    t_cache = m.new_kv_cache(xa)
+    by_tensor = m.decoder.forward_at(tokens, torch.arange(9), t_cache, logit_positions=torch.tensor([3, 8, 0]))
+    torch.testing.assert_close(by_tensor, sel, rtol=0, atol=0)
 
 
 def test_inference_selects_with_or_without_model_support(toy_f16):
