@@ -41,13 +41,15 @@ class LayerNorm(nn.LayerNorm):
     .type(x.dtype) without the two casting passes (on CUDA those were a quarter of the encoder's
     kernel time)."""
 
+    _fused_ok = True  # add_forward's Triton kernel; False after it failed to run once (torch ops then)
+
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
     def add_forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """(x + y, self(x + y)): a residual add and the LayerNorm after it; on CUDA one Triton
         kernel (quants/triton_ops.add_layer_norm) instead of two (or three with the cast)."""
-        if x.is_cuda and x.dtype == y.dtype and LayerNorm.__dict__.get("_fused_ok", True):
+        if x.is_cuda and x.dtype == y.dtype and LayerNorm._fused_ok:
             try:
                 from .quants.triton_ops import add_layer_norm
 
@@ -835,12 +837,13 @@ class Whisper(nn.Module):
         dtype (not inside a CUDA graph capture); returns its bytes. F16/F32 weights need no copy."""
         dense = (GGMLType.F16, GGMLType.F32)
         lins: list[QLinear] = []
+        merged: set[int] = set()  # q, k, v of a merged projection: not cached on their own
         for block in self.decoder.blocks:  # self-attention: the merged q|k|v projection is what runs
-            qkv = block.attn.qkv_projection()
+            att = block.attn
+            qkv = att.qkv_projection()
             if qkv is not None:
                 lins.append(qkv)
-        merged = {id(m) for b in self.decoder.blocks if b.attn.qkv_projection() is not None
-                  for m in (b.attn.query, b.attn.key, b.attn.value)}
+                merged |= {id(att.query), id(att.key), id(att.value)}
         lins += [m for m in self.decoder.modules() if isinstance(m, QLinear) and id(m) not in merged]
         n = 0
         for m in lins:
