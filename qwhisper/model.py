@@ -192,13 +192,13 @@ class MultiHeadAttention(nn.Module):
                 q, k, v = self.query(x), self.key(x), self.value(x)
             if cache is not None:
                 k_cache, v_cache = cache
+                if q.is_cuda and q.shape[1] == 1:  # the kernel also writes k, v into the cache
+                    o = _cached_attention(q, k, v, k_cache, v_cache, self.n_head, positions)
+                    if o is not None:
+                        return self.out(o)
                 k_cache.index_copy_(1, positions, k)  # (B, n_ctx, C) rows positions <- (B, T, C)
                 v_cache.index_copy_(1, positions, v)
                 k, v = k_cache, v_cache
-                if q.is_cuda and q.shape[1] == 1:
-                    o = _cached_attention(q, k, v, self.n_head, positions)
-                    if o is not None:
-                        return self.out(o)
         return self.out(self.qkv_attention(q, k, v, mask))
 
     def qkv_projection(self) -> QLinear | None:
@@ -276,13 +276,17 @@ CACHED_ATTENTION_TRITON = True
 _attention_counters: dict = {}  # (device, size) -> int32 zeros the kernel leaves zero
 
 
-def _cached_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, n_head: int, positions: Tensor) -> Tensor | None:
-    """q (B, 1, C) over k_cache, v_cache (B, n_ctx, C) rows 0..positions[0] -> (B, 1, C); None
-    where the Triton kernel can't run (switch off, no Triton, odd head size): SDPA then."""
+def _cached_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, n_head: int,
+                      positions: Tensor) -> Tensor | None:
+    """q, k, v (B, 1, C) of one step at positions[0]: writes k, v into row positions[0] of k_cache,
+    v_cache (B, n_ctx, C) and attends q over their rows 0..positions[0] -> (B, 1, C). None, with
+    the cache untouched, where the Triton kernel can't run (switch off, no Triton, odd head size):
+    the caller writes the cache and runs SDPA then."""
     global CACHED_ATTENTION_TRITON
     b, _, c = q.shape
     d = c // n_head
-    if not CACHED_ATTENTION_TRITON or d & (d - 1) or k_cache.stride(2) != 1:
+    if (not CACHED_ATTENTION_TRITON or d & (d - 1) or k_cache.stride(2) != 1 or k.stride(2) != 1
+            or k.stride() != v.stride()):
         return None
     try:
         from .quants import triton_decoder
@@ -296,7 +300,7 @@ def _cached_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, n_head: int, 
     out = torch.empty((b, c), dtype=q.dtype, device=q.device)
     try:
         triton_decoder.attention(q.view(b, c), k_cache, v_cache, n_head, out, counters, position=positions,
-                                 split_s=triton_decoder.SELF_SPLIT_S)
+                                 split_s=triton_decoder.SELF_SPLIT_S, k_new=k.view(b, c), v_new=v.view(b, c))
     except torch.cuda.OutOfMemoryError:
         raise
     except (RuntimeError, triton_errors()) as e:

@@ -47,7 +47,7 @@ def assert_close(got: torch.Tensor, want: np.ndarray, scale: np.ndarray | float,
     g = got.detach().double().numpy()
     assert np.isfinite(g).all(), f"{what}: non-finite"
     err = np.abs(g - want)
-    bound = rtol * np.asarray(scale) + 1e-30
+    bound = rtol * np.broadcast_to(np.asarray(scale, dtype=np.float64), err.shape) + 1e-30
     worst = np.unravel_index(np.argmax(err / bound), err.shape)
     assert (err <= bound).all(), f"{what}: err {err[worst]:.3g} > {bound[worst]:.3g} at {worst}"
 
@@ -218,6 +218,35 @@ def test_interp_attention(case):
         want = _attention_ref(q.numpy(), k.numpy(), v.numpy(), n_head, s if pos is None else pos + 1)
         assert_close(out, want, 1.0, 1e-5, f"{case} pos={pos} split={split}")
         assert not counters.any(), "counters must be left zero"
+
+
+@interp
+def test_interp_attention_writes_the_new_row():
+    """Self-attention given this step's key and value (k_new, v_new): they are attended as key pos
+    and written into row pos of the cache, whose old row pos (NaN here) is never read; the other
+    rows are left as they were. pos at a split's first key, inside one, and alone in a split."""
+    td = _td()
+    rng = np.random.default_rng(7)
+    m, s, c, n_head = 2, 16, 64, 2
+    counters = torch.zeros(16, dtype=torch.int32)
+    for pos, split in [(0, 4), (4, 4), (6, 4), (15, 16), (9, 16)]:
+        k = torch.from_numpy(rng.standard_normal((m, s, c)).astype(np.float16))
+        v = torch.from_numpy(rng.standard_normal((m, s, c)).astype(np.float16))
+        k[:, pos:], v[:, pos:] = float("nan"), float("nan")
+        k_old, v_old = k.clone(), v.clone()
+        qkv = torch.from_numpy(rng.standard_normal((m, 3 * c)).astype(np.float32))  # one projection's output
+        q, k_new, v_new = qkv.split(c, dim=1)
+        out = torch.full((m, c), float("nan"))
+        td.attention(q, k, v, n_head, out, counters, torch.tensor([pos]), split_s=split, k_new=k_new, v_new=v_new)
+        assert torch.equal(k[:, pos], k_new.half()) and torch.equal(v[:, pos], v_new.half()), f"pos={pos}"
+        rest = [i for i in range(s) if i != pos]
+        assert torch.allclose(k[:, rest], k_old[:, rest], equal_nan=True, rtol=0, atol=0)
+        assert torch.allclose(v[:, rest], v_old[:, rest], equal_nan=True, rtol=0, atol=0)
+        want = _attention_ref(q.numpy(), k.numpy(), v.numpy(), n_head, pos + 1)  # the cache as written
+        assert_close(out, want, 1.0, 1e-5, f"pos={pos} split={split}")
+        assert not counters.any(), "counters must be left zero"
+    with pytest.raises(ValueError, match="k_new and v_new"):
+        td.attention(q, k, v, n_head, out, counters, None, k_new=k_new, v_new=v_new)
 
 
 @interp

@@ -452,12 +452,13 @@ def _attn_kernel(
     q_ptr, stride_qm,  # (M, H*D) queries
     k_ptr, v_ptr, stride_kr, stride_ks,  # (R, S_max, H*D) keys / values, R = M / G; same strides
     out_ptr, stride_om,  # (M, H*D) output
+    kn_ptr, vn_ptr, stride_nm,  # NEW: (M, H*D) this step's key and value of each row (at pos)
     part_o, part_ml,  # float32 scratch (M, H, SPLITS, D) and (M, H, SPLITS, 2)
     counters,  # int32 (>= R*H,), zero on entry, left zero
     pos_ptr,  # CAUSAL: keys 0..pos attended
     S, G, H, qk_scale,  # keys (not CAUSAL); query rows per K/V row; heads; log2(e)/sqrt(D)
     D: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr, SPLIT_S: tl.constexpr, SPLITS: tl.constexpr,
-    CAUSAL: tl.constexpr, PRELOAD: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    CAUSAL: tl.constexpr, NEW: tl.constexpr, PRELOAD: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)  # (K/V row r, head h)
     split = tl.program_id(1)
@@ -493,16 +494,29 @@ def _attn_kernel(
         m_i = tl.full([BG], float("-inf"), tl.float32)
         l_i = tl.zeros([BG], dtype=tl.float32)
         acc = tl.zeros([BG, D], dtype=tl.float32)
+        if NEW:  # key/value n_keys - 1 (= pos) come from kn/vn, rounded to the cache's dtype; the
+            # program of the split that holds pos writes them into the cache (no other one reads row pos)
+            new_at = r.to(tl.int64) * stride_nm + h * D + dd
+            kn = tl.load(kn_ptr + new_at).to(k_ptr.dtype.element_ty)
+            vn = tl.load(vn_ptr + new_at).to(v_ptr.dtype.element_ty)
+            if split == n_split - 1:
+                at_pos = r.to(tl.int64) * stride_kr + (n_keys - 1).to(tl.int64) * stride_ks + h * D + dd
+                tl.store(k_ptr + at_pos, kn)
+                tl.store(v_ptr + at_pos, vn)
         for s0 in range(0, SPLIT_S, BS):
             ss = split * SPLIT_S + s0 + tl.arange(0, BS)
             if PRELOAD:
                 kt = kt_pre.to(tl.float32)
                 vt = vt_pre.to(tl.float32)
             else:
-                ok = (ss < n_keys)[:, None]
+                ok = (ss < n_keys - 1)[:, None] if NEW else (ss < n_keys)[:, None]
                 at = kv + ss.to(tl.int64)[:, None] * stride_ks  # [BS, D]
                 kt = tl.load(k_ptr + at, mask=ok, other=0.0).to(tl.float32)
                 vt = tl.load(v_ptr + at, mask=ok, other=0.0).to(tl.float32)  # issued before kt is used
+                if NEW:
+                    is_new = (ss == n_keys - 1)[:, None]
+                    kt = tl.where(is_new, kn.to(tl.float32)[None, :], kt)
+                    vt = tl.where(is_new, vn.to(tl.float32)[None, :], vt)
             sc = tl.sum(q[:, None, :] * kt[None, :, :], axis=2)  # [BG, BS], log2 units
             sc = tl.where((ss < n_keys)[None, :], sc, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(sc, axis=1))  # finite: the first step has a key
@@ -546,13 +560,16 @@ def _attn_tiles(g: int, d: int) -> tuple[int, int]:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, out: torch.Tensor,
-              counters: torch.Tensor, position: torch.Tensor | None = None, split_s: int = 128) -> torch.Tensor:
+              counters: torch.Tensor, position: torch.Tensor | None = None, split_s: int = 128,
+              k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax(q k^T / sqrt(D)) v for one query per row, over n_head heads of D = C / n_head.
 
     q (M, C); k, v (R, S, C) with M = R * G: query rows r*G .. r*G+G-1 share K/V row r (beams of
     a window over its cross K/V). position: None -> all S keys; a one-element long tensor p ->
     keys 0..p only (self-attention over a static cache). out (M, C), any float dtype.
     counters: int32 zeros (>= R * n_head), left zero. split_s: keys per program (power of 2).
+    k_new, v_new (M, C), with position and G = 1: this step's key and value, attended as key p
+    and written into row p of k and v (the unfused step's cache write, without two copy kernels).
     """
     m, c = q.shape
     r, s_max, ck = k.shape
@@ -565,6 +582,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
     g, d = m // r, c // n_head
     if d * n_head != c or d & (d - 1):
         raise ValueError(f"head size {c} / {n_head} must be a power of 2")
+    new = k_new is not None
+    if new and (position is None or g != 1 or v_new is None or tuple(k_new.shape) != (m, c)
+                or k_new.stride() != v_new.stride() or tuple(v_new.shape) != (m, c) or k_new.stride(1) != 1):
+        raise ValueError(f"k_new and v_new must be ({m}, {c}) alike, with a position and one query row per K/V row")
     bg, bs = _attn_tiles(g, d)
     bs = min(bs, split_s)
     splits = triton.cdiv(s_max, split_s)
@@ -573,9 +594,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
     part_o = torch.empty((m * n_head * sp2 * d,), dtype=torch.float32, device=q.device)
     part_ml = torch.empty((m * n_head * sp2 * 2,), dtype=torch.float32, device=q.device)
     _attn_kernel[(r * n_head, splits)](
-        q, q.stride(0), k, v, k.stride(0), k.stride(1), out, out.stride(0), part_o, part_ml, counters,
+        q, q.stride(0), k, v, k.stride(0), k.stride(1), out, out.stride(0),
+        k_new if new else q, v_new if new else q, k_new.stride(0) if new else 0, part_o, part_ml, counters,
         position if position is not None else counters, s_max, g, n_head, math.log2(math.e) / math.sqrt(d),
-        D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None,
+        D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None, NEW=new,
         PRELOAD=position is None and bs == split_s,
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
         num_warps=ATTN_WARPS, **_pdl_kw(pdl))
