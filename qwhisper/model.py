@@ -104,17 +104,15 @@ class QLinear(nn.Module):
         w = torch_ops.dequantize(raw, self.ggml_type, (raw.shape[0], self.in_features), dtype)
         return w.view(*index.shape, self.in_features)
 
-    def forward(self, x: Tensor, gelu: bool = False) -> Tensor:
-        """x @ W.T + b; gelu: then exact GELU (fused into the few-row GEMV on CUDA)."""
+    def forward(self, x: Tensor) -> Tensor:
         if x.is_cuda and not self.cache_dequantized:
-            y = self._via_triton(x, gelu)
+            y = self._via_triton(x)
             if y is not None:
                 return y
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        y = F.linear(x, self.dequantized(x.dtype), bias)
-        return F.gelu(y) if gelu else y
+        return F.linear(x, self.dequantized(x.dtype), bias)
 
-    def _via_triton(self, x: Tensor, gelu: bool = False) -> Tensor | None:
+    def _via_triton(self, x: Tensor) -> Tensor | None:
         """x @ W.T + b through the Triton kernels on the raw blocks (quants/triton_ops.linear),
         imported on first use; None (and a warning, once) without a working Triton: the caller
         falls back to torch (openai's timing.py way)."""
@@ -129,7 +127,7 @@ class QLinear(nn.Module):
         if not fn:
             return None
         try:
-            return fn(x, self.weight, self.ggml_type, (self.out_features, self.in_features), self.bias, gelu)
+            return fn(x, self.weight, self.ggml_type, (self.out_features, self.in_features), self.bias)
         except torch.cuda.OutOfMemoryError:
             raise
         except (RuntimeError, triton_errors()) as e:  # no CUDA toolchain; a Triton too old for a kernel
@@ -347,11 +345,7 @@ class ResidualAttentionBlock(nn.Module):
             x, h = self.cross_attn_ln.add_forward(x, a)
             a = self.cross_attn(h, kv=cross_kv, qk_heads=qk_heads, qk_out=qk_out)
         x, h = self.mlp_ln.add_forward(x, a)
-        fc1, act, fc2 = self.mlp
-        if type(act) is nn.GELU and act.approximate == "none":
-            y = fc2(fc1(h, gelu=True))  # = self.mlp(h), the GELU fused into fc1 where it can be
-        else:  # another activation put in its place
-            y = self.mlp(h)
+        y = self.mlp(h)
         return (x, y) if defer else x + y
 
 

@@ -357,7 +357,6 @@ def _qgemv_kernel(
     EVEN_K: tl.constexpr,  # (K/32) % NB == 0: every step is full
     HAS_BIAS: tl.constexpr,
     PF_LINES: tl.constexpr,  # > 0: prefetch the program's BLOCK_N rows of W into L2 first
-    GELU: tl.constexpr = False,  # exact GELU of (x @ W.T + bias) before the store (an MLP's first layer)
 ):
     # Tiles are 4-D [NB, BLOCK_M, BLOCK_N, QB] (QB = bytes of qs read per block: 16, or 32 for
     # Q8_0): the compiler spreads lanes over (qs byte, block) and keeps rows in registers, and W
@@ -396,8 +395,6 @@ def _qgemv_kernel(
     m1 = tl.arange(0, BLOCK_M)
     if HAS_BIAS:
         y += tl.load(bias_ptr + n1, mask=n1 < N, other=0.0).to(tl.float32)[None, :]
-    if GELU:
-        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
     out = y_ptr + (m1.to(tl.int64) * N)[:, None] + n1[None, :]
     tl.store(out, y.to(y_ptr.dtype.element_ty), mask=(m1 < M)[:, None] & (n1 < N)[None, :])
 
@@ -432,12 +429,11 @@ def _gemv_config(m: int, n: int, k: int, ggml_type: GGMLType) -> tuple[int, int,
 
 
 def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
-            bias: torch.Tensor | None = None, config: tuple | None = None, gelu: bool = False) -> torch.Tensor:
+            bias: torch.Tensor | None = None, config: tuple | None = None) -> torch.Tensor:
     """Fused dequant-GEMV: x (M, K) @ W.T (+ bias) -> (M, N) in x's dtype, for 1 <= M <= 16.
 
     raw: the (N, K) weight's ggml blocks (uint8, on x's device), read once; fp32 accumulation.
     config: (BLOCK_M, BLOCK_N, NB, num_warps[, L2 prefetch]) overriding _gemv_config (benchmarks, tests).
-    gelu: exact GELU of the float32 result, rounded once to x's dtype (no separate GELU kernel).
     """
     ggml_type = _as_type(ggml_type)
     if ggml_type not in _LAYOUT:
@@ -461,7 +457,7 @@ def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequ
         x, w8, w16, bias if bias is not None else y, y, m, n, k, x.stride(0), _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
-        HAS_BIAS=bias is not None, PF_LINES=pf_lines, GELU=gelu, num_warps=num_warps)
+        HAS_BIAS=bias is not None, PF_LINES=pf_lines, num_warps=num_warps)
     return y
 
 
@@ -641,9 +637,8 @@ def pick(rows: int, n: int, k: int, x_dtype: torch.dtype) -> str:
 
 
 def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
-           bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
-    """y = x @ W.T + bias for a raw ggml weight W of `shape` (N, K); x (..., K) on the GPU;
-    gelu: exact GELU(y), fused into the GEMV's epilogue where that runs, else torch's after it.
+           bias: torch.Tensor | None = None) -> torch.Tensor:
+    """y = x @ W.T + bias for a raw ggml weight W of `shape` (N, K); x (..., K) on the GPU.
 
     Few rows (decoder steps, beams) read the raw blocks once: the fused GEMV, or for 2..16 rows
     of a wide weight (the vocabulary projection) the few-row tensor-core kernel. More rows
@@ -657,15 +652,14 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
     if ggml_type in (GGMLType.F16, GGMLType.F32):
         w = _dense_view(raw, ggml_type, (n, k))
         y = torch.nn.functional.linear(x2, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
-    elif (way := pick(x2.shape[0], n, k, x2.dtype)) == "gemv":
-        y = qmatmul(x2, raw, ggml_type, (n, k), bias, gelu=gelu)
-        gelu = False
+        return y.reshape(*lead, n)
+    way = pick(x2.shape[0], n, k, x2.dtype)
+    if way == "gemv":
+        y = qmatmul(x2, raw, ggml_type, (n, k), bias)
     elif way == "tc":
         y = qgemm_fused(x2, raw, ggml_type, (n, k), bias)
     else:
         y = dequant_matmul(x2, raw, ggml_type, (n, k), bias)
-    if gelu:
-        y = torch.nn.functional.gelu(y)
     return y.reshape(*lead, n)
 
 
