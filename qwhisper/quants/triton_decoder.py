@@ -56,7 +56,7 @@ try:
 except ImportError:  # Triton before 3.3 (e.g. the one torch 2.4 ships): no programmatic dependent launch
     gdc_launch_dependents = gdc_wait = None
 
-from . import QK, GGMLType, row_nbytes, triton_ops
+from . import QK, GGMLType, row_nbytes, torch_ops, triton_ops
 from .triton_ops import (
     INTERPRETED,
     _LAYOUT,
@@ -135,59 +135,29 @@ _EPILOGUES = {"store": EPI_STORE, "residual": EPI_RESIDUAL, "gelu": EPI_GELU}
 
 
 @triton.jit
-def _row_stats(x_ptr, stride_xm, M, K, eps, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
-    """Mean and 1/sqrt(var + eps) of BLOCK_M rows of x (rows past M repeat row M-1): [BLOCK_M] each.
-
-    One pass: each chunk's mean and sum of squared deviations (exact two-pass within the chunk,
-    from registers) merged into the running ones with Chan's formula (no E[x^2] - mean^2
-    cancellation)."""
-    mm = tl.arange(0, BLOCK_M)[:, None]
-    kk = tl.arange(0, CHUNK)[None, :]
-    row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm
-    n_a = 0.0
-    mean = tl.zeros([BLOCK_M], dtype=tl.float32)
-    m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for k0 in range(0, K, CHUNK):
-        ok = k0 + kk < K
-        xv = tl.load(row + k0 + kk, mask=ok, other=0.0).to(tl.float32)
-        n_b = tl.minimum(K - k0, CHUNK).to(tl.float32)
-        mean_b = tl.sum(xv, axis=1) / n_b
-        dev = tl.where(ok, xv - mean_b[:, None], 0.0)
-        m2_b = tl.sum(dev * dev, axis=1)
-        n = n_a + n_b
-        delta = mean_b - mean
-        mean += delta * (n_b / n)
-        m2 += m2_b + delta * delta * (n_a * n_b / n)
-        n_a = n
-    rstd = 1.0 / tl.sqrt_rn(m2 / K + eps)
-    return mean, rstd
-
-
-@triton.jit
-def _step_ln(ln_w, ln_b, b0, bb, jj, n_blk, EVEN_K: tl.constexpr, LN: tl.constexpr, BITS: tl.constexpr):
-    """The LayerNorm's weight and bias at the x indices of the GEMV step at b0, float32 (constants:
-    loadable before the PDL wait): (w_lo, b_lo, w_hi, b_hi), hi = weights j + 16 of the 4/5-bit
-    blocks (else the same as lo); zeros without LN."""
+def _step_ln(ln_w, b0, bb, jj, n_blk, EVEN_K: tl.constexpr, LN: tl.constexpr, BITS: tl.constexpr):
+    """The LayerNorm's weight at the x indices of the GEMV step at b0, float32 (a constant: loadable
+    before the PDL wait): (w_lo, w_hi), hi = weights j + 16 of the 4/5-bit blocks (else the same
+    as lo); zeros without LN."""
     if LN:
         k_lo = _step_blocks(b0, bb, n_blk, EVEN_K) * _QK + jj
         w_lo = tl.load(ln_w + k_lo).to(tl.float32)
-        b_lo = tl.load(ln_b + k_lo).to(tl.float32)
-        w_hi, b_hi = w_lo, b_lo
+        w_hi = w_lo
         if BITS == 4 or BITS == 5:
             w_hi = tl.load(ln_w + k_lo + 16).to(tl.float32)
-            b_hi = tl.load(ln_b + k_lo + 16).to(tl.float32)
-        return w_lo, b_lo, w_hi, b_hi
+        return w_lo, w_hi
     else:
-        return 0.0, 0.0, 0.0, 0.0
+        return 0.0, 0.0
 
 
 @triton.jit
-def _x_norm(x_row, k, mean, rstd, w, b, LN: tl.constexpr):
-    """x[m, k] as float32, layer-normalised when LN ((x - mean) * rstd * w + b, w and b given)."""
+def _x_at(x_row, k, w, LN: tl.constexpr):
+    """(x[m, k], x[m, k] * w when LN else x[m, k]) as float32."""
     x = tl.load(x_row + k).to(tl.float32)
     if LN:
-        x = (x - mean) * rstd * w + b
-    return x
+        return x, x * w
+    else:
+        return x, x
 
 
 @triton.jit
@@ -215,29 +185,42 @@ def _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS: tl.constexpr, QH_B: tl.co
 
 
 @triton.jit
-def _gemv_fma(acc, w0, qs, qh, x_row, mean, rstd, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, b0, bb, jj, n_blk,
+def _gemv_fma(acc, s1, s2, shift, w0, qs, qh, x_row, lnw_lo, lnw_hi, w16, w_row, b0, bb, jj, n_blk,
               magic, TS: tl.constexpr, M_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr,
               EVEN_K: tl.constexpr, LN: tl.constexpr, BLOCK_M: tl.constexpr):
-    """acc + one step's products: the weights loaded by _gemv_loads (w0 = F16 w, or d), x
-    normalised on the fly when LN with the LN weight and bias loaded by _step_ln."""
+    """One step: acc + the products of the weights loaded by _gemv_loads (w0 = F16 w, or d) with
+    x, times the LN weight (from _step_ln) when LN; then also s1 + (x - shift), s2 + (x - shift)^2
+    over this step's x (the LN statistics, see _step_gemv_kernel). Returns (acc, s1, s2)."""
     blk = _step_blocks(b0, bb, n_blk, EVEN_K)
     k_lo = blk * _QK + jj  # [NB, 1, 1, QB] x index of weight j of each block
-    x_lo = _x_norm(x_row, k_lo, mean, rstd, lnw_lo, lnb_lo, LN)
+    x_lo, xg_lo = _x_at(x_row, k_lo, lnw_lo, LN)
+    x_hi, xg_hi = x_lo, xg_lo
     if BITS == 16:
-        acc += w0 * x_lo
+        acc += w0 * xg_lo
     else:
-        x_hi = x_lo
         if BITS != 8:
-            x_hi = _x_norm(x_row, k_lo + 16, mean, rstd, lnw_hi, lnb_hi, LN)
-        acc = _block_fma(acc, w0, qs, qh, x_lo, x_hi, w16, w_row + blk * TS, b0 + bb < n_blk, jj, magic, M_B, BITS,
+            x_hi, xg_hi = _x_at(x_row, k_lo + 16, lnw_hi, LN)
+        acc = _block_fma(acc, w0, qs, qh, xg_lo, xg_hi, w16, w_row + blk * TS, b0 + bb < n_blk, jj, magic, M_B, BITS,
                          ZERO, EVEN_K, BLOCK_M == 1)
-    return acc
+    if LN:
+        dev = x_lo - shift
+        if not EVEN_K:  # a clamped, repeated block counts once
+            dev = tl.where(b0 + bb < n_blk, dev, 0.0)
+        s1 += dev
+        s2 += dev * dev
+        if BITS == 4 or BITS == 5:
+            dev = x_hi - shift
+            if not EVEN_K:
+                dev = tl.where(b0 + bb < n_blk, dev, 0.0)
+            s1 += dev
+            s2 += dev * dev
+    return acc, s1, s2
 
 
 @triton.jit
 def _step_gemv_kernel(
     x_ptr, stride_xm,  # (M, K) activations, last axis contiguous, any float dtype
-    ln_w, ln_b, eps,  # LayerNorm (K,) weight and bias when LN
+    ln_w, fold_w_ptr, fold_b_ptr, eps,  # LN: its (K,) weight; (N,) W @ its weight and W @ its bias (fold_ln)
     w8, w16,  # raw (N, K) weight: uint8 and int16 views of the same bytes
     bias_ptr,  # (N,) when HAS_BIAS
     out_ptr, stride_om,  # (M, N) output (EPI_RESIDUAL: also the residual, updated in place); EPI_QKV: q (M, n_seg)
@@ -246,14 +229,17 @@ def _step_gemv_kernel(
     TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
     BITS: tl.constexpr, ZERO: tl.constexpr,  # block layout (triton_ops._LAYOUT); BITS 16: F16 rows
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, EVEN_K: tl.constexpr,
-    LN: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
+    LN: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
     PF_LINES: tl.constexpr, PDL: tl.constexpr,  # L2 prefetch of the weight slice; see PDL above
 ):
     # The loop is triton_ops._qgemv_kernel's, through the same step helpers (_load_blocks,
     # _block_fma, wrapped as _gemv_loads / _gemv_fma so the first step can be issued before the PDL
-    # wait; 4-D tiles [NB, BLOCK_M, BLOCK_N, QB], clamped rather than masked loads); x comes
-    # through _x_norm (normalised on the fly), and the epilogue adds bias and residual, applies
-    # GELU or scatters q|k|v.
+    # wait; 4-D tiles [NB, BLOCK_M, BLOCK_N, QB], clamped rather than masked loads); the epilogue
+    # adds bias and residual, applies GELU or scatters q|k|v.
+    # LN(x) @ W.T = rstd * (W @ (g * x) - mean * W @ g) + W @ b for LN weight g and bias b: the
+    # loop multiplies x by g only and takes the statistics of the same x values as it goes (every
+    # program sees the whole row), W @ g and W @ b come precomputed (fold_ln), and mean and rstd
+    # are needed in the epilogue only: no pass over x before the loop.
     QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
     n_blk = K // _QK
     pid = tl.program_id(0)
@@ -276,9 +262,9 @@ def _step_gemv_kernel(
     # whose float32 step tile held across the statistics made large-v3 f16 slower (1.57 -> 1.71
     # ms per token on an H100, LN GEMVs).
     PEEL: tl.constexpr = BITS != 16
-    if PEEL:  # with the LN weight and bias of the same step
+    if PEEL:  # with the LN weight of the same step
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, 0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
-        lnw_lo, lnb_lo, lnw_hi, lnb_hi = _step_ln(ln_w, ln_b, 0, bb, jj, n_blk, EVEN_K, LN, BITS)
+        lnw_lo, lnw_hi = _step_ln(ln_w, 0, bb, jj, n_blk, EVEN_K, LN, BITS)
     # The epilogue's inputs are loaded early too, not after the loop: the bias and the position
     # (copied in before the step's first kernel) before the wait, the residual right after it.
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -290,6 +276,11 @@ def _step_gemv_kernel(
     pos = 0
     if EPI == 3:
         pos = tl.load(pos_ptr).to(tl.int64)
+    fold_g = bias
+    fold_b = bias
+    if LN:
+        fold_g = tl.load(fold_w_ptr + n1, mask=n1 < N, other=0.0)[None, :]
+        fold_b = tl.load(fold_b_ptr + n1, mask=n1 < N, other=0.0)[None, :]
     if PDL:
         gdc_wait()  # x, the residual and the caches are the previous kernels'
     res = bias  # (unused unless EPI == 1)
@@ -297,23 +288,30 @@ def _step_gemv_kernel(
         res = tl.load(out_ptr + (m1.to(tl.int64) * stride_om)[:, None] + n1[None, :], mask=ok, other=0.0).to(tl.float32)
     x_row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm  # [1, BM, 1, 1]
     acc = tl.zeros([NB, BLOCK_M, BLOCK_N, QB], dtype=tl.float32)
-    mean = tl.zeros([1, BLOCK_M, 1, 1], dtype=tl.float32)
-    rstd = mean
+    # LN statistics: sums of x - shift and its square (shift = the mean of the row's first QB
+    # values, so that the variance's subtraction cancels little), reduced after the loop
+    s1 = tl.zeros([NB, BLOCK_M, 1, QB], dtype=tl.float32)
+    s2 = s1
+    shift = tl.zeros([1, BLOCK_M, 1, 1], dtype=tl.float32)
     if LN:
-        mean1, rstd1 = _row_stats(x_ptr, stride_xm, M, K, eps, BLOCK_M, CHUNK)
-        mean = mean1[None, :, None, None]
-        rstd = rstd1[None, :, None, None]
+        shift = tl.sum(tl.load(x_row + jj).to(tl.float32), axis=3, keep_dims=True) / QB
     b_first = 0
     if PEEL:
-        acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, 0, bb, jj,
-                        n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
+        acc, s1, s2 = _gemv_fma(acc, s1, s2, shift, w0, qs0, qh0, x_row, lnw_lo, lnw_hi, w16, w_row, 0, bb, jj,
+                                n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
         b_first = NB
     for b0 in range(b_first, n_blk, NB):
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
-        lnw_lo, lnb_lo, lnw_hi, lnb_hi = _step_ln(ln_w, ln_b, b0, bb, jj, n_blk, EVEN_K, LN, BITS)
-        acc = _gemv_fma(acc, w0, qs0, qh0, x_row, mean, rstd, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, b0, bb, jj,
-                        n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
+        lnw_lo, lnw_hi = _step_ln(ln_w, b0, bb, jj, n_blk, EVEN_K, LN, BITS)
+        acc, s1, s2 = _gemv_fma(acc, s1, s2, shift, w0, qs0, qh0, x_row, lnw_lo, lnw_hi, w16, w_row, b0, bb, jj,
+                                n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
+    if LN:
+        d_mean = tl.sum(tl.sum(s1, axis=3), axis=0) / K  # [BM, 1]: mean - shift
+        var = tl.maximum(tl.sum(tl.sum(s2, axis=3), axis=0) / K - d_mean * d_mean, 0.0)
+        rstd = 1.0 / tl.sqrt_rn(var + eps)
+        mean = tl.sum(tl.sum(shift, axis=3), axis=0) + d_mean  # [BM, 1]
+        y = rstd * (y - mean * fold_g) + fold_b
     _epilogue(y, bias, res, pos, n1, m1, ok, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, n_seg,
               HAS_BIAS, EPI)
 
@@ -375,6 +373,25 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, i
     return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
 
 
+def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torch.Tensor,
+            bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """W @ weight and W @ bias (each (n,) float32, from float64 sums) of a LayerNorm (weight,
+    bias) that precedes the raw (n, k) weight W: what an LN GEMV adds in its epilogue instead of
+    normalising x before the products (_step_gemv_kernel). Rows dequantized 4096 at a time."""
+    ggml_type = _as_type(ggml_type)
+    w_rows = raw.reshape(n, -1)
+    g, b = weight.double(), bias.double()
+    out_g = torch.empty(n, dtype=torch.float64, device=raw.device)
+    out_b = torch.empty(n, dtype=torch.float64, device=raw.device)
+    for r0 in range(0, n, 4096):
+        rows = w_rows[r0:r0 + 4096]
+        w = (rows.contiguous().view(torch.float16).view(-1, k) if ggml_type == GGMLType.F16 else
+             torch_ops.dequantize(rows, ggml_type, (rows.shape[0], k), torch.float32)).double()
+        out_g[r0:r0 + 4096] = w @ g
+        out_b[r0:r0 + 4096] = w @ b
+    return out_g.float(), out_b.float()
+
+
 def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
     ggml_type = _as_type(ggml_type)
     m, k = x.shape
@@ -384,28 +401,32 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         x = x.contiguous()
     w8, w16 = _raw_views(raw, ggml_type, n, k)
     ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
-    ln_w, ln_b, eps = ln if ln is not None else (x, x, 0.0)
+    if ln is not None:
+        ln_w, eps, fold_w, fold_b = ln[0], ln[2], *(ln[3:] if len(ln) > 3 else fold_ln(raw, ggml_type, n, k, ln[0], ln[1]))
+    else:
+        ln_w, eps, fold_w, fold_b = x, 0.0, x, x
     kc, vc, stride_cr, stride_cs, pos, n_seg = qkv if qkv is not None else (out, out, 0, 0, out, 1)
     pdl = _pdl(x.device)
     block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln is not None)
     row_bytes = 2 * k if bits == 16 else (k // QK) * ts
     _step_gemv_kernel[(triton.cdiv(n, block_n),)](
-        x, x.stride(0), ln_w, ln_b, float(eps), w8, w16, bias if bias is not None else x,
+        x, x.stride(0), ln_w, fold_w, fold_b, float(eps), w8, w16, bias if bias is not None else x,
         out, out.stride(0), kc, vc, stride_cr, stride_cs, pos, n_seg, m, n, k, _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
-        LN=ln is not None, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
+        LN=ln is not None,
         HAS_BIAS=bias is not None, EPI=epi, PF_LINES=prefetch_lines(block_n * row_bytes), PDL=pdl,
         num_warps=num_warps, **_pdl_kw(pdl))
     return out
 
 
 def gemv(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, n: int, bias: torch.Tensor | None = None,
-         ln: tuple[torch.Tensor, torch.Tensor, float] | None = None, epilogue: str = "store",
+         ln: tuple | None = None, epilogue: str = "store",
          out: torch.Tensor | None = None) -> torch.Tensor:
     """y = f(LN(x) @ W.T + bias) for x (M, K), 1 <= M <= 8, W raw (n, K) blocks; fp32 accumulation.
 
-    ln: (weight, bias, eps) of a LayerNorm applied to x first (statistics in float32), or None.
+    ln: (weight, bias, eps) of a LayerNorm applied to x first (statistics in float32), or None;
+    (weight, bias, eps, *fold_ln(...)) with its folded vectors precomputed (else computed here).
     epilogue: 'store' (out = y), 'gelu' (out = GELU(y), exact erf form), 'residual'
     (out += y: `out` is the residual stream, updated in place). out: (M, n), row stride free,
     last axis contiguous; default a new float32 tensor ('residual' needs one).
@@ -422,7 +443,7 @@ def gemv(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, n: int, bias: 
 
 
 def gemv_qkv(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, bias: torch.Tensor | None,
-             ln: tuple[torch.Tensor, torch.Tensor, float] | None, q_out: torch.Tensor,
+             ln: tuple | None, q_out: torch.Tensor,
              k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
     """The self-attention projections of one token per row, written where they are used.
 
@@ -675,13 +696,17 @@ class _Layer:
     qkv: torch.Tensor  # raw (3C, C) rows: query | key | value
     qkv_bias: torch.Tensor  # (3C,) float32, zeros for the key
     qkv_type: GGMLType
+    qkv_ln: tuple  # the LN GEMVs' ln arguments with their fold_ln vectors: attn_ln -> q|k|v,
+    cross_q_ln: tuple  # cross_attn_ln -> cross_attn.query,
+    fc1_ln: tuple  # mlp_ln -> mlp.0
 
 
 class DecoderStep:
     """The fused one-token step of one TextDecoder (built by `prepare`, kept on the decoder).
 
     Holds each layer's q|k|v rows (MultiHeadAttention.qkv_projection's weight, which the q/k/v
-    QLinear weights are views of) with a float32 bias, and the attention counters.
+    QLinear weights are views of) with a float32 bias, each LayerNorm folded into the weight after
+    it (fold_ln: 2 floats a weight row), and the attention counters.
     """
 
     def __init__(self, decoder):
@@ -693,7 +718,10 @@ class DecoderStep:
         self.layers: list[_Layer] = []
         for block in blocks:
             qkv = block.attn.qkv_projection()  # the q|k|v rows, shared with the unfused step
-            self.layers.append(_Layer(qkv.weight.reshape(-1), qkv.bias.float(), qkv.ggml_type))
+            self.layers.append(_Layer(qkv.weight.reshape(-1), qkv.bias.float(), qkv.ggml_type,
+                                      _folded(block.attn_ln, qkv), _folded(block.cross_attn_ln, block.cross_attn.query),
+                                      _folded(block.mlp_ln, block.mlp[0])))
+        self.head_ln = _folded(decoder.ln, decoder.token_embedding)
         self.counters = torch.zeros(MAX_ROWS * self.n_head, dtype=torch.int32, device=self.device)
         self.signature = _signature(decoder)
 
@@ -710,22 +738,24 @@ class DecoderStep:
         hid = torch.empty((m, 4 * c), dtype=torch.float32, device=dev)
         for i, (block, lay) in enumerate(zip(decoder.blocks, self.layers)):
             att, xatt = block.attn, block.cross_attn
-            gemv_qkv(x, lay.qkv, lay.qkv_type, lay.qkv_bias, _ln(block.attn_ln), q,
+            gemv_qkv(x, lay.qkv, lay.qkv_type, lay.qkv_bias, lay.qkv_ln, q,
                      cache.self_k[i], cache.self_v[i], position)
             attention(q, cache.self_k[i], cache.self_v[i], h, a, self.counters, position, split_s=SELF_SPLIT_S)
             _linear(a, att.out, out=x, epilogue="residual")
-            _linear(x, xatt.query, out=q, ln=_ln(block.cross_attn_ln))
+            _linear(x, xatt.query, out=q, ln=lay.cross_q_ln)
             attention(q, cache.cross_k[i], cache.cross_v[i], h, a, self.counters, split_s=CROSS_SPLIT_S)
             _linear(a, xatt.out, out=x, epilogue="residual")
             fc1, fc2 = block.mlp[0], block.mlp[2]
-            _linear(x, fc1, out=hid, ln=_ln(block.mlp_ln), epilogue="gelu")
+            _linear(x, fc1, out=hid, ln=lay.fc1_ln, epilogue="gelu")
             _linear(hid, fc2, out=x, epilogue="residual")
-        logits = _linear(x, te, ln=_ln(decoder.ln))
+        logits = _linear(x, te, ln=self.head_ln)
         return logits.view(m, 1, te.out_features)
 
 
-def _ln(ln) -> tuple[torch.Tensor, torch.Tensor, float]:
-    return ln.weight, ln.bias, ln.eps
+def _folded(ln, lin) -> tuple:
+    """gemv's ln argument for LayerNorm ln before QLinear lin: (weight, bias, eps, W @ weight, W @ bias)."""
+    return (ln.weight, ln.bias, ln.eps,
+            *fold_ln(lin.weight, lin.ggml_type, lin.out_features, lin.in_features, ln.weight, ln.bias))
 
 
 def _linear(x, lin, out=None, ln=None, epilogue="store"):
@@ -733,11 +763,16 @@ def _linear(x, lin, out=None, ln=None, epilogue="store"):
 
 
 def _signature(decoder) -> tuple:
-    """What a prepared step depends on: the device and the addresses of the weights it reads."""
-    ptrs = [decoder.token_embedding.weight.data_ptr()]
+    """What a prepared step depends on: the device and the addresses of the weights it copies or
+    folds (q|k|v biases; LayerNorms and the weights after them, fold_ln). Values changed in place
+    (load_state_dict into the same tensors) are not seen: call prepare's caller again after
+    moving or replacing them, or drop decoder._fused_state."""
+    ptrs = [decoder.token_embedding.weight.data_ptr(), decoder.ln.weight.data_ptr(), decoder.ln.bias.data_ptr()]
     for b in decoder.blocks:
         ptrs += [b.attn.query.weight.data_ptr(), b.attn.key.weight.data_ptr(), b.attn.value.weight.data_ptr(),
-                 b.attn.query.bias.data_ptr(), b.attn.value.bias.data_ptr()]
+                 b.attn.query.bias.data_ptr(), b.attn.value.bias.data_ptr(), b.cross_attn.query.weight.data_ptr(),
+                 b.mlp[0].weight.data_ptr()]
+        ptrs += [t.data_ptr() for ln in (b.attn_ln, b.cross_attn_ln, b.mlp_ln) for t in (ln.weight, ln.bias)]
     return (str(decoder.token_embedding.weight.device), tuple(ptrs))
 
 
