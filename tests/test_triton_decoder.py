@@ -120,8 +120,9 @@ def test_interp_gemv_long_steps(ggml_type):
 @pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0], ids=lambda t: t.name)
 def test_interp_gemv_steps_after_the_first(ggml_type):
     """Rows long enough for the block loop to run after its first step (the one loaded before the
-    PDL wait): LN + store at K = 1280 (16 blocks a step: 16, 16, then 8 of 16 live) and the
-    residual epilogue at K = 5120 without LN (64 a step: 64, 64, then 32 of 64 live)."""
+    PDL wait): LN + store at K = 1280 (16 blocks a step: 16, 16, then 8 of 16 live; the
+    block-quantized rows fold the LayerNorm, F16 rows normalise x first) and the residual
+    epilogue at K = 5120 without LN (64 a step: 64, 64, then 32 of 64 live)."""
     td = _td()
     rng = np.random.default_rng(int(ggml_type) + 40)
     n = 6
@@ -129,9 +130,11 @@ def test_interp_gemv_steps_after_the_first(ggml_type):
     for k, ln in ((1280, True), (5120, False)):
         nb = td._tile(1, n, k, bits, ln)[2]
         assert k // 32 > 2 * nb, (k, nb)  # the loop runs twice after the first step
+        if ln:
+            assert td.folds(ggml_type, k, nb) == (ggml_type != GGMLType.F16)
         raw, w = weights(ggml_type, n, k, rng)
         bias = rng.standard_normal(n).astype(np.float32)
-        x = torch.from_numpy((rng.standard_normal((1, k)) + 1).astype(np.float32))
+        x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 5).astype(np.float32))  # mean far from 0
         if ln:
             lnw, lnb = rng.uniform(0.5, 1.5, k).astype(np.float32), rng.normal(0, 0.3, k).astype(np.float32)
             y = td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias),

@@ -25,7 +25,10 @@ step). The step runs as:
 The residual stream stays in float32 (the unfused CUDA path rounds it to float16 after every
 add); q, attention outputs and the MLP hidden are float32 too; the KV cache keeps its dtype.
 LayerNorm statistics are float32 (Chan's pairwise combination of chunk means and sums of
-squares, one pass over x); every program of a LN-GEMV normalises the few x rows itself.
+squares, one pass over x); every program of a LN-GEMV normalises the few x rows itself, or,
+for block-quantized weights whose loop takes several steps, folds the LayerNorm into the
+weight (fold_ln: the statistics come from the x values the loop loads, and are applied in the
+epilogue).
 
 Weights stay raw GGML blocks (F16 or Q4_0/Q4_1/Q5_0/Q5_1/Q8_0) and are decoded with
 triton_ops' helpers (the ones its bit-exact dequantize test covers). The q, k, v rows of each
@@ -135,27 +138,66 @@ _EPILOGUES = {"store": EPI_STORE, "residual": EPI_RESIDUAL, "gelu": EPI_GELU}
 
 
 @triton.jit
-def _step_ln(ln_w, b0, bb, jj, n_blk, EVEN_K: tl.constexpr, LN: tl.constexpr, BITS: tl.constexpr):
-    """The LayerNorm's weight at the x indices of the GEMV step at b0, float32 (a constant: loadable
-    before the PDL wait): (w_lo, w_hi), hi = weights j + 16 of the 4/5-bit blocks (else the same
-    as lo); zeros without LN."""
-    if LN:
-        k_lo = _step_blocks(b0, bb, n_blk, EVEN_K) * _QK + jj
-        w_lo = tl.load(ln_w + k_lo).to(tl.float32)
-        w_hi = w_lo
-        if BITS == 4 or BITS == 5:
-            w_hi = tl.load(ln_w + k_lo + 16).to(tl.float32)
-        return w_lo, w_hi
-    else:
-        return 0.0, 0.0
+def _row_stats(x_ptr, stride_xm, M, K, eps, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+    """Mean and 1/sqrt(var + eps) of BLOCK_M rows of x (rows past M repeat row M-1): [BLOCK_M] each.
+
+    One pass: each chunk's mean and sum of squared deviations (exact two-pass within the chunk,
+    from registers) merged into the running ones with Chan's formula (no E[x^2] - mean^2
+    cancellation)."""
+    mm = tl.arange(0, BLOCK_M)[:, None]
+    kk = tl.arange(0, CHUNK)[None, :]
+    row = x_ptr + tl.minimum(mm, M - 1).to(tl.int64) * stride_xm
+    n_a = 0.0
+    mean = tl.zeros([BLOCK_M], dtype=tl.float32)
+    m2 = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for k0 in range(0, K, CHUNK):
+        ok = k0 + kk < K
+        xv = tl.load(row + k0 + kk, mask=ok, other=0.0).to(tl.float32)
+        n_b = tl.minimum(K - k0, CHUNK).to(tl.float32)
+        mean_b = tl.sum(xv, axis=1) / n_b
+        dev = tl.where(ok, xv - mean_b[:, None], 0.0)
+        m2_b = tl.sum(dev * dev, axis=1)
+        n = n_a + n_b
+        delta = mean_b - mean
+        mean += delta * (n_b / n)
+        m2 += m2_b + delta * delta * (n_a * n_b / n)
+        n_a = n
+    rstd = 1.0 / tl.sqrt_rn(m2 / K + eps)
+    return mean, rstd
 
 
 @triton.jit
-def _x_at(x_row, k, w, LN: tl.constexpr):
-    """(x[m, k], x[m, k] * w when LN else x[m, k]) as float32."""
+def _step_ln(ln_w, ln_b, b0, bb, jj, n_blk, EVEN_K: tl.constexpr, LN: tl.constexpr, FOLD: tl.constexpr,
+             BITS: tl.constexpr):
+    """The LayerNorm's weight and bias at the x indices of the GEMV step at b0, float32 (constants:
+    loadable before the PDL wait): (w_lo, b_lo, w_hi, b_hi), hi = weights j + 16 of the 4/5-bit
+    blocks (else the same as lo); zeros without LN; FOLD: the weight only (bias zeros)."""
+    if LN:
+        k_lo = _step_blocks(b0, bb, n_blk, EVEN_K) * _QK + jj
+        w_lo = tl.load(ln_w + k_lo).to(tl.float32)
+        b_lo = 0.0
+        if not FOLD:
+            b_lo = tl.load(ln_b + k_lo).to(tl.float32)
+        w_hi, b_hi = w_lo, b_lo
+        if BITS == 4 or BITS == 5:
+            w_hi = tl.load(ln_w + k_lo + 16).to(tl.float32)
+            if not FOLD:
+                b_hi = tl.load(ln_b + k_lo + 16).to(tl.float32)
+        return w_lo, b_lo, w_hi, b_hi
+    else:
+        return 0.0, 0.0, 0.0, 0.0
+
+
+@triton.jit
+def _x_at(x_row, k, mean, rstd, w, b, LN: tl.constexpr, FOLD: tl.constexpr):
+    """(x[m, k], what the products take): x itself without LN, (x - mean) * rstd * w + b with LN,
+    x * w with a folded LN; float32."""
     x = tl.load(x_row + k).to(tl.float32)
     if LN:
-        return x, x * w
+        if FOLD:
+            return x, x * w
+        else:
+            return x, (x - mean) * rstd * w + b
     else:
         return x, x
 
@@ -185,24 +227,25 @@ def _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS: tl.constexpr, QH_B: tl.co
 
 
 @triton.jit
-def _gemv_fma(acc, s1, s2, shift, w0, qs, qh, x_row, lnw_lo, lnw_hi, w16, w_row, b0, bb, jj, n_blk,
-              magic, TS: tl.constexpr, M_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr,
-              EVEN_K: tl.constexpr, LN: tl.constexpr, BLOCK_M: tl.constexpr):
+def _gemv_fma(acc, s1, s2, shift, mean, rstd, w0, qs, qh, x_row, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, b0,
+              bb, jj, n_blk, magic, TS: tl.constexpr, M_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr,
+              EVEN_K: tl.constexpr, LN: tl.constexpr, FOLD: tl.constexpr, BLOCK_M: tl.constexpr):
     """One step: acc + the products of the weights loaded by _gemv_loads (w0 = F16 w, or d) with
-    x, times the LN weight (from _step_ln) when LN; then also s1 + (x - shift), s2 + (x - shift)^2
-    over this step's x (the LN statistics, see _step_gemv_kernel). Returns (acc, s1, s2)."""
+    x as _x_at gives it (LN weight and bias from _step_ln); FOLD: also s1 + (x - shift) and
+    s2 + (x - shift)^2 over this step's x (the LN statistics, see _step_gemv_kernel).
+    Returns (acc, s1, s2)."""
     blk = _step_blocks(b0, bb, n_blk, EVEN_K)
     k_lo = blk * _QK + jj  # [NB, 1, 1, QB] x index of weight j of each block
-    x_lo, xg_lo = _x_at(x_row, k_lo, lnw_lo, LN)
+    x_lo, xg_lo = _x_at(x_row, k_lo, mean, rstd, lnw_lo, lnb_lo, LN, FOLD)
     x_hi, xg_hi = x_lo, xg_lo
     if BITS == 16:
         acc += w0 * xg_lo
     else:
         if BITS != 8:
-            x_hi, xg_hi = _x_at(x_row, k_lo + 16, lnw_hi, LN)
+            x_hi, xg_hi = _x_at(x_row, k_lo + 16, mean, rstd, lnw_hi, lnb_hi, LN, FOLD)
         acc = _block_fma(acc, w0, qs, qh, xg_lo, xg_hi, w16, w_row + blk * TS, b0 + bb < n_blk, jj, magic, M_B, BITS,
                          ZERO, EVEN_K, BLOCK_M == 1)
-    if LN:
+    if FOLD:
         dev = x_lo - shift
         if not EVEN_K:  # a clamped, repeated block counts once
             dev = tl.where(b0 + bb < n_blk, dev, 0.0)
@@ -220,7 +263,7 @@ def _gemv_fma(acc, s1, s2, shift, w0, qs, qh, x_row, lnw_lo, lnw_hi, w16, w_row,
 @triton.jit
 def _step_gemv_kernel(
     x_ptr, stride_xm,  # (M, K) activations, last axis contiguous, any float dtype
-    ln_w, fold_w_ptr, fold_b_ptr, eps,  # LN: its (K,) weight; (N,) W @ its weight and W @ its bias (fold_ln)
+    ln_w, ln_b, fold_w_ptr, fold_b_ptr, eps,  # LN (K,) weight and bias; FOLD: (N,) W @ weight and W @ bias (fold_ln)
     w8, w16,  # raw (N, K) weight: uint8 and int16 views of the same bytes
     bias_ptr,  # (N,) when HAS_BIAS
     out_ptr, stride_om,  # (M, N) output (EPI_RESIDUAL: also the residual, updated in place); EPI_QKV: q (M, n_seg)
@@ -229,17 +272,20 @@ def _step_gemv_kernel(
     TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
     BITS: tl.constexpr, ZERO: tl.constexpr,  # block layout (triton_ops._LAYOUT); BITS 16: F16 rows
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, EVEN_K: tl.constexpr,
-    LN: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
+    LN: tl.constexpr, FOLD: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
     PF_LINES: tl.constexpr, PDL: tl.constexpr,  # L2 prefetch of the weight slice; see PDL above
 ):
     # The loop is triton_ops._qgemv_kernel's, through the same step helpers (_load_blocks,
     # _block_fma, wrapped as _gemv_loads / _gemv_fma so the first step can be issued before the PDL
     # wait; 4-D tiles [NB, BLOCK_M, BLOCK_N, QB], clamped rather than masked loads); the epilogue
     # adds bias and residual, applies GELU or scatters q|k|v.
-    # LN(x) @ W.T = rstd * (W @ (g * x) - mean * W @ g) + W @ b for LN weight g and bias b: the
-    # loop multiplies x by g only and takes the statistics of the same x values as it goes (every
-    # program sees the whole row), W @ g and W @ b come precomputed (fold_ln), and mean and rstd
-    # are needed in the epilogue only: no pass over x before the loop.
+    # LN: the statistics from a pass over x before the loop (_row_stats), x normalised in it; or
+    # FOLD: LN(x) @ W.T = rstd * (W @ (g * x) - mean * W @ g) + W @ b for LN weight g and bias b:
+    # the loop multiplies x by g only and takes the statistics of the same x values as it goes
+    # (every program sees the whole row), W @ g and W @ b come precomputed (fold_ln), and mean
+    # and rstd are needed in the epilogue only. FOLD won where the loop has several steps
+    # (large-v3 q5_0, K 1280 in 16-block steps: 1.45 -> 1.40 ms per token) and lost with one
+    # (tiny q5_0 0.112 -> 0.116) and with F16 rows (large-v3 f16 1.51 -> 1.61) on an H100.
     QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
     n_blk = K // _QK
     pid = tl.program_id(0)
@@ -262,9 +308,9 @@ def _step_gemv_kernel(
     # whose float32 step tile held across the statistics made large-v3 f16 slower (1.57 -> 1.71
     # ms per token on an H100, LN GEMVs).
     PEEL: tl.constexpr = BITS != 16
-    if PEEL:  # with the LN weight of the same step
+    if PEEL:  # with the LN weight and bias of the same step
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, 0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
-        lnw_lo, lnw_hi = _step_ln(ln_w, 0, bb, jj, n_blk, EVEN_K, LN, BITS)
+        lnw_lo, lnb_lo, lnw_hi, lnb_hi = _step_ln(ln_w, ln_b, 0, bb, jj, n_blk, EVEN_K, LN, FOLD, BITS)
     # The epilogue's inputs are loaded early too, not after the loop: the bias and the position
     # (copied in before the step's first kernel) before the wait, the residual right after it.
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -278,7 +324,7 @@ def _step_gemv_kernel(
         pos = tl.load(pos_ptr).to(tl.int64)
     fold_g = bias
     fold_b = bias
-    if LN:
+    if FOLD:
         fold_g = tl.load(fold_w_ptr + n1, mask=n1 < N, other=0.0)[None, :]
         fold_b = tl.load(fold_b_ptr + n1, mask=n1 < N, other=0.0)[None, :]
     if PDL:
@@ -293,20 +339,26 @@ def _step_gemv_kernel(
     s1 = tl.zeros([NB, BLOCK_M, 1, QB], dtype=tl.float32)
     s2 = s1
     shift = tl.zeros([1, BLOCK_M, 1, 1], dtype=tl.float32)
-    if LN:
+    mean = shift
+    rstd = shift
+    if FOLD:
         shift = tl.sum(tl.load(x_row + jj).to(tl.float32), axis=3, keep_dims=True) / QB
+    elif LN:
+        mean1, rstd1 = _row_stats(x_ptr, stride_xm, M, K, eps, BLOCK_M, CHUNK)
+        mean = mean1[None, :, None, None]
+        rstd = rstd1[None, :, None, None]
     b_first = 0
     if PEEL:
-        acc, s1, s2 = _gemv_fma(acc, s1, s2, shift, w0, qs0, qh0, x_row, lnw_lo, lnw_hi, w16, w_row, 0, bb, jj,
-                                n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
+        acc, s1, s2 = _gemv_fma(acc, s1, s2, shift, mean, rstd, w0, qs0, qh0, x_row, lnw_lo, lnb_lo, lnw_hi, lnb_hi,
+                                w16, w_row, 0, bb, jj, n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, FOLD, BLOCK_M)
         b_first = NB
     for b0 in range(b_first, n_blk, NB):
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
-        lnw_lo, lnw_hi = _step_ln(ln_w, b0, bb, jj, n_blk, EVEN_K, LN, BITS)
-        acc, s1, s2 = _gemv_fma(acc, s1, s2, shift, w0, qs0, qh0, x_row, lnw_lo, lnw_hi, w16, w_row, b0, bb, jj,
-                                n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, BLOCK_M)
+        lnw_lo, lnb_lo, lnw_hi, lnb_hi = _step_ln(ln_w, ln_b, b0, bb, jj, n_blk, EVEN_K, LN, FOLD, BITS)
+        acc, s1, s2 = _gemv_fma(acc, s1, s2, shift, mean, rstd, w0, qs0, qh0, x_row, lnw_lo, lnb_lo, lnw_hi, lnb_hi,
+                                w16, w_row, b0, bb, jj, n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, FOLD, BLOCK_M)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
-    if LN:
+    if FOLD:
         d_mean = tl.sum(tl.sum(s1, axis=3), axis=0) / K  # [BM, 1]: mean - shift
         var = tl.maximum(tl.sum(tl.sum(s2, axis=3), axis=0) / K - d_mean * d_mean, 0.0)
         rstd = 1.0 / tl.sqrt_rn(var + eps)
@@ -373,6 +425,12 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, i
     return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
 
 
+def folds(ggml_type: GGMLType, k: int, nb: int) -> bool:
+    """Whether an LN GEMV over K with NB blocks a step folds its LayerNorm (_step_gemv_kernel):
+    block-quantized rows in more than one step."""
+    return _as_type(ggml_type) != GGMLType.F16 and k // QK > nb
+
+
 def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torch.Tensor,
             bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """W @ weight and W @ bias (each (n,) float32, from float64 sums) of a LayerNorm (weight,
@@ -401,20 +459,21 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         x = x.contiguous()
     w8, w16 = _raw_views(raw, ggml_type, n, k)
     ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
-    if ln is not None:
-        ln_w, eps, fold_w, fold_b = ln[0], ln[2], *(ln[3:] if len(ln) > 3 else fold_ln(raw, ggml_type, n, k, ln[0], ln[1]))
-    else:
-        ln_w, eps, fold_w, fold_b = x, 0.0, x, x
     kc, vc, stride_cr, stride_cs, pos, n_seg = qkv if qkv is not None else (out, out, 0, 0, out, 1)
     pdl = _pdl(x.device)
     block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln is not None)
+    fold = ln is not None and folds(ggml_type, k, nb)
+    ln_w, ln_b, eps = ln[:3] if ln is not None else (x, x, 0.0)
+    fold_w, fold_b = x, x
+    if fold:
+        fold_w, fold_b = ln[3:5] if len(ln) > 3 else fold_ln(raw, ggml_type, n, k, ln_w, ln_b)
     row_bytes = 2 * k if bits == 16 else (k // QK) * ts
     _step_gemv_kernel[(triton.cdiv(n, block_n),)](
-        x, x.stride(0), ln_w, fold_w, fold_b, float(eps), w8, w16, bias if bias is not None else x,
+        x, x.stride(0), ln_w, ln_b, fold_w, fold_b, float(eps), w8, w16, bias if bias is not None else x,
         out, out.stride(0), kc, vc, stride_cr, stride_cs, pos, n_seg, m, n, k, _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
-        LN=ln is not None,
+        LN=ln is not None, FOLD=fold, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
         HAS_BIAS=bias is not None, EPI=epi, PF_LINES=prefetch_lines(block_n * row_bytes), PDL=pdl,
         num_warps=num_warps, **_pdl_kw(pdl))
     return out
@@ -753,7 +812,11 @@ class DecoderStep:
 
 
 def _folded(ln, lin) -> tuple:
-    """gemv's ln argument for LayerNorm ln before QLinear lin: (weight, bias, eps, W @ weight, W @ bias)."""
+    """gemv's ln argument for LayerNorm ln before QLinear lin: (weight, bias, eps), with W @ weight
+    and W @ bias appended for block-quantized weights (the GEMV folds the LayerNorm where its tile
+    takes several steps: folds)."""
+    if lin.ggml_type == GGMLType.F16:
+        return ln.weight, ln.bias, ln.eps
     return (ln.weight, ln.bias, ln.eps,
             *fold_ln(lin.weight, lin.ggml_type, lin.out_features, lin.in_features, ln.weight, ln.bias))
 
