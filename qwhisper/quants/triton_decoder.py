@@ -283,9 +283,9 @@ def _step_gemv_kernel(
     # FOLD: LN(x) @ W.T = rstd * (W @ (g * x) - mean * W @ g) + W @ b for LN weight g and bias b:
     # the loop multiplies x by g only and takes the statistics of the same x values as it goes
     # (every program sees the whole row), W @ g and W @ b come precomputed (fold_ln), and mean
-    # and rstd are needed in the epilogue only. FOLD won where the loop has several steps
-    # (large-v3 q5_0, K 1280 in 16-block steps: 1.45 -> 1.40 ms per token) and lost with one
-    # (tiny q5_0 0.112 -> 0.116) and with F16 rows (large-v3 f16 1.51 -> 1.61) on an H100.
+    # and rstd are needed in the epilogue only. FOLD won where the loop has three steps or more
+    # (large-v3 q5_0, K 1280 in 16-block steps: 1.45 -> 1.40 ms per token) and lost with one or
+    # two (tiny q5_0 0.111 -> 0.116-0.119) and with F16 rows (large-v3 f16 1.51 -> 1.61) on an H100.
     QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
     n_blk = K // _QK
     pid = tl.program_id(0)
@@ -427,8 +427,9 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, i
 
 def folds(ggml_type: GGMLType, k: int, nb: int) -> bool:
     """Whether an LN GEMV over K with NB blocks a step folds its LayerNorm (_step_gemv_kernel):
-    block-quantized rows in more than one step."""
-    return _as_type(ggml_type) != GGMLType.F16 and k // QK > nb
+    block-quantized rows in more than two steps (on an H100: large-v3's K 1280 in 16-block steps
+    gained, tiny's vocabulary projection in two 8-block steps lost 5 %)."""
+    return _as_type(ggml_type) != GGMLType.F16 and k // QK > 2 * nb
 
 
 def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torch.Tensor,
