@@ -352,6 +352,25 @@ def test_triton_without_gdc_turns_pdl_off(monkeypatch):
     assert td.gdc_wait is not None
 
 
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16], ids=lambda t: t.name)
+def test_fold_ln_is_the_weight_times_the_layer_norm(ggml_type):
+    """fold_ln: W @ weight and W @ bias of the dequantized W (float64 reference), over rows in
+    more than one 4096-row chunk, rounded once to float32."""
+    td = _td()
+    rng = np.random.default_rng(int(ggml_type) + 90)
+    n, k = 4100, 64
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    raw = ref.quantize(w, ggml_type)
+    wd = ref.dequantize(raw, ggml_type, (n, k)).astype(np.float64)
+    g, b = rng.uniform(0.5, 1.5, k).astype(np.float32), rng.normal(0, 0.3, k).astype(np.float32)
+    fg, fb = td.fold_ln(torch.from_numpy(raw.copy()).reshape(-1), ggml_type, n, k, torch.from_numpy(g),
+                        torch.from_numpy(b))
+    assert fg.dtype == fb.dtype == torch.float32 and fg.shape == fb.shape == (n,)
+    for got, v in ((fg, g), (fb, b)):
+        want = wd @ v.astype(np.float64)
+        assert np.all(np.abs(got.numpy() - want) <= 2.0**-23 * (np.abs(wd) @ np.abs(v.astype(np.float64))))
+
+
 def test_unsupported_reasons():
     """What makes the model fall back to the unfused step (no kernels run)."""
     td = _td()

@@ -444,8 +444,7 @@ def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torc
     out_b = torch.empty(n, dtype=torch.float64, device=raw.device)
     for r0 in range(0, n, 4096):
         rows = w_rows[r0:r0 + 4096]
-        w = (rows.contiguous().view(torch.float16).view(-1, k) if ggml_type == GGMLType.F16 else
-             torch_ops.dequantize(rows, ggml_type, (rows.shape[0], k), torch.float32)).double()
+        w = torch_ops.dequantize(rows.contiguous(), ggml_type, (rows.shape[0], k), torch.float64)
         out_g[r0:r0 + 4096] = w @ g
         out_b[r0:r0 + 4096] = w @ b
     return out_g.float(), out_b.float()
