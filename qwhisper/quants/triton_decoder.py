@@ -813,12 +813,13 @@ class DecoderStep:
 
 def _folded(ln, lin) -> tuple:
     """gemv's ln argument for LayerNorm ln before QLinear lin: (weight, bias, eps), with W @ weight
-    and W @ bias appended for block-quantized weights (the GEMV folds the LayerNorm where its tile
-    takes several steps: folds)."""
-    if lin.ggml_type == GGMLType.F16:
+    and W @ bias appended where the step's GEMV folds the LayerNorm (folds, for the tile of any
+    row count the step takes), so that no step computes them."""
+    n, k = lin.out_features, lin.in_features
+    bits = _kernel_layout(lin.ggml_type)[4]
+    if not any(folds(lin.ggml_type, k, _tile(m, n, k, bits, True)[2]) for m in range(1, MAX_ROWS + 1)):
         return ln.weight, ln.bias, ln.eps
-    return (ln.weight, ln.bias, ln.eps,
-            *fold_ln(lin.weight, lin.ggml_type, lin.out_features, lin.in_features, ln.weight, ln.bias))
+    return ln.weight, ln.bias, ln.eps, *fold_ln(lin.weight, lin.ggml_type, n, k, ln.weight, ln.bias)
 
 
 def _linear(x, lin, out=None, ln=None, epilogue="store"):
