@@ -19,6 +19,7 @@ from qwhisper.batched import (
     chunk_audio,
     chunk_mel,
     decode_batch,
+    frame_power,
     split_chunk,
     split_region,
 )
@@ -106,6 +107,40 @@ def test_short_pauses_stay_inside_a_chunk_and_silence_gives_no_chunk():
     # clips: only the second phrase
     clipped = chunk_audio(samples, clips=[(450, 900)])
     assert len(clipped) == 1 and clipped[0][0] >= 450
+
+
+def _frame_power_one_pass(samples):
+    """The definition: float64 squares of the zero-padded (frames, 160) array, mean per frame."""
+    x = np.asarray(samples, dtype=np.float64)
+    n = -(-len(x) // 160)
+    return (np.pad(x, (0, n * 160 - len(x))).reshape(n, 160) ** 2).mean(axis=1)
+
+
+@pytest.mark.parametrize("n", [0, 1, 159, 160, 161, 4096 * 160, 4096 * 160 + 7, 2 * 4096 * 160 + 161])
+def test_frame_power_in_passes_is_the_one_pass_definition_bit_for_bit(n):
+    # float32 noise at a random scale: the float64 frame sums round, so this checks that the
+    # passes sum each frame as the one-pass reduction does (numpy, and a CPU tensor)
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * rng.uniform(1e-3, 10)).astype(np.float32)
+    want = _frame_power_one_pass(x)
+    assert frame_power(x).dtype == np.float64
+    np.testing.assert_array_equal(frame_power(x), want)
+    np.testing.assert_array_equal(frame_power(torch.from_numpy(x)), want)
+    np.testing.assert_array_equal(frame_power(x.astype(np.float64)), want)
+
+
+@pytest.mark.cuda
+def test_frame_power_on_the_gpu_matches_the_cpu_for_pcm_samples():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    rng = np.random.default_rng(5)
+    samples, _ = synthetic_speech(rng, long_plan(rng))
+    pcm = (np.clip(np.round(samples * 32768), -32768, 32767) / 32768).astype(np.float32)  # as load_audio gives
+    on_gpu = torch.from_numpy(pcm).cuda()
+    # 16-bit samples: every frame's float64 sum of squares is exact, in any order
+    np.testing.assert_array_equal(frame_power(on_gpu), _frame_power_one_pass(pcm))
+    assert chunk_audio(on_gpu) == chunk_audio(pcm)
+    assert chunk_audio(on_gpu, clips=[(450, 2900)]) == chunk_audio(pcm, clips=[(450, 2900)])
 
 
 def test_split_region_cuts_at_the_quietest_latest_frame():
