@@ -99,7 +99,9 @@ def frame_power(samples: np.ndarray | torch.Tensor) -> np.ndarray:
         x = samples.to(torch.float64)
         n = -(-x.shape[0] // HOP_LENGTH)
         x = torch.nn.functional.pad(x, (0, n * HOP_LENGTH - x.shape[0]))
-        return x.view(n, HOP_LENGTH).square().mean(dim=1).cpu().numpy()
+        # the sums come back and are divided here, as numpy's mean does: on a GPU torch's mean, and
+        # its division by a Python number, multiply by 1/160 instead (a second rounding)
+        return x.view(n, HOP_LENGTH).square().sum(dim=1).cpu().numpy() / HOP_LENGTH
     x = samples.numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
     n = -(-len(x) // HOP_LENGTH)
     out = np.empty(n, np.float64)
