@@ -212,10 +212,10 @@ ABLATIONS = {
     "no_pdl_no_prefetch": {"PDL": False, "PREFETCH_L2": False},
     "2_warps": {"STEP_WARPS": 2},
     "4_warps_640_programs": {"STEP_WARPS": 4, "STEP_MIN_PROGRAMS": 640},
-    "attn_1_warp": {"ATTN_WARPS": 1},
-    "attn_2_warps": {"ATTN_WARPS": 2},
-    "attn_8_warps": {"ATTN_WARPS": 8},
-    "attn_2_warps_cross_split_32": {"ATTN_WARPS": 2, "CROSS_SPLIT_S": 32},
+    "self_attn_1_warp": {"ATTN_WARPS": 1},
+    "cross_attn_4_warps": {"CROSS_ONE_ROW_WARPS": 4},
+    "cross_attn_4_warps_64_keys": {"CROSS_ONE_ROW_WARPS": 4, "CROSS_SPLIT_S": 64},
+    "cross_attn_16_keys": {"CROSS_SPLIT_S": 16},
 }
 
 

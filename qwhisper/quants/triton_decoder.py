@@ -99,10 +99,16 @@ LONG_STEP_NB = 64
 STEP_WARPS = 1
 STEP_MIN_PROGRAMS = 1056
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
-SELF_SPLIT_S, CROSS_SPLIT_S = 64, 64
-# Warps per attention program: 1, 2 and 8 (and 2 with cross splits of 32) measured equal or slower
-# on an H100 (bench_model --ablate, session 3).
+SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
+# Warps per attention program. Session 3 measured 1, 2 and 8 equal or slower than 4. The cross
+# K/V of a split have been loaded before the PDL wait since session 4; swept again in session 7
+# (bench_model --ablate, H100, graphed one-row step, ms per token), cross-attention of one query
+# row per window in one-warp programs of 32 keys: large-v3 q5_0 1.41 -> 1.35, tiny q5_0 0.111 ->
+# 0.109 (4 warps at 32 keys: 1.40; 1 warp at 16 or 64 keys: 1.46 / 1.39). Self-attention keeps 4:
+# one warp lost at 5 beams (0.647 -> 0.654) and, at 64 keys, on tiny (0.111 -> 0.126). Beams
+# sharing a window's K/V (query rows x keys in one tile) keep 4 as well.
 ATTN_WARPS = 4
+CROSS_ONE_ROW_WARPS = 1
 
 # Programmatic dependent launch (sm_90+): every kernel of the step lets the next one start as
 # soon as all its programs run (griddepcontrol.launch_dependents) and the next one waits
@@ -680,7 +686,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None, NEW=new,
         PRELOAD=position is None and bs == split_s,
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
-        num_warps=ATTN_WARPS, **_pdl_kw(pdl))
+        num_warps=CROSS_ONE_ROW_WARPS if position is None and g == 1 else ATTN_WARPS, **_pdl_kw(pdl))
     return out
 
 
