@@ -109,6 +109,11 @@ SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
 # sharing a window's K/V (query rows x keys in one tile) keep 4 as well.
 ATTN_WARPS = 4
 CROSS_ONE_ROW_WARPS = 1
+# Self-attention of this many rows or more (the unfused step of a batch of windows) in one-warp
+# programs: large-v3 q5_0 long form with the weight cache, two rounds (performance.md 8.5):
+# batch 32 (25 rows) RTFx 918-925 -> 942-944; batch 16 (12-13 rows) 678-685 -> 676-682; batch 8
+# 473-474 -> 467-472; 5 beams lost (above).
+SELF_ONE_WARP_ROWS = 16
 
 # Programmatic dependent launch (sm_90+): every kernel of the step lets the next one start as
 # soon as all its programs run (griddepcontrol.launch_dependents) and the next one waits
@@ -686,7 +691,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None, NEW=new,
         PRELOAD=position is None and bs == split_s,
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
-        num_warps=CROSS_ONE_ROW_WARPS if position is None and g == 1 else ATTN_WARPS, **_pdl_kw(pdl))
+        num_warps=(CROSS_ONE_ROW_WARPS if position is None and g == 1 else
+                   1 if position is not None and m >= SELF_ONE_WARP_ROWS else ATTN_WARPS), **_pdl_kw(pdl))
     return out
 
 
