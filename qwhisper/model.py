@@ -110,7 +110,7 @@ class QLinear(nn.Module):
             if y is not None:
                 return y
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.dequantized(x.dtype), bias)
+        return torch_ops.dense_linear(x, self.dequantized(x.dtype), bias)  # (a vocabulary's odd width: split)
 
     def _via_triton(self, x: Tensor) -> Tensor | None:
         """x @ W.T + b through the Triton kernels on the raw blocks (quants/triton_ops.linear),

@@ -385,6 +385,31 @@ def test_cuda_linear_many_rows(ggml_type):
 
 @cuda
 @gpu
+def test_cuda_dense_linear_splits_widths_not_divisible_by_8():
+    """torch_ops.dense_linear (F16 weights used in place, cached dequantized copies): widths that
+    are not a multiple of 8 (the multilingual vocabulary 51865, large-v3's 51866) computed as two
+    products into rows of a multiple of 8, against the float64 product; a multiple of 8 is one
+    F.linear call as before."""
+    from qwhisper.quants.torch_ops import dense_linear
+
+    rng = np.random.default_rng(17)
+    for n, k, lead in [(51865, 384, (5,)), (51866, 384, (25,)), (51864, 384, (3,)), (13, 64, (2, 3)), (7, 64, (4,))]:
+        w = (rng.standard_normal((n, k)) * 0.05).astype(np.float16)
+        x = torch.from_numpy(rng.standard_normal((*lead, k)).astype(np.float16)).cuda()
+        bias = rng.standard_normal(n).astype(np.float16)
+        y = dense_linear(x, torch.from_numpy(w).cuda(), torch.from_numpy(bias).cuda())
+        assert tuple(y.shape) == (*lead, n) and y.dtype == torch.float16
+        check_product(y.reshape(-1, n), x.reshape(-1, k), w.astype(np.float32), bias.astype(np.float32),
+                      f"dense_linear N={n}", tensor_cores=True)
+        if n % 8 and n > 8 and len(lead) == 1:  # computed into rows of a multiple of 8
+            assert y.stride(0) == -(-n // 8) * 8
+        no_bias = dense_linear(x, torch.from_numpy(w).cuda())
+        check_product(no_bias.reshape(-1, n), x.reshape(-1, k), w.astype(np.float32), None, f"N={n}, no bias",
+                      tensor_cores=True)
+
+
+@cuda
+@gpu
 def test_cuda_model_runs_triton_and_matches_cpu(shared_q5_1):
     """QLinear.forward on CUDA goes through triton_ops.linear (1500 encoder rows: dequantize +
     cuBLAS; decoder rows: the GEMV) and the float16 CUDA model agrees with the float32 CPU one.

@@ -123,3 +123,30 @@ def dequantize(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
         stop = start + _CHUNK_BLOCKS
         out[start:stop] = fn(blocks[start:stop])  # float32 -> dtype: one rounding
     return out.view(shape)
+
+
+CUBLAS_N_ALIGN = 8  # output rows of a width that is not a multiple of this: cuBLAS's slow kernels
+
+
+def dense_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, w, bias) for x (..., K) and a dense w (N, K), with N not a multiple of 8 on CUDA
+    split as dequantize-and-multiply pads it (triton_ops.dequant_matmul), without a padded copy
+    of w: the first N - N % 8 outputs of each row are computed into a buffer whose rows are a
+    multiple of 8 wide, the last N % 8 by a second, narrow product into the same rows. cuBLAS
+    writes rows of an odd width (the multilingual vocabulary, 51865) with a slow kernel, and
+    rows of an even width not divisible by 8 (large-v3's 51866) with a 2-byte-aligned one.
+    Returns (..., N), a view with row stride N rounded up to 8 when split.
+    """
+    n, k = w.shape
+    if not x.is_cuda or n % CUBLAS_N_ALIGN == 0 or n < CUBLAS_N_ALIGN:
+        return torch.nn.functional.linear(x, w, bias)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    n8 = n - n % CUBLAS_N_ALIGN
+    y = x2.new_empty((x2.shape[0], n8 + CUBLAS_N_ALIGN))
+    torch.mm(x2, w[:n8].t(), out=y[:, :n8])
+    torch.mm(x2, w[n8:].t(), out=y[:, n8:n])
+    y = y[:, :n]
+    if bias is not None:
+        y += bias
+    return y.reshape(*lead, n)

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import BLOCK_SIZES, QK, GGMLType, tensor_nbytes
+from . import BLOCK_SIZES, QK, GGMLType, tensor_nbytes, torch_ops
 
 
 def _patch_interpreter_scalars() -> None:
@@ -643,7 +643,8 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
     Few rows (decoder steps, beams) read the raw blocks once: the fused GEMV, or for 2..16 rows
     of a wide weight (the vocabulary projection) the few-row tensor-core kernel. More rows
     (encoder, prompts, batches) dequantize W into a reusable buffer and use cuBLAS. F16/F32
-    weights are used in place through cuBLAS. pick() holds the measured crossovers.
+    weights are used in place through cuBLAS (torch_ops.dense_linear: an N that is not a
+    multiple of 8 is split, where dequant_matmul pads). pick() holds the measured crossovers.
     """
     ggml_type = _as_type(ggml_type)
     n, k = (int(s) for s in shape)
@@ -651,7 +652,7 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
     x2 = x.reshape(-1, k)
     if ggml_type in (GGMLType.F16, GGMLType.F32):
         w = _dense_view(raw, ggml_type, (n, k))
-        y = torch.nn.functional.linear(x2, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        y = torch_ops.dense_linear(x2, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
         return y.reshape(*lead, n)
     way = pick(x2.shape[0], n, k, x2.dtype)
     if way == "gemv":
