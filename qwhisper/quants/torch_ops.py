@@ -125,7 +125,9 @@ def dequantize(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
     return out.view(shape)
 
 
-CUBLAS_N_ALIGN = 8  # output rows of a width that is not a multiple of this: cuBLAS's slow kernels
+# Output rows of a width that is not a multiple of this get cuBLAS's slow kernels (51865, odd:
+# 12x slower on an H100); dense_linear splits, triton_ops.dequant_matmul pads its scratch.
+CUBLAS_N_ALIGN = 8
 
 
 def dense_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

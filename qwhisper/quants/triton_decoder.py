@@ -682,6 +682,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
     splits = triton.cdiv(s_max, split_s)
     sp2 = _next_pow2(splits)  # the partials' split axis (the combine reads it as one tile)
     pdl = _pdl(q.device)
+    if position is None and g == 1:
+        warps = CROSS_ONE_ROW_WARPS
+    elif position is not None and m >= SELF_ONE_WARP_ROWS:
+        warps = 1
+    else:
+        warps = ATTN_WARPS
     part_o = torch.empty((m * n_head * sp2 * d,), dtype=torch.float32, device=q.device)
     part_ml = torch.empty((m * n_head * sp2 * 2,), dtype=torch.float32, device=q.device)
     _attn_kernel[(r * n_head, splits)](
@@ -691,8 +697,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None, NEW=new,
         PRELOAD=position is None and bs == split_s,
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
-        num_warps=(CROSS_ONE_ROW_WARPS if position is None and g == 1 else
-                   1 if position is not None and m >= SELF_ONE_WARP_ROWS else ATTN_WARPS), **_pdl_kw(pdl))
+        num_warps=warps, **_pdl_kw(pdl))
     return out
 
 

@@ -581,9 +581,6 @@ def scratch_buffers() -> list[torch.Tensor]:
     return list(_scratch.values())
 
 
-_CUBLAS_N_ALIGN = 8  # cuBLAS falls back to a slow kernel when N is odd (51865: 12x slower, H100)
-
-
 def dequant_matmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """x (M, K) @ W.T (+ bias): dequantize W into the scratch buffer in x's dtype, then F.linear.
@@ -593,7 +590,7 @@ def dequant_matmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shap
     matrix, a view with row stride N_pad.
     """
     n, k = (int(s) for s in shape)
-    n_pad = -(-n // _CUBLAS_N_ALIGN) * _CUBLAS_N_ALIGN
+    n_pad = -(-n // torch_ops.CUBLAS_N_ALIGN) * torch_ops.CUBLAS_N_ALIGN
     buf = _scratch_buffer(n_pad * k, x.dtype, x.device)
     dequantize_into(raw, ggml_type, (n, k), buf)
     b = None if bias is None else bias.to(x.dtype)
