@@ -24,6 +24,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,9 @@ from torch import Tensor, nn
 
 from .ggml_file import HParams
 from .quants import GGMLType, row_nbytes, torch_ops
+
+if TYPE_CHECKING:
+    from .quants.triton_ops import Partials
 
 
 class LayerNorm(nn.LayerNorm):
@@ -46,9 +50,10 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
 
-    def add_forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def add_forward(self, x: Tensor, y: Tensor | Partials) -> tuple[Tensor, Tensor]:
         """(x + y, self(x + y)): a residual add and the LayerNorm after it; on CUDA one Triton
-        kernel (quants/triton_ops.add_layer_norm) instead of two (or three with the cast)."""
+        kernel (quants/triton_ops.add_layer_norm) instead of two (or three with the cast). y may
+        be a GEMM's split-K Partials (QLinear.forward_parts), summed by the same kernel."""
         if x.is_cuda and x.dtype == y.dtype and LayerNorm._fused_ok:
             try:
                 from .quants.triton_ops import add_layer_norm
@@ -59,8 +64,18 @@ class LayerNorm(nn.LayerNorm):
             except (ImportError, RuntimeError, triton_errors()) as e:  # no Triton / toolchain: torch ops
                 warnings.warn(f"fused add + LayerNorm unavailable ({type(e).__name__}: {str(e)[:200]}); using torch")
                 LayerNorm._fused_ok = False
-        x = x + y
+        x = x + _tensor(y)
         return x, self(x)
+
+
+# Rows of x for which QLinear.forward_parts returns split-K partial sums (quants/triton_ops:
+# SPLITK_MAX_M): a batched step of 9..32 windows; fewer rows take the GEMV / fused step.
+SPLITK_MIN_ROWS, SPLITK_MAX_ROWS = 9, 32
+
+
+def _tensor(y: Tensor | Partials) -> Tensor:
+    """A QLinear.forward_parts result as a tensor (Partials summed by their own kernel)."""
+    return y if isinstance(y, Tensor) else y.tensor()
 
 
 class Conv1d(nn.Conv1d):
@@ -111,6 +126,30 @@ class QLinear(nn.Module):
                 return y
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return torch_ops.dense_linear(x, self.dequantized(x.dtype), bias)  # (a vocabulary's odd width: split)
+
+    def forward_parts(self, x: Tensor) -> Tensor | Partials:
+        """forward(x), or for 9..SPLITK_MAX_ROWS rows on CUDA (a batched step of windows) of a
+        block-quantized weight the split-K GEMM's float32 partial sums (quants/triton_ops.
+        splitk_linear) for a consumer that sums them itself: LayerNorm.add_forward, Partials.gelu.
+        Where linear() would take that way (pick: 'splitk'); not for float16 weights (cuBLAS)."""
+        rows = x.numel() // max(1, x.shape[-1])
+        if (not x.is_cuda or self.cache_dequantized or self.ggml_type in (GGMLType.F16, GGMLType.F32)
+                or not SPLITK_MIN_ROWS <= rows <= SPLITK_MAX_ROWS or x.dtype not in (torch.float16, torch.bfloat16)
+                or QLinear.__dict__.get("_triton_linear") is False):
+            return self.forward(x)
+        shape = (self.out_features, self.in_features)
+        try:
+            from .quants import triton_ops
+
+            if triton_ops.pick(rows, *shape, x.dtype) != "splitk":
+                return self.forward(x)
+            return triton_ops.splitk_linear(x, self.weight, self.ggml_type, shape, self.bias)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (ImportError, RuntimeError, triton_errors()) as e:
+            warnings.warn(f"split-K GEMM unavailable ({type(e).__name__}: {str(e)[:300]}); using forward()")
+            QLinear._triton_linear = False
+            return self.forward(x)
 
     def _via_triton(self, x: Tensor) -> Tensor | None:
         """x @ W.T + b through the Triton kernels on the raw blocks (quants/triton_ops.linear),
@@ -195,11 +234,11 @@ class MultiHeadAttention(nn.Module):
                 if q.is_cuda and q.shape[1] == 1:  # the kernel also writes k, v into the cache
                     o = _cached_attention(q, k, v, k_cache, v_cache, self.n_head, positions)
                     if o is not None:
-                        return self.out(o)
+                        return self.out.forward_parts(o)
                 k_cache.index_copy_(1, positions, k)  # (B, n_ctx, C) rows positions <- (B, T, C)
                 v_cache.index_copy_(1, positions, v)
                 k, v = k_cache, v_cache
-        return self.out(self.qkv_attention(q, k, v, mask))
+        return self.out.forward_parts(self.qkv_attention(q, k, v, mask))
 
     def qkv_projection(self) -> QLinear | None:
         """One QLinear over the query | key | value rows (the key's bias zeros), or None where the
@@ -345,8 +384,10 @@ class ResidualAttentionBlock(nn.Module):
             x, h = self.cross_attn_ln.add_forward(x, a)
             a = self.cross_attn(h, kv=cross_kv, qk_heads=qk_heads, qk_out=qk_out)
         x, h = self.mlp_ln.add_forward(x, a)
-        y = self.mlp(h)
-        return (x, y) if defer else x + y
+        u = self.mlp[0].forward_parts(h)
+        u = self.mlp[1](u) if isinstance(u, Tensor) else u.gelu()  # split-K partials: summed with the GELU
+        y = self.mlp[2].forward_parts(u)
+        return (x, y) if defer else x + _tensor(y)
 
 
 # ------------------------------------------------------------------------------------------
@@ -773,7 +814,7 @@ class TextDecoder(nn.Module):
         if logit_positions is not None:  # only these positions' logits: (B, len(logit_positions), C)
             pick = ((lambda t: t.index_select(1, logit_positions)) if isinstance(logit_positions, Tensor)
                     else (lambda t: t[:, list(logit_positions)]))  # a device index tensor: graphed prompt passes
-            x, y = pick(x), (None if y is None else pick(y))
+            x, y = pick(x), (None if y is None else pick(_tensor(y)))
         x = self.ln(x) if y is None else self.ln.add_forward(x, y)[1]  # the last block's MLP output added here
         # the tied embedding as a QLinear: on CUDA the quantized blocks go through
         # triton_ops.linear (GEMV / few-row tensor cores) instead of a dequantized copy per step

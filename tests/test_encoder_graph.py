@@ -56,9 +56,11 @@ def test_encoder_graph_replays_equal_eager(toy_q5_0):
 
 
 @pytest.mark.cuda
-def test_decoder_graph_of_many_rows_equals_eager(toy_q5_0, monkeypatch):
-    """12 rows (a batched-pipeline step: dequantize + cuBLAS into the shared scratch buffer) replay
-    from a CUDA graph equal to eager steps, also after the scratch buffer was replaced."""
+@pytest.mark.parametrize("way", ["dequant+cublas", "splitk"])
+def test_decoder_graph_of_many_rows_equals_eager(toy_q5_0, monkeypatch, way):
+    """12 rows (a batched-pipeline step: the split-K GEMM's partials summed by their consumers, or
+    dequantize + cuBLAS into the shared scratch buffer) replay from a CUDA graph equal to eager
+    steps, also after the scratch buffer was replaced."""
     from qwhisper.model import GRAPH_MAX_ROWS
     from qwhisper.quants import triton_ops
 
@@ -66,7 +68,9 @@ def test_decoder_graph_of_many_rows_equals_eager(toy_q5_0, monkeypatch):
     assert rows <= GRAPH_MAX_ROWS
     # the toy's layers are small enough for the GEMV: force the 9..16-row way of large models
     monkeypatch.setattr(triton_ops, "GEMV_MAX_WEIGHTS_9_16", 0)
-    assert triton_ops.pick(rows, 256, 256, torch.float16) == "dequant+cublas"
+    if way == "dequant+cublas":
+        monkeypatch.setattr(triton_ops, "SPLITK_MAX_M", 0)
+    assert triton_ops.pick(rows, 256, 256, torch.float16) == way
     model = load_model(toy_q5_0, "cuda")
     features = model.embed_audio(_mel(model, rows, 11))
     prompt = (torch.arange(3 * rows, device="cuda").view(rows, 3) * 7) % model.dims.n_vocab
@@ -88,3 +92,38 @@ def test_decoder_graph_of_many_rows_equals_eager(toy_q5_0, monkeypatch):
     assert any(st.graph is not None for sets in model.decoder._graphed.values() for st in sets)
     for a, b in zip(eager, graphed):
         assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+def test_decoder_step_of_many_rows_splitk_matches_cublas(toy_q5_0, monkeypatch):
+    """The batched step's GEMMs as split-K partials (summed by the residual add + LayerNorm, the
+    GELU, or their own kernel) against dequantize + cuBLAS: 20 rows, prompt
+    and four steps, logits within float16 rounding of each other (a partial dropped, added twice
+    or summed without its bias is off by O(1))."""
+    from qwhisper.quants import triton_ops
+
+    rows = 20
+    model = load_model(toy_q5_0, "cuda")
+    model.decoder.cuda_graphs = False
+    features = model.embed_audio(_mel(model, rows, 5))
+    prompt = (torch.arange(3 * rows, device="cuda").view(rows, 3) * 11) % model.dims.n_vocab
+    calls = []
+    real = triton_ops.splitk_linear
+    monkeypatch.setattr(triton_ops, "splitk_linear", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(max_m: int) -> list[torch.Tensor]:
+        monkeypatch.setattr(triton_ops, "SPLITK_MAX_M", max_m)
+        monkeypatch.setattr("qwhisper.model.SPLITK_MAX_ROWS", max_m)
+        cache = model.new_kv_cache(features)
+        out = [model.logits(prompt, cache)[:, -1]]
+        for step in range(4):  # fixed tokens: both runs see the same inputs
+            out.append(model.logits(prompt[:, step % 3:step % 3 + 1] + 5 * step, cache)[:, -1])
+        return out
+
+    ref = run(0)
+    assert not calls
+    got = run(32)
+    assert calls  # the split-K way ran
+    for a, b in zip(ref, got):
+        scale = a.abs().max().item()
+        assert (a - b).abs().max().item() <= 4e-3 * scale, ((a - b).abs().max().item(), scale)

@@ -242,6 +242,49 @@ def test_interp_qgemm_fused(ggml_type):
 
 
 @interp
+@pytest.mark.parametrize("ggml_type", BLOCK_TYPES, ids=lambda t: t.name)
+def test_interp_splitk_linear(ggml_type):
+    """Split-K GEMM (9..32 rows, a batched step): its float32 partials summed by Partials.tensor(),
+    by the GELU and by add_layer_norm. 40 rows of W (not a multiple of the 64-row tile: clamped
+    loads, masked stores), K = 256 split 4 ways; W is rounded to float16 as dequantize would."""
+    ops = _ops()
+    rng = np.random.default_rng(21)
+    n, k = 40, 256
+    raw, w = random_weights(ggml_type, n, k, seed=13)
+    bias = rng.standard_normal(n).astype(np.float32)
+    weight = torch.from_numpy(raw.copy())
+    assert ops._splitk_config(n, k)[2] == 4
+    for lead in [(20,), (2, 5)]:
+        x = torch.from_numpy(rng.standard_normal((*lead, k)).astype(np.float32)).half()
+        p = ops.splitk_linear(x, weight, ggml_type, (n, k), torch.from_numpy(bias))
+        assert tuple(p.shape) == (*lead, n) and p.dtype == torch.float16 and p.parts.shape[0] == 4
+        y = p.tensor()
+        assert tuple(y.shape) == (*lead, n) and y.dtype == torch.float16
+        check_product(y.reshape(-1, n), x.reshape(-1, k), w.astype(np.float16).astype(np.float32), bias,
+                      f"split-K {ggml_type.name} lead={lead}", tensor_cores=True)
+        g = p.gelu()  # GELU of the rounded product, within half an ulp of float16 of the float64 one
+        yd = y.double()
+        want = 0.5 * yd * (1 + torch.erf(yd / np.sqrt(2.0)))
+        assert ((g.double() - want).abs() <= 2.0**-11 * want.abs() + 1e-6).all()
+        res = torch.from_numpy(rng.standard_normal((*lead, n)).astype(np.float32)).half()
+        lw, lb = torch.rand(n).half() + 0.5, torch.randn(n).half()
+        s1, h1 = ops.add_layer_norm(res, p, lw, lb, 1e-5)
+        s0, h0 = ops.add_layer_norm(res, y, lw, lb, 1e-5)
+        assert torch.equal(s1, s0) and torch.equal(h1, h0)  # summed as tensor() sums them
+    # linear() takes this way for 17..32 float16 rows
+    assert ops.pick(20, n, k, torch.float16) == "splitk" and ops.pick(20, n, k, torch.float32) == "dequant+cublas"
+    x = torch.from_numpy(rng.standard_normal((20, k)).astype(np.float32)).half()
+    assert torch.equal(ops.linear(x, weight, ggml_type, (n, k), torch.from_numpy(bias)),
+                       ops.splitk_linear(x, weight, ggml_type, (n, k), torch.from_numpy(bias)).tensor())
+    with pytest.raises(ValueError, match="1..32 rows"):
+        ops.splitk_linear(torch.zeros(33, k).half(), weight, ggml_type, (n, k))
+    with pytest.raises(ValueError, match="float16/bfloat16 x"):
+        ops.splitk_linear(torch.zeros(20, k), weight, ggml_type, (n, k))
+    with pytest.raises(ValueError, match="reads block types"):
+        ops.splitk_linear(torch.zeros(20, k).half(), weight, GGMLType.F16, (n, k))
+
+
+@interp
 def test_interp_errors():
     ops = _ops()
     raw, _ = random_weights(GGMLType.Q5_1, 4, 64, seed=0)
@@ -344,11 +387,13 @@ def test_cuda_qmatmul_real_shapes(ggml_type):
 @gpu
 @pytest.mark.parametrize("ggml_type", BLOCK_TYPES, ids=lambda t: t.name)
 def test_cuda_linear_few_rows(ggml_type):
-    """linear() for decoder-sized inputs through each of its ways (GEMV, tensor cores, cuBLAS)."""
+    """linear() for decoder-sized inputs through each of its ways (GEMV, tensor cores, split-K
+    tensor cores for a batched step, dequantize + cuBLAS)."""
     ops = _ops()
     rng = np.random.default_rng(13)
     seen = set()
-    for (n, k), rows in [((51865, 768), 5), ((51866, 1280), 16), ((1280, 5120), 12), ((384, 1536), 12), ((1280, 1280), 2)]:
+    for (n, k), rows in [((51865, 768), 5), ((51866, 1280), 16), ((1280, 5120), 12), ((384, 1536), 12), ((1280, 1280), 2),
+                         ((3840, 1280), 25), ((1280, 1280), 40)]:
         raw, w = random_weights(ggml_type, n, k, seed=k + rows)
         x = torch.from_numpy(rng.standard_normal((rows, k)).astype(np.float32)).half().cuda()
         bias = rng.standard_normal(n).astype(np.float32)
@@ -357,9 +402,9 @@ def test_cuda_linear_few_rows(ggml_type):
         y = ops.linear(x, torch.from_numpy(raw).cuda(), ggml_type, (n, k), torch.from_numpy(bias).cuda())
         exact_w = way == "gemv"  # the GEMV multiplies the float32 weights; the others float16-rounded ones
         ww = w if exact_w else w.astype(np.float16).astype(np.float32)
-        bb = bias if exact_w else bias.astype(np.float16).astype(np.float32)
+        bb = bias if way in ("gemv", "splitk") else bias.astype(np.float16).astype(np.float32)  # splitk: float32 bias
         check_product(y, x, ww, bb, f"linear {way} {ggml_type.name} M={rows} {n}x{k}", tensor_cores=not exact_w)
-    assert seen == {"gemv", "tc", "dequant+cublas"}, seen
+    assert seen == {"gemv", "tc", "splitk", "dequant+cublas"}, seen
 
 
 @cuda

@@ -335,21 +335,27 @@ def test_interp_decoder_step_matches_unfused(ggml_type, rows, n_group, monkeypat
 
 
 def test_triton_without_gdc_turns_pdl_off(monkeypatch):
-    """A Triton without griddepcontrol (before 3.3) still imports the fused step, with
-    programmatic dependent launch off (the kernels' PDL branches are never compiled then)."""
+    """A Triton without griddepcontrol (before 3.3) still imports the kernels (triton_ops, where
+    the import is, and the fused step), with programmatic dependent launch off (the kernels' PDL
+    branches are never compiled then)."""
     import importlib
     import sys
     import types
 
+    from qwhisper.quants import triton_ops
+
     td = _td()
     try:
         monkeypatch.setitem(sys.modules, "triton.language.extra.cuda", types.ModuleType("triton.language.extra.cuda"))
+        old_ops = importlib.reload(triton_ops)
         old = importlib.reload(td)
-        assert old.gdc_wait is None and old._pdl(torch.device("cuda", 0)) is False
+        assert old_ops.gdc_wait is None and old.gdc_wait is None
+        assert old._pdl(torch.device("cuda", 0)) is False and old_ops._splitk_pdl(torch.device("cuda", 0)) == {"PDL": False}
     finally:
         monkeypatch.undo()
+        importlib.reload(triton_ops)
         importlib.reload(td)
-    assert td.gdc_wait is not None
+    assert td.gdc_wait is not None and triton_ops.gdc_wait is not None
 
 
 @pytest.mark.parametrize("ggml_type", [GGMLType.Q5_0, GGMLType.Q4_1, GGMLType.Q8_0, GGMLType.F16], ids=lambda t: t.name)

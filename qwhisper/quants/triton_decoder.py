@@ -54,14 +54,8 @@ import torch
 import triton
 import triton.language as tl
 
-try:
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
-except ImportError:  # Triton before 3.3 (e.g. the one torch 2.4 ships): no programmatic dependent launch
-    gdc_launch_dependents = gdc_wait = None
-
 from . import QK, GGMLType, row_nbytes, torch_ops, triton_ops
 from .triton_ops import (
-    INTERPRETED,
     _LAYOUT,
     _MAGIC_BITS,
     _QK,
@@ -75,6 +69,9 @@ from .triton_ops import (
     _next_pow2,
     _prefetch_at,
     _prefetch_l2,
+    gdc_launch_dependents,
+    gdc_wait,
+    pdl_supported,
     prefetch_lines,
 )
 
@@ -123,16 +120,10 @@ SELF_ONE_WARP_ROWS = 16
 # previous one, and launch latency disappears from the chain. CUDA graphs keep the edges.
 # Module switch (None: on where the device supports it), for benchmarks.
 PDL: bool | None = None
-_pdl_devices: dict = {}
 
 
 def _pdl(device: torch.device) -> bool:
-    if INTERPRETED or device.type != "cuda" or PDL is False or gdc_wait is None:
-        return False
-    on = _pdl_devices.get(device.index)
-    if on is None:
-        on = _pdl_devices[device.index] = torch.cuda.get_device_capability(device)[0] >= 9
-    return on
+    return PDL is not False and pdl_supported(device)
 
 
 def _pdl_kw(pdl: bool) -> dict:

@@ -34,6 +34,11 @@ import triton.language as tl
 
 from . import BLOCK_SIZES, QK, GGMLType, tensor_nbytes, torch_ops
 
+try:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # Triton before 3.3 (e.g. the one torch 2.4 ships): no programmatic dependent launch
+    gdc_launch_dependents = gdc_wait = None
+
 
 def _patch_interpreter_scalars() -> None:
     """Let triton 3.6's CPU interpreter (TRITON_INTERPRET=1) run loops with run-time bounds.
@@ -555,6 +560,227 @@ def qgemm_fused(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: 
 
 
 # ------------------------------------------------------------------------------------------
+# 9..32 rows (a batched step of windows): split-K GEMM on tensor cores, float32 partial sums
+#
+# At 25 rows a layer's weights are read once per step and nothing else is: the GEMM is a
+# latency-bound weight stream. Dequantize + cuBLAS puts a kernel and a float16 copy of W in its
+# way; cuBLAS alone (float16 weights) gets ~40 % of copy bandwidth on these narrow shapes because
+# N / tile leaves most SMs idle. Here the K axis is split too (SPLITK_PROGRAMS programs), each
+# program dequantizes its slice in registers and writes a float32 partial tile, and whoever
+# consumes the product sums the SPLIT partials in a fixed order (Partials: the residual add +
+# LayerNorm, the GELU, or partials_sum) -- no combine kernel, no atomics, deterministic.
+# With programmatic dependent launch the first step's weights are loaded before the wait for x.
+# Measured (performance.md section 9): alone, 25 rows, large-v3 shapes, 32 layers of cold weights
+# in a CUDA graph, H100, us a GEMM: Q5_0 qkv 6.9 / out 4.1 / fc1 8.1 / fc2 9.7 against dequantize
+# + cuBLAS 10.1 / 7.4 / 11.8 / 15.0. In the batched large-v3 q5_0 run (batch 32) on an H100:
+# RTFx 828-842 -> 900 (split <= 20, PDL); without PDL 860-868. Float16 weights (cuBLAS 7.0 / 5.4
+# / 8.1 / 10.8 alone, the split-K kernel 6.1 / 3.9 / 7.2 / 7.2) lost in the run: 944-953 -> 903-930
+# with cache_decoder_weights, so they stay with cuBLAS.
+# ------------------------------------------------------------------------------------------
+
+SPLITK_MAX_M = 32
+# At most this many programs (tiles x splits) and partial sums for the consumer to add. Swept in
+# the batched run on an H200, batch 32 RTFx: splits <= 10: 1078-1084; <= 20: 1019-1032; <= 5:
+# 959-961; <= 20 with 400 programs: 1032-1036; <= 40 with 1600: 985-1000.
+SPLITK_PROGRAMS = 800
+SPLITK_MAX_SPLIT = 10
+
+
+@triton.jit
+def _splitk_tile(w8, w16, nc, b0, K, magic, dt: tl.constexpr,
+                 TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr, BITS: tl.constexpr,
+                 ZERO: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr):
+    """Rows nc of W, blocks b0 .. b0 + NB, dequantized to dt as dequantize would round them: the
+    A operand [BLOCK_N, 32*NB] of one K step."""
+    base = (nc * (K // _QK * TS))[:, None, None] + (b0 + tl.arange(0, NB))[None, :, None] * TS  # [BN, NB, 1]
+    d = tl.load(w16 + base // 2).to(tl.float16, bitcast=True).to(tl.float32)
+    if BITS == 8:
+        jj = tl.arange(0, 32)[None, None, :]
+        q = _decode_int8(tl.load(w8 + base + QS_B + jj).to(tl.int32), magic)
+        return tl.reshape((q * d).to(dt), (BLOCK_N, NB * _QK))
+    else:
+        jj = tl.arange(0, 16)[None, None, :]
+        w_lo, w_hi = _dequant_nibbles(w8, w16, base, base >= 0, jj, d, magic, M_B, QH_B, QS_B, BITS, ZERO)
+        # [BN, NB, 16, 2(half)] -> [BN, NB, 2, 16] -> [BN, 32*NB]: weights in K order
+        return tl.reshape(tl.permute(tl.join(w_lo.to(dt), w_hi.to(dt)), (0, 1, 3, 2)), (BLOCK_N, NB * _QK))
+
+
+@triton.jit
+def _splitk_kernel(
+    x_ptr, w8, w16, part_ptr, M, N, K, stride_xm, magic,
+    TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
+    BITS: tl.constexpr, ZERO: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    NB: tl.constexpr,  # 32-weight blocks per K step
+    NBS: tl.constexpr,  # blocks per split (a multiple of NB)
+    PDL: tl.constexpr,
+):
+    """part[split, m, n] = sum over this split's K slice of x[m, k] * W[n, k], float32 (rows of x
+    past M repeat row M - 1; the caller reads rows < M). W is dequantized to x's dtype, as
+    dequantize would round it, and fed to tl.dot as the A operand. PDL (programmatic dependent
+    launch, sm_90+): the first step's weights, written by nobody, are loaded before waiting for
+    the kernel that wrote x, so their round trip overlaps it."""
+    pid_n = tl.program_id(0)
+    ks = tl.program_id(1)
+    if PDL:
+        gdc_launch_dependents()
+    nn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nc = tl.minimum(nn, N - 1).to(tl.int64)  # clamped rows: loads in bounds, stores masked
+    xm = tl.arange(0, BLOCK_M)
+    x_col = x_ptr + (tl.minimum(xm, M - 1).to(tl.int64) * stride_xm)[None, :]  # [1, BM]
+    kk = tl.arange(0, NB * _QK)
+    dt = x_ptr.dtype.element_ty
+    first = ks * NBS
+    a = _splitk_tile(w8, w16, nc, first, K, magic, dt, TS, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB)
+    if PDL:
+        gdc_wait()  # x is the previous kernel's
+    acc = tl.dot(a, tl.load(x_col + kk[:, None] + first * _QK), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
+    for b0 in tl.range(first + NB, first + NBS, NB):  # the other steps (none where NBS == NB)
+        a = _splitk_tile(w8, w16, nc, b0, K, magic, dt, TS, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB)
+        acc = tl.dot(a, tl.load(x_col + kk[:, None] + b0 * _QK), acc)  # x tile [BK, BM]
+    out = part_ptr + (ks * BLOCK_M + xm[None, :]).to(tl.int64) * N + nn[:, None]
+    tl.store(out, acc, mask=(nn < N)[:, None])
+
+
+# Programmatic dependent launch for the batched step's kernels (split-K GEMM, partial sums, add
+# + LayerNorm): None = on where the device supports it (sm_90+); a module switch for benchmarks.
+SPLITK_PDL: bool | None = None
+_pdl_capable: dict = {}
+
+
+def pdl_supported(device: torch.device) -> bool:
+    """Programmatic dependent launch possible here: a CUDA device of compute capability >= 9, a
+    Triton with gdc_wait, not the interpreter."""
+    if INTERPRETED or device.type != "cuda" or gdc_wait is None:
+        return False
+    on = _pdl_capable.get(device.index)
+    if on is None:
+        on = _pdl_capable[device.index] = torch.cuda.get_device_capability(device)[0] >= 9
+    return on
+
+
+def _splitk_pdl(device: torch.device) -> dict:
+    """launch_pdl for the batched step's kernels, and the PDL constexpr they take."""
+    on = SPLITK_PDL is not False and pdl_supported(device)
+    return {"PDL": on, "launch_pdl": True} if on else {"PDL": False}
+
+
+def _splitk_config(n: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, NB, SPLIT, num_warps): the most K splits (a divisor of K/32 leaving an even number
+    of blocks a split, at most SPLITK_MAX_SPLIT) that keep tiles x splits <= SPLITK_PROGRAMS;
+    64 rows of W a program on 4 warps (H100 sweep)."""
+    block_n, warps = 64, 4
+    n_blk, tiles = k // QK, triton.cdiv(n, block_n)
+    split = 1
+    for s in range(2, SPLITK_MAX_SPLIT + 1):
+        if n_blk % s == 0 and (n_blk // s) % 2 == 0 and tiles * s <= SPLITK_PROGRAMS:
+            split = s
+    per = n_blk // split
+    nb = 4 if per % 4 == 0 else 2 if per % 2 == 0 else 1
+    return block_n, nb, split, warps
+
+
+class Partials:
+    """x @ W.T as SPLIT float32 partial sums (split, BLOCK_M, N) of which rows < rows are real,
+    plus the bias still to add, for a consumer that sums them in split order (the residual add +
+    LayerNorm, the GELU) or `tensor()`: round(sum + bias) to `dtype`, the GEMM's own output."""
+
+    __slots__ = ("bias", "dtype", "parts", "shape")
+
+    def __init__(self, parts: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, shape: tuple[int, ...]):
+        self.parts, self.bias, self.dtype, self.shape = parts, bias, dtype, shape
+
+    @property
+    def rows(self) -> int:
+        n = 1
+        for s in self.shape[:-1]:
+            n *= s
+        return n
+
+    def tensor(self) -> torch.Tensor:
+        n = self.shape[-1]
+        y = torch.empty((self.rows, n), dtype=self.dtype, device=self.parts.device)
+        _partials_kernel[(self.rows, triton.cdiv(n, _PART_BLOCK))](
+            self.parts, y if self.bias is None else self.bias, y, n, SPLIT=self.parts.shape[0],
+            BLOCK_M=self.parts.shape[1], HAS_BIAS=self.bias is not None, GELU=False, BLOCK=_PART_BLOCK,
+            **_splitk_pdl(y.device))
+        return y.view(self.shape)
+
+    def gelu(self) -> torch.Tensor:
+        """GELU(round(sum + bias)) (exact erf form, float32 inside), rounded to dtype: the MLP's."""
+        n = self.shape[-1]
+        y = torch.empty((self.rows, n), dtype=self.dtype, device=self.parts.device)
+        _partials_kernel[(self.rows, triton.cdiv(n, _PART_BLOCK))](
+            self.parts, y if self.bias is None else self.bias, y, n, SPLIT=self.parts.shape[0],
+            BLOCK_M=self.parts.shape[1], HAS_BIAS=self.bias is not None, GELU=True, BLOCK=_PART_BLOCK,
+            **_splitk_pdl(y.device))
+        return y.view(self.shape)
+
+
+_PART_BLOCK = 1024
+
+
+@triton.jit
+def _partials_at(part_ptr, bias_ptr, m, kk, ok, N, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
+                 HAS_BIAS: tl.constexpr, dt: tl.constexpr):
+    """Row m of a Partials at columns kk: the split sums in split order, + bias, rounded to dt
+    (as the GEMM's output would be), returned as float32."""
+    y = tl.load(part_ptr + m.to(tl.int64) * N + kk, mask=ok, other=0.0)
+    for s in tl.static_range(1, SPLIT):
+        y += tl.load(part_ptr + (s * BLOCK_M + m).to(tl.int64) * N + kk, mask=ok, other=0.0)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + kk, mask=ok, other=0.0).to(tl.float32)
+    return y.to(dt).to(tl.float32)
+
+
+@triton.jit
+def _partials_kernel(part_ptr, bias_ptr, y_ptr, N, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, GELU: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()  # the partials are the GEMM's
+    m = tl.program_id(0)
+    kk = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = kk < N
+    dt = y_ptr.dtype.element_ty
+    y = _partials_at(part_ptr, bias_ptr, m, kk, ok, N, SPLIT, BLOCK_M, HAS_BIAS, dt)
+    if GELU:  # torch's exact GELU: x/2 * (1 + erf(x/sqrt(2))) in float32
+        y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+    tl.store(y_ptr + m.to(tl.int64) * N + kk, y.to(dt), mask=ok)
+
+
+def splitk_linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
+                  bias: torch.Tensor | None = None) -> Partials:
+    """x (..., K) float16/bfloat16 with 1..SPLITK_MAX_M rows @ W.T (+ bias) as Partials, for the
+    raw ggml blocks of a block type. (Float16 weights, an F16 file's or cache_decoder_weights'
+    copies, stay with cuBLAS: this kernel on them measured slower in the batched run.)"""
+    ggml_type = _as_type(ggml_type)
+    n, k = (int(s) for s in shape)
+    if x.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"the split-K GEMM takes float16/bfloat16 x, got {x.dtype}")
+    lead = tuple(x.shape[:-1])
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    if not 1 <= m <= SPLITK_MAX_M or k % QK:
+        raise ValueError(f"the split-K GEMM takes 1..{SPLITK_MAX_M} rows and K a multiple of {QK}, got {m} x {k}")
+    if x2.stride(1) != 1:
+        x2 = x2.contiguous()
+    if ggml_type not in _LAYOUT:
+        raise ValueError(f"splitk_linear reads block types {[t.name for t in _LAYOUT]}, got {ggml_type.name}")
+    w8, w16 = _checked_bytes(raw, ggml_type, (n, k))
+    ts, m_b, qh_b, qs_b, bits, zero = _LAYOUT[ggml_type]
+    block_m = max(16, _next_pow2(m))
+    block_n, nb, split, warps = _splitk_config(n, k)
+    parts = torch.empty((split, block_m, n), dtype=torch.float32, device=x.device)
+    _splitk_kernel[(triton.cdiv(n, block_n), split)](
+        x2, w8, w16, parts, m, n, k, x2.stride(0), _MAGIC_BITS,
+        TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
+        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, NBS=k // QK // split, num_warps=warps, num_stages=3,
+        **_splitk_pdl(x.device))
+    return Partials(parts, bias, x.dtype, lead + (n,))
+
+
+# ------------------------------------------------------------------------------------------
 # Many rows: dequantize into a reusable buffer + cuBLAS (candidate (b))
 # ------------------------------------------------------------------------------------------
 
@@ -623,13 +849,16 @@ GEMV_MAX_WEIGHTS_9_16 = 1 << 20  # 9..16 rows: the GEMV up to this many weights,
 
 
 def pick(rows: int, n: int, k: int, x_dtype: torch.dtype) -> str:
-    """Which way linear() takes for a block-quantized weight: 'gemv', 'tc' or 'dequant+cublas'."""
-    if rows < 1 or rows > QMATMUL_MAX_M:
-        return "dequant+cublas"
-    if rows >= 2 and n >= TC_MIN_N and x_dtype in (torch.float16, torch.bfloat16):
-        return "tc"
-    if rows <= 8 or n * k <= GEMV_MAX_WEIGHTS_9_16:
-        return "gemv"
+    """Which way linear() takes for a block-quantized weight: 'gemv', 'tc', 'splitk' or
+    'dequant+cublas'."""
+    half = x_dtype in (torch.float16, torch.bfloat16)
+    if 1 <= rows <= QMATMUL_MAX_M:
+        if rows >= 2 and n >= TC_MIN_N and half:
+            return "tc"
+        if rows <= 8 or n * k <= GEMV_MAX_WEIGHTS_9_16:
+            return "gemv"
+    if 1 <= rows <= SPLITK_MAX_M and half:
+        return "splitk"
     return "dequant+cublas"
 
 
@@ -638,7 +867,8 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
     """y = x @ W.T + bias for a raw ggml weight W of `shape` (N, K); x (..., K) on the GPU.
 
     Few rows (decoder steps, beams) read the raw blocks once: the fused GEMV, or for 2..16 rows
-    of a wide weight (the vocabulary projection) the few-row tensor-core kernel. More rows
+    of a wide weight (the vocabulary projection) the few-row tensor-core kernel; up to
+    SPLITK_MAX_M rows (a batched step) the split-K tensor-core GEMM (splitk_linear). More rows
     (encoder, prompts, batches) dequantize W into a reusable buffer and use cuBLAS. F16/F32
     weights are used in place through cuBLAS (torch_ops.dense_linear: an N that is not a
     multiple of 8 is split, where dequant_matmul pads). pick() holds the measured crossovers.
@@ -656,6 +886,8 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
         y = qmatmul(x2, raw, ggml_type, (n, k), bias)
     elif way == "tc":
         y = qgemm_fused(x2, raw, ggml_type, (n, k), bias)
+    elif way == "splitk":
+        y = splitk_linear(x2, raw, ggml_type, (n, k), bias).tensor()
     else:
         y = dequant_matmul(x2, raw, ggml_type, (n, k), bias)
     return y.reshape(*lead, n)
@@ -667,39 +899,54 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
 
 
 @triton.jit
-def _add_layer_norm_kernel(x_ptr, y_ptr, w_ptr, b_ptr, s_ptr, h_ptr, K, eps, BLOCK_K: tl.constexpr):
+def _add_layer_norm_kernel(x_ptr, y_ptr, yb_ptr, w_ptr, b_ptr, s_ptr, h_ptr, K, eps, BLOCK_K: tl.constexpr,
+                           SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr):
     """s = x + y (rounded to s's dtype, as torch's add rounds it); h = LN(s), float32 statistics
-    (two passes over the row in registers), rounded once to h's dtype. One program a row."""
-    row = tl.program_id(0).to(tl.int64) * K
+    (two passes over the row in registers), rounded once to h's dtype. One program a row.
+    SPLIT > 0: y is a Partials (y_ptr its float32 parts, yb_ptr its bias), summed here."""
+    m = tl.program_id(0)
+    row = m.to(tl.int64) * K
     kk = tl.arange(0, BLOCK_K)
     ok = kk < K
+    w = tl.load(w_ptr + kk, mask=ok, other=0.0).to(tl.float32)  # constants: before the wait
+    b = tl.load(b_ptr + kk, mask=ok, other=0.0).to(tl.float32)
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()  # x and y are earlier kernels'
     x = tl.load(x_ptr + row + kk, mask=ok, other=0.0).to(tl.float32)
-    y = tl.load(y_ptr + row + kk, mask=ok, other=0.0).to(tl.float32)
+    if SPLIT > 0:
+        y = _partials_at(y_ptr, yb_ptr, m, kk, ok, K, SPLIT, BLOCK_M, HAS_BIAS, s_ptr.dtype.element_ty)
+    else:
+        y = tl.load(y_ptr + row + kk, mask=ok, other=0.0).to(tl.float32)
     s = (x + y).to(s_ptr.dtype.element_ty)
     tl.store(s_ptr + row + kk, s, mask=ok)
     sf = s.to(tl.float32)
     mean = tl.sum(sf, axis=0) / K
     d = tl.where(ok, sf - mean, 0.0)
     rstd = 1.0 / tl.sqrt_rn(tl.sum(d * d, axis=0) / K + eps)
-    w = tl.load(w_ptr + kk, mask=ok, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + kk, mask=ok, other=0.0).to(tl.float32)
     tl.store(h_ptr + row + kk, (d * rstd * w + b).to(h_ptr.dtype.element_ty), mask=ok)
 
 
-def add_layer_norm(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+def add_layer_norm(x: torch.Tensor, y: torch.Tensor | Partials, weight: torch.Tensor, bias: torch.Tensor,
                    eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + y, LayerNorm(x + y)) for x, y (..., K) of one float dtype, LayerNorm over the last axis
-    with weight and bias (K,): both new tensors of x's dtype and shape."""
-    if x.shape != y.shape or x.dtype != y.dtype:
+    with weight and bias (K,): both new tensors of x's dtype and shape. y may be a Partials of
+    x's shape and dtype (summed and rounded here, as its tensor() would)."""
+    if x.shape != tuple(y.shape) or x.dtype != y.dtype:
         raise ValueError(f"x and y must match, got {tuple(x.shape)} {x.dtype} and {tuple(y.shape)} {y.dtype}")
     k = x.shape[-1]
-    x2, y2 = x.reshape(-1, k).contiguous(), y.reshape(-1, k).contiguous()
+    x2 = x.reshape(-1, k).contiguous()
     s, h = torch.empty_like(x2), torch.empty_like(x2)
+    if isinstance(y, Partials):
+        y2, yb, split, block_m, has_bias = y.parts, y.bias, y.parts.shape[0], y.parts.shape[1], y.bias is not None
+    else:
+        y2, yb, split, block_m, has_bias = y.reshape(-1, k).contiguous(), None, 0, 1, False
     if x2.shape[0]:
-        _add_layer_norm_kernel[(x2.shape[0],)](x2, y2, weight, bias, s, h, k, float(eps), BLOCK_K=_next_pow2(k),
-                                               num_warps=4 if k <= 2048 else 8)
+        _add_layer_norm_kernel[(x2.shape[0],)](x2, y2, y2 if yb is None else yb, weight, bias, s, h, k, float(eps),
+                                               BLOCK_K=_next_pow2(k), SPLIT=split, BLOCK_M=block_m, HAS_BIAS=has_bias,
+                                               num_warps=4 if k <= 2048 else 8, **_splitk_pdl(x2.device))
     return s.view(x.shape), h.view(x.shape)
 
 
 __all__ = ["add_layer_norm", "dequantize", "dequantize_into", "qmatmul", "qgemm_fused", "dequant_matmul", "linear", "pick", "QMATMUL_MAX_M",
-           "scratch_buffers"]
+           "scratch_buffers", "splitk_linear", "Partials", "SPLITK_MAX_M"]
