@@ -573,7 +573,7 @@ def qgemm_fused(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: 
 # Measured (performance.md section 9): alone, 25 rows, large-v3 shapes, 32 layers of cold weights
 # in a CUDA graph, H100, us a GEMM: Q5_0 qkv 6.9 / out 4.1 / fc1 8.1 / fc2 9.7 against dequantize
 # + cuBLAS 10.1 / 7.4 / 11.8 / 15.0. In the batched large-v3 q5_0 run (batch 32) on an H100:
-# RTFx 828-842 -> 900 (split <= 20, PDL); without PDL 860-868. Float16 weights (cuBLAS 7.0 / 5.4
+# RTFx 822-832 -> 945-947 (same device call); without PDL ~860. Float16 weights (cuBLAS 7.0 / 5.4
 # / 8.1 / 10.8 alone, the split-K kernel 6.1 / 3.9 / 7.2 / 7.2) lost in the run: 944-953 -> 903-930
 # with cache_decoder_weights, so they stay with cuBLAS.
 # ------------------------------------------------------------------------------------------
