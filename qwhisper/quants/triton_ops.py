@@ -698,21 +698,18 @@ class Partials:
         return n
 
     def tensor(self) -> torch.Tensor:
-        n = self.shape[-1]
-        y = torch.empty((self.rows, n), dtype=self.dtype, device=self.parts.device)
-        _partials_kernel[(self.rows, triton.cdiv(n, _PART_BLOCK))](
-            self.parts, y if self.bias is None else self.bias, y, n, SPLIT=self.parts.shape[0],
-            BLOCK_M=self.parts.shape[1], HAS_BIAS=self.bias is not None, GELU=False, BLOCK=_PART_BLOCK,
-            **_splitk_pdl(y.device))
-        return y.view(self.shape)
+        return self._summed(gelu=False)
 
     def gelu(self) -> torch.Tensor:
         """GELU(round(sum + bias)) (exact erf form, float32 inside), rounded to dtype: the MLP's."""
+        return self._summed(gelu=True)
+
+    def _summed(self, gelu: bool) -> torch.Tensor:
         n = self.shape[-1]
         y = torch.empty((self.rows, n), dtype=self.dtype, device=self.parts.device)
         _partials_kernel[(self.rows, triton.cdiv(n, _PART_BLOCK))](
             self.parts, y if self.bias is None else self.bias, y, n, SPLIT=self.parts.shape[0],
-            BLOCK_M=self.parts.shape[1], HAS_BIAS=self.bias is not None, GELU=True, BLOCK=_PART_BLOCK,
+            BLOCK_M=self.parts.shape[1], HAS_BIAS=self.bias is not None, GELU=gelu, BLOCK=_PART_BLOCK,
             **_splitk_pdl(y.device))
         return y.view(self.shape)
 
