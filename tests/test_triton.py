@@ -430,6 +430,26 @@ def test_cuda_linear_many_rows(ggml_type):
 
 @cuda
 @gpu
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0], ids=lambda t: t.name)
+def test_cuda_splitk_linear_bfloat16(ggml_type):
+    """The split-K GEMM with bfloat16 activations (compute_type bfloat16), which the interpreter
+    can't check (its bfloat16 tl.dot is wrong): W rounded to bfloat16 as dequantize would, 25
+    rows of large-v3's q|k|v and fc2 shapes, against the float64 product."""
+    ops = _ops()
+    rng = np.random.default_rng(31)
+    for n, k in [(3840, 1280), (1280, 5120)]:
+        raw, w = random_weights(ggml_type, n, k, seed=n + k)
+        x = torch.from_numpy(rng.standard_normal((25, k)).astype(np.float32)).to(torch.bfloat16).cuda()
+        bias = rng.standard_normal(n).astype(np.float32)
+        p = ops.splitk_linear(x, torch.from_numpy(raw).cuda(), ggml_type, (n, k), torch.from_numpy(bias).cuda())
+        y = p.tensor()
+        assert y.dtype == torch.bfloat16 and p.parts.shape[0] > 1
+        wb = torch.from_numpy(w).to(torch.bfloat16).float().numpy()
+        check_product(y, x, wb, bias, f"split-K bf16 {ggml_type.name} {n}x{k}", tensor_cores=True)
+
+
+@cuda
+@gpu
 def test_cuda_dense_linear_splits_widths_not_divisible_by_8():
     """torch_ops.dense_linear (F16 weights used in place, cached dequantized copies): widths that
     are not a multiple of 8 (the multilingual vocabulary 51865, large-v3's 51866) computed as two
