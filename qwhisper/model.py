@@ -206,8 +206,9 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: Tensor, kv: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
                 positions: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None,
-                qk_heads: list[int] | None = None, qk_out: list[Tensor] | None = None) -> Tensor:
-        """x (B, T, C) -> (B, T, C).
+                qk_heads: list[int] | None = None, qk_out: list[Tensor] | None = None) -> Tensor | Partials:
+        """x (B, T, C) -> (B, T, C); for a batched step on CUDA (9..32 rows) the out projection's
+        split-K Partials instead (QLinear.forward_parts), for the residual add to sum.
 
         kv: precomputed (k, v), each (B / G, S, C): cross-attention over the audio features,
         shared by the G consecutive rows (beams) of each window (see qkv_attention).
