@@ -477,6 +477,25 @@ def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequ
 
 
 @triton.jit
+def _dequant_tile(w8, w16, base, ok, magic, dt: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr,
+                  QS_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr, BLOCK_N: tl.constexpr,
+                  NB: tl.constexpr, EVEN: tl.constexpr):
+    """The blocks at byte offsets base [BLOCK_N, NB, 1] dequantized to dt as dequantize would round
+    them: a tensor-core K step's A operand [BLOCK_N, 32*NB], weights in K order. Loads masked by ok
+    (other=0) unless EVEN (the caller proved them in bounds; the nibbles' loads are masked anyway)."""
+    d = _f16_at(w16, base, ok, EVEN)
+    if BITS == 8:
+        jj = tl.arange(0, 32)[None, None, :]
+        q = _decode_int8(_ld(w8 + base + QS_B + jj, ok, EVEN).to(tl.int32), magic)
+        return tl.reshape((q * d).to(dt), (BLOCK_N, NB * _QK))
+    else:
+        jj = tl.arange(0, 16)[None, None, :]
+        w_lo, w_hi = _dequant_nibbles(w8, w16, base, ok, jj, d, magic, M_B, QH_B, QS_B, BITS, ZERO)
+        # [BN, NB, 16, 2(half)] -> [BN, NB, 2, 16] -> [BN, 32*NB]: weights in K order
+        return tl.reshape(tl.permute(tl.join(w_lo.to(dt), w_hi.to(dt)), (0, 1, 3, 2)), (BLOCK_N, NB * _QK))
+
+
+@triton.jit
 def _qgemm_kernel(
     x_ptr, w8, w16, bias_ptr, y_ptr, M, N, K, stride_xm, magic,
     TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
@@ -508,17 +527,7 @@ def _qgemm_kernel(
         blk = b0 + bb
         ok = blk < n_blk
         base = w_row + blk * TS  # [BN, NB, 1]
-        d = _f16_at(w16, base, ok, False)
-        if BITS == 8:
-            jj = tl.arange(0, 32)[None, None, :]
-            q = _decode_int8(_ld(w8 + base + QS_B + jj, ok, False).to(tl.int32), magic)
-            a = tl.reshape((q * d).to(dt), (BLOCK_N, NB * _QK))
-        else:
-            jj = tl.arange(0, 16)[None, None, :]
-            w_lo, w_hi = _dequant_nibbles(w8, w16, base, ok, jj, d, magic, M_B, QH_B, QS_B, BITS, ZERO)
-            # [BN, NB, 16, 2(half)] -> [BN, NB, 2, 16] -> [BN, 32*NB]: weights in K order
-            t = tl.permute(tl.join(w_lo.to(dt), w_hi.to(dt)), (0, 1, 3, 2))
-            a = tl.reshape(t, (BLOCK_N, NB * _QK))
+        a = _dequant_tile(w8, w16, base, ok, magic, dt, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB, False)
         k_idx = kk + b0 * _QK
         xt = tl.load(x_col + k_idx, mask=k_idx < K, other=0.0)  # [BK, BM]
         acc = tl.dot(a, xt, acc)
@@ -590,19 +599,10 @@ SPLITK_MAX_SPLIT = 10
 def _splitk_tile(w8, w16, nc, b0, K, magic, dt: tl.constexpr,
                  TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr, BITS: tl.constexpr,
                  ZERO: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr):
-    """Rows nc of W, blocks b0 .. b0 + NB, dequantized to dt as dequantize would round them: the
-    A operand [BLOCK_N, 32*NB] of one K step."""
+    """Rows nc of W, blocks b0 .. b0 + NB (in bounds: rows clamped, splits of whole steps): one
+    K step's A operand [BLOCK_N, 32*NB] (_dequant_tile)."""
     base = (nc * (K // _QK * TS))[:, None, None] + (b0 + tl.arange(0, NB))[None, :, None] * TS  # [BN, NB, 1]
-    d = tl.load(w16 + base // 2).to(tl.float16, bitcast=True).to(tl.float32)
-    if BITS == 8:
-        jj = tl.arange(0, 32)[None, None, :]
-        q = _decode_int8(tl.load(w8 + base + QS_B + jj).to(tl.int32), magic)
-        return tl.reshape((q * d).to(dt), (BLOCK_N, NB * _QK))
-    else:
-        jj = tl.arange(0, 16)[None, None, :]
-        w_lo, w_hi = _dequant_nibbles(w8, w16, base, base >= 0, jj, d, magic, M_B, QH_B, QS_B, BITS, ZERO)
-        # [BN, NB, 16, 2(half)] -> [BN, NB, 2, 16] -> [BN, 32*NB]: weights in K order
-        return tl.reshape(tl.permute(tl.join(w_lo.to(dt), w_hi.to(dt)), (0, 1, 3, 2)), (BLOCK_N, NB * _QK))
+    return _dequant_tile(w8, w16, base, base >= 0, magic, dt, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB, True)
 
 
 @triton.jit
