@@ -68,11 +68,6 @@ class LayerNorm(nn.LayerNorm):
         return x, self(x)
 
 
-# Rows of x for which QLinear.forward_parts returns split-K partial sums (quants/triton_ops:
-# SPLITK_MAX_M): a batched step of 9..32 windows; fewer rows take the GEMV / fused step.
-SPLITK_MIN_ROWS, SPLITK_MAX_ROWS = 9, 32
-
-
 def _tensor(y: Tensor | Partials) -> Tensor:
     """A QLinear.forward_parts result as a tensor (Partials summed by their own kernel)."""
     return y if isinstance(y, Tensor) else y.tensor()
@@ -128,20 +123,18 @@ class QLinear(nn.Module):
         return torch_ops.dense_linear(x, self.dequantized(x.dtype), bias)  # (a vocabulary's odd width: split)
 
     def forward_parts(self, x: Tensor) -> Tensor | Partials:
-        """forward(x), or for 9..SPLITK_MAX_ROWS rows on CUDA (a batched step of windows) of a
-        block-quantized weight the split-K GEMM's float32 partial sums (quants/triton_ops.
-        splitk_linear) for a consumer that sums them itself: LayerNorm.add_forward, Partials.gelu.
-        Where linear() would take that way (pick: 'splitk'); not for float16 weights (cuBLAS)."""
-        rows = x.numel() // max(1, x.shape[-1])
+        """forward(x), or, where linear() would take the split-K way for a block-quantized weight on
+        CUDA (triton_ops.pick: 9..32 float16/bfloat16 rows, a batched step of windows), that GEMM's
+        float32 partial sums (triton_ops.splitk_linear) for a consumer that sums them itself:
+        LayerNorm.add_forward, Partials.gelu. Not for float16 weights (cuBLAS)."""
         if (not x.is_cuda or self.cache_dequantized or self.ggml_type in (GGMLType.F16, GGMLType.F32)
-                or not SPLITK_MIN_ROWS <= rows <= SPLITK_MAX_ROWS or x.dtype not in (torch.float16, torch.bfloat16)
                 or QLinear.__dict__.get("_triton_linear") is False):
             return self.forward(x)
         shape = (self.out_features, self.in_features)
         try:
             from .quants import triton_ops
 
-            if triton_ops.pick(rows, *shape, x.dtype) != "splitk":
+            if triton_ops.pick(x.numel() // max(1, x.shape[-1]), *shape, x.dtype) != "splitk":
                 return self.forward(x)
             return triton_ops.splitk_linear(x, self.weight, self.ggml_type, shape, self.bias)
         except torch.cuda.OutOfMemoryError:

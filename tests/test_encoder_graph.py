@@ -112,8 +112,7 @@ def test_decoder_step_of_many_rows_splitk_matches_cublas(toy_q5_0, monkeypatch):
     monkeypatch.setattr(triton_ops, "splitk_linear", lambda *a, **k: calls.append(1) or real(*a, **k))
 
     def run(max_m: int) -> list[torch.Tensor]:
-        monkeypatch.setattr(triton_ops, "SPLITK_MAX_M", max_m)
-        monkeypatch.setattr("qwhisper.model.SPLITK_MAX_ROWS", max_m)
+        monkeypatch.setattr(triton_ops, "SPLITK_MAX_M", max_m)  # pick(): linear() and QLinear.forward_parts
         cache = model.new_kv_cache(features)
         out = [model.logits(prompt, cache)[:, -1]]
         for step in range(4):  # fixed tokens: both runs see the same inputs

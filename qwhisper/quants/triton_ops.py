@@ -25,6 +25,7 @@ Exactness (dequantize must equal quants.ref bit for bit):
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -692,10 +693,7 @@ class Partials:
 
     @property
     def rows(self) -> int:
-        n = 1
-        for s in self.shape[:-1]:
-            n *= s
-        return n
+        return math.prod(self.shape[:-1])
 
     def tensor(self) -> torch.Tensor:
         return self._summed(gelu=False)
