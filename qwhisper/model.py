@@ -219,7 +219,16 @@ class MultiHeadAttention(nn.Module):
                 qk_out.append(self.qk(q, k, qk_heads))
         else:
             qkv = self.qkv_projection()
-            if qkv is not None:  # one GEMM (GEMV) instead of three; q, k, v are views of its output
+            if qkv is not None and cache is not None and x.is_cuda and x.shape[1] == 1:
+                # a batched step: the split-K partial sums go to the attention kernel, which adds them
+                p = qkv.forward_parts(x)
+                if not isinstance(p, Tensor):
+                    o = _cached_attention(p, None, None, cache[0], cache[1], self.n_head, positions)
+                    if o is not None:
+                        return self.out.forward_parts(o)
+                    p = p.tensor()
+                q, k, v = p.split(self.query.out_features, dim=-1)
+            elif qkv is not None:  # one GEMM (GEMV) instead of three; q, k, v are views of its output
                 q, k, v = qkv(x).split(self.query.out_features, dim=-1)
             else:
                 q, k, v = self.query(x), self.key(x), self.value(x)
@@ -309,31 +318,37 @@ CACHED_ATTENTION_TRITON = True
 _attention_counters: dict = {}  # (device, size) -> int32 zeros the kernel leaves zero
 
 
-def _cached_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, n_head: int,
-                      positions: Tensor) -> Tensor | None:
+def _cached_attention(q: Tensor | Partials, k: Tensor | None, v: Tensor | None, k_cache: Tensor, v_cache: Tensor,
+                      n_head: int, positions: Tensor) -> Tensor | None:
     """q, k, v (B, 1, C) of one step at positions[0]: writes k, v into row positions[0] of k_cache,
     v_cache (B, n_ctx, C) and attends q over their rows 0..positions[0] -> (B, 1, C). None, with
     the cache untouched, where the Triton kernel can't run (switch off, no Triton, odd head size):
-    the caller writes the cache and runs SDPA then."""
+    the caller writes the cache and runs SDPA then. q may be the q|k|v product's split-K Partials
+    (B, 1, 3C), k and v None: the kernel adds the partials itself."""
     global CACHED_ATTENTION_TRITON
-    b, _, c = q.shape
+    parts = not isinstance(q, Tensor)
+    b, c = q.shape[0], q.shape[-1] // (3 if parts else 1)
     d = c // n_head
-    if (not CACHED_ATTENTION_TRITON or d & (d - 1) or k_cache.stride(2) != 1 or k.stride(2) != 1
-            or k.stride() != v.stride()):
+    if (not CACHED_ATTENTION_TRITON or d & (d - 1) or k_cache.stride(2) != 1
+            or (not parts and (k.stride(2) != 1 or k.stride() != v.stride()))):
         return None
     try:
         from .quants import triton_decoder
     except ImportError:
         CACHED_ATTENTION_TRITON = False
         return None
-    key = (q.device, b * n_head)
+    key = (k_cache.device, b * n_head)
     counters = _attention_counters.get(key)
     if counters is None:
-        counters = _attention_counters[key] = torch.zeros(b * n_head, dtype=torch.int32, device=q.device)
-    out = torch.empty((b, c), dtype=q.dtype, device=q.device)
+        counters = _attention_counters[key] = torch.zeros(b * n_head, dtype=torch.int32, device=k_cache.device)
+    out = torch.empty((b, c), dtype=q.dtype, device=k_cache.device)
+    if parts:
+        query, k_new, v_new = type(q)(q.parts, q.bias, q.dtype, (b, 3 * c)), None, None
+    else:
+        query, k_new, v_new = q.view(b, c), k.view(b, c), v.view(b, c)
     try:
-        triton_decoder.attention(q.view(b, c), k_cache, v_cache, n_head, out, counters, position=positions,
-                                 split_s=triton_decoder.SELF_SPLIT_S, k_new=k.view(b, c), v_new=v.view(b, c))
+        triton_decoder.attention(query, k_cache, v_cache, n_head, out, counters, position=positions,
+                                 split_s=triton_decoder.SELF_SPLIT_S, k_new=k_new, v_new=v_new)
     except torch.cuda.OutOfMemoryError:
         raise
     except (RuntimeError, triton_errors()) as e:

@@ -65,6 +65,41 @@ def test_interpreter_suite():
 
 
 @interp
+def test_interp_attention_adds_qkv_partials():
+    """A batched step's self-attention given the q|k|v product as split-K Partials: the kernel
+    adds the partial sums of q, k and v itself, and its output and cache rows equal those of the
+    same attention given Partials.tensor()'s q, k_new and v_new, bit for bit."""
+    from qwhisper.quants import triton_ops
+
+    td = _td()
+    rng = np.random.default_rng(8)
+    m, s, c, n_head, k_in = 12, 16, 64, 2, 128
+    raw = np.ascontiguousarray(quantize(rng.standard_normal((3 * c, k_in)).astype(np.float32), GGMLType.Q5_0)).reshape(-1)
+    x = torch.from_numpy(rng.standard_normal((m, k_in)).astype(np.float32)).half()
+    bias = torch.from_numpy(rng.standard_normal(3 * c).astype(np.float32))
+    parts = triton_ops.splitk_linear(x, torch.from_numpy(raw.copy()), GGMLType.Q5_0, (3 * c, k_in), bias)
+    assert parts.parts.shape[0] > 1
+    q, k_new, v_new = parts.tensor().split(c, dim=1)
+    for pos, split in [(0, 4), (6, 4), (15, 16)]:
+        k0 = torch.from_numpy(rng.standard_normal((m, s, c)).astype(np.float16))
+        v0 = torch.from_numpy(rng.standard_normal((m, s, c)).astype(np.float16))
+        outs = []
+        for fused in (False, True):
+            k, v = k0.clone(), v0.clone()
+            out = torch.full((m, c), float("nan")).half()
+            counters = torch.zeros(m * n_head, dtype=torch.int32)
+            if fused:
+                td.attention(parts, k, v, n_head, out, counters, torch.tensor([pos]), split_s=split)
+            else:
+                td.attention(q, k, v, n_head, out, counters, torch.tensor([pos]), split_s=split, k_new=k_new, v_new=v_new)
+            outs.append((out, k, v))
+        (o0, k_a, v_a), (o1, k_b, v_b) = outs
+        assert torch.equal(o0, o1) and torch.equal(k_a, k_b) and torch.equal(v_a, v_b), f"pos={pos}"
+    with pytest.raises(ValueError, match="partials need a position"):
+        td.attention(parts, k, v, n_head, out, counters, None)
+
+
+@interp
 @pytest.mark.parametrize("ggml_type", TYPES, ids=lambda t: t.name)
 def test_interp_gemv_ln_gelu_residual(ggml_type):
     """LN prologue + GELU epilogue (one float16 row) and residual epilogue (5 float32 rows).

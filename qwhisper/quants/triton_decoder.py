@@ -67,6 +67,7 @@ from .triton_ops import (
     _gemv_config,
     _load_blocks,
     _next_pow2,
+    _partials_at,
     _prefetch_at,
     _prefetch_l2,
     gdc_launch_dependents,
@@ -539,8 +540,11 @@ def _attn_kernel(
     counters,  # int32 (>= R*H,), zero on entry, left zero
     pos_ptr,  # CAUSAL: keys 0..pos attended
     S, G, H, qk_scale,  # keys (not CAUSAL); query rows per K/V row; heads; log2(e)/sqrt(D)
+    qkv_bias,  # QKV > 0: the q|k|v product's bias (3*H*D,)
     D: tl.constexpr, BG: tl.constexpr, BS: tl.constexpr, SPLIT_S: tl.constexpr, SPLITS: tl.constexpr,
     CAUSAL: tl.constexpr, NEW: tl.constexpr, PRELOAD: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
+    QKV: tl.constexpr = 0,  # > 0: q, k_new, v_new are the columns of a q|k|v Partials with QKV splits (q_ptr:
+    QKV_BM: tl.constexpr = 1, QKV_BIAS: tl.constexpr = False,  # its float32 parts, QKV_BM rows a split)
 ):
     pid = tl.program_id(0)  # (K/V row r, head h)
     split = tl.program_id(1)
@@ -572,15 +576,25 @@ def _attn_kernel(
     n_split = tl.cdiv(n_keys, SPLIT_S)
     if split < n_split:  # splits past the keys (self-attention early in a window) do nothing
         rows = (r * G + tl.minimum(gg, G - 1)).to(tl.int64)  # padding rows repeat the last one
-        q = tl.load(q_ptr + rows[:, None] * stride_qm + h * D + dd[None, :]).to(tl.float32) * qk_scale  # [BG, D]
+        if QKV > 0:  # the split-K partial sums of q, added and rounded as Partials.tensor() would
+            q = _partials_at(q_ptr, qkv_bias, rows[:, None], h * D + dd[None, :], dd[None, :] >= 0, 3 * H * D, QKV,
+                             QKV_BM, QKV_BIAS, out_ptr.dtype.element_ty) * qk_scale
+        else:
+            q = tl.load(q_ptr + rows[:, None] * stride_qm + h * D + dd[None, :]).to(tl.float32) * qk_scale  # [BG, D]
         m_i = tl.full([BG], float("-inf"), tl.float32)
         l_i = tl.zeros([BG], dtype=tl.float32)
         acc = tl.zeros([BG, D], dtype=tl.float32)
         if NEW:  # key/value n_keys - 1 (= pos) come from kn/vn, rounded to the cache's dtype; the
             # program of the split that holds pos writes them into the cache (no other one reads row pos)
-            new_at = r.to(tl.int64) * stride_nm + h * D + dd
-            kn = tl.load(kn_ptr + new_at).to(k_ptr.dtype.element_ty)
-            vn = tl.load(vn_ptr + new_at).to(v_ptr.dtype.element_ty)
+            if QKV > 0:
+                kn = _partials_at(q_ptr, qkv_bias, r, H * D + h * D + dd, dd >= 0, 3 * H * D, QKV, QKV_BM, QKV_BIAS,
+                                  out_ptr.dtype.element_ty).to(k_ptr.dtype.element_ty)
+                vn = _partials_at(q_ptr, qkv_bias, r, 2 * H * D + h * D + dd, dd >= 0, 3 * H * D, QKV, QKV_BM,
+                                  QKV_BIAS, out_ptr.dtype.element_ty).to(v_ptr.dtype.element_ty)
+            else:
+                new_at = r.to(tl.int64) * stride_nm + h * D + dd
+                kn = tl.load(kn_ptr + new_at).to(k_ptr.dtype.element_ty)
+                vn = tl.load(vn_ptr + new_at).to(v_ptr.dtype.element_ty)
             if split == n_split - 1:
                 at_pos = r.to(tl.int64) * stride_kr + (n_keys - 1).to(tl.int64) * stride_ks + h * D + dd
                 tl.store(k_ptr + at_pos, kn)
@@ -641,7 +655,7 @@ def _attn_tiles(g: int, d: int) -> tuple[int, int]:
     return bg, max(16, min(128, 4096 // (bg * d)))
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, out: torch.Tensor,
+def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.Tensor, n_head: int, out: torch.Tensor,
               counters: torch.Tensor, position: torch.Tensor | None = None, split_s: int = 128,
               k_new: torch.Tensor | None = None, v_new: torch.Tensor | None = None) -> torch.Tensor:
     """Softmax(q k^T / sqrt(D)) v for one query per row, over n_head heads of D = C / n_head.
@@ -652,8 +666,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
     counters: int32 zeros (>= R * n_head), left zero. split_s: keys per program (power of 2).
     k_new, v_new (M, C), with position and G = 1: this step's key and value, attended as key p
     and written into row p of k and v (the unfused step's cache write, without two copy kernels).
+    q may instead be the q|k|v product's split-K Partials (M, 3C) (a batched step, QLinear.
+    forward_parts), with position, G = 1 and no k_new / v_new: the kernel adds the partials of q,
+    k_new and v_new itself, rounded as Partials.tensor() would, instead of a reduce kernel first.
     """
-    m, c = q.shape
+    parts = q if isinstance(q, triton_ops.Partials) else None
+    if parts is not None:
+        if position is None or k_new is not None or len(parts.shape) != 2 or parts.shape[1] % 3:
+            raise ValueError("q|k|v partials need a position, no k_new / v_new, and a (M, 3C) shape")
+        m, c = parts.shape[0], parts.shape[1] // 3
+        if out.dtype != parts.dtype:
+            raise ValueError(f"out must be the partials' dtype {parts.dtype}, got {out.dtype}")
+        q = parts.parts
+        k_new = v_new = None
+    else:
+        m, c = q.shape
     r, s_max, ck = k.shape
     if ck != c or tuple(v.shape) != tuple(k.shape) or k.stride() != v.stride() or k.stride(2) != 1:
         raise ValueError(f"k and v must be (R, S, {c}) alike with a contiguous last axis, got {tuple(k.shape)}, {tuple(v.shape)}")
@@ -664,8 +691,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
     g, d = m // r, c // n_head
     if d * n_head != c or d & (d - 1):
         raise ValueError(f"head size {c} / {n_head} must be a power of 2")
-    new = k_new is not None
-    if new and (position is None or g != 1 or v_new is None or tuple(k_new.shape) != (m, c)
+    new = k_new is not None or parts is not None
+    if k_new is not None and (position is None or g != 1 or v_new is None or tuple(k_new.shape) != (m, c)
                 or k_new.stride() != v_new.stride() or tuple(v_new.shape) != (m, c) or k_new.stride(1) != 1):
         raise ValueError(f"k_new and v_new must be ({m}, {c}) alike, with a position and one query row per K/V row")
     bg, bs = _attn_tiles(g, d)
@@ -682,9 +709,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_head: int, ou
     part_o = torch.empty((m * n_head * sp2 * d,), dtype=torch.float32, device=q.device)
     part_ml = torch.empty((m * n_head * sp2 * 2,), dtype=torch.float32, device=q.device)
     _attn_kernel[(r * n_head, splits)](
-        q, q.stride(0), k, v, k.stride(0), k.stride(1), out, out.stride(0),
-        k_new if new else q, v_new if new else q, k_new.stride(0) if new else 0, part_o, part_ml, counters,
+        q, q.stride(0) if parts is None else 0, k, v, k.stride(0), k.stride(1), out, out.stride(0),
+        k_new if k_new is not None else q, v_new if v_new is not None else q, k_new.stride(0) if k_new is not None else 0,
+        part_o, part_ml, counters,
         position if position is not None else counters, s_max, g, n_head, math.log2(math.e) / math.sqrt(d),
+        q if parts is None or parts.bias is None else parts.bias,
+        QKV=0 if parts is None else parts.parts.shape[0], QKV_BM=1 if parts is None else parts.parts.shape[1],
+        QKV_BIAS=parts is not None and parts.bias is not None,
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None, NEW=new,
         PRELOAD=position is None and bs == split_s,
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
