@@ -26,9 +26,9 @@ extra step would cost a whole model step).
 The first sampled step (SuppressBlank, the first-timestamp limit, the prompt pass that also
 gives no_speech_prob) runs through the task's own logit filters; steps after it use `_advance`.
 The masks are the reference filters' (same -inf entries, so bit-identical log_softmax inputs).
-On CUDA `_advance` is one Triton kernel (quants/triton_greedy.py: one pass a row with an online
-softmax, FUSED_ADVANCE) instead of ~20 torch kernels: the same tokens, sum_lp to float32
-rounding. On an H100 that took tiny.en's sequential 10-minute run from 0.68 to 0.52 s.
+On CUDA `_advance` is two Triton kernels (quants/triton_greedy.py: chunks of each row reduced,
+then combined; FUSED_ADVANCE) instead of ~20 torch kernels: the same tokens, sum_lp to float32
+rounding. On an H100 that took tiny.en's sequential 10-minute run from 0.69 to 0.48 s.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ def _cases(device, seed: int, rows: int = 24):
     logits[:, TB:TB + 40] += 5 + 2 * torch.rand(rows, 1, generator=g)  # the rule goes both ways
     logits[0, 7] = logits[0, 9] = logits[0].max() + 1  # a tie: the first id wins
     logits[1, TB + 3] = logits[1, TB + 5] = logits[1].max() + 1
+    logits[3, 100] = logits[3, 700] = logits[3].max() + 1  # in two chunks of 256
     st = greedy_loop._State(rows, 448, "cpu")
     st.buf[:, :3] = torch.randint(0, EOT, (rows, 3), generator=g)
     st.n.fill_(3 + seed % 5)
@@ -61,33 +62,33 @@ def _cases(device, seed: int, rows: int = 24):
     return st, suppress.to(device), logits.to(device)
 
 
-def _check(device):
+def _check(device, monkeypatch):
     from qwhisper.quants import triton_greedy
 
-    for timestamps in (True, False):
-        for seed in range(3):
-            st, suppress, logits = _cases(device, seed)
-            st2, _, _ = _cases(device, seed)
-            rules = greedy_loop._Rules(suppress, timestamps, TB, EOT)
-            kept = logits.clone()
-            greedy_loop._advance(st, rules, logits.clone())
-            triton_greedy.advance(st2, rules, logits)
-            assert torch.equal(logits, kept)  # read, not masked in place
-            what = f"timestamps={timestamps} seed={seed}"
-            for name in ("buf", "n", "last", "last_ts", "pen_ts", "ts_val", "finished"):
-                assert torch.equal(getattr(st2, name), getattr(st, name)), f"{what}: {name}"
-            torch.testing.assert_close(st2.sum_lp, st.sum_lp, rtol=2e-6, atol=2e-6, msg=what)
-            picked = st.last[:, 0]
-            # the cases exercise both outcomes of the timestamp rule and finished rows
-            if timestamps:
-                assert (picked >= TB).any() and (picked < TB).any(), what
+    monkeypatch.setattr(greedy_loop, "FUSED_ADVANCE", False)  # greedy_loop._advance: the torch ops
+    cases = [(2048, True, 0), (2048, False, 1)] + [(256, t, s) for t in (True, False) for s in range(3)]
+    for block, timestamps, seed in cases:  # BLOCK 256: a row in 7 chunks, one across all three id ranges
+        monkeypatch.setattr(triton_greedy, "BLOCK", block)
+        st, suppress, logits = _cases(device, seed)
+        st2, _, _ = _cases(device, seed)
+        rules = greedy_loop._Rules(suppress, timestamps, TB, EOT)
+        kept = logits.clone()
+        greedy_loop._advance(st, rules, logits.clone())
+        triton_greedy.advance(st2, rules, logits)
+        assert torch.equal(logits, kept)  # read, not masked in place
+        what = f"block={block} timestamps={timestamps} seed={seed}"
+        for name in ("buf", "n", "last", "last_ts", "pen_ts", "ts_val", "finished"):
+            assert torch.equal(getattr(st2, name), getattr(st, name)), f"{what}: {name}"
+        torch.testing.assert_close(st2.sum_lp, st.sum_lp, rtol=2e-6, atol=2e-6, msg=what)
+        if timestamps:  # the cases take both ways of the timestamp rule
+            assert (st.last[:, 0] >= TB).any() and (st.last[:, 0] < TB).any(), what
 
 
 @interp
-def test_interp_advance_equals_torch_advance():
-    _check("cpu")
+def test_interp_advance_equals_torch_advance(monkeypatch):
+    _check("cpu", monkeypatch)
 
 
 @pytest.mark.cuda
-def test_cuda_advance_equals_torch_advance():
-    _check("cuda")
+def test_cuda_advance_equals_torch_advance(monkeypatch):
+    _check("cuda", monkeypatch)
