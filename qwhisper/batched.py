@@ -34,7 +34,6 @@ hallucination_silence_threshold moves `seek`, which fixed chunks do not have: re
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -134,34 +133,39 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
 
 
+def _edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of True, as arrays: run i is [starts[i], ends[i])."""
+    d = np.diff(mask.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+    return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+
+
+def _covered(n: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(n,) bool: True inside any [starts[i], ends[i]) (ranges may overlap)."""
+    marks = np.zeros(n + 1, np.int32)
+    np.add.at(marks, starts, 1)
+    np.add.at(marks, ends, -1)
+    return np.cumsum(marks[:n]) > 0
+
+
 def speech_mask(power: np.ndarray, vad: VadOptions = VadOptions()) -> np.ndarray:
     """Frames (10 ms) to decode: loud frames (adaptive threshold, see VadOptions), minus lone
-    blips, widened by speech_pad_s, with the silences shorter than min_silence_s filled in."""
+    blips, widened by speech_pad_s, with the silences shorter than min_silence_s filled in.
+    Array operations on the runs' edges: a Python loop per run took milliseconds on a file
+    of thousands of blips."""
     n = len(power)
     if n == 0:
         return np.zeros(0, bool)
     db = 10 * np.log10(_moving_mean(power, 5) + 1e-12)  # 50-ms smoothing: no flicker inside words
-    floor, loud = np.percentile(db, 5), np.percentile(db, 99)
+    floor, loud = np.percentile(db, [5, 99])
     threshold = min(max(floor + vad.floor_margin_db, loud - vad.max_range_db), loud - vad.min_range_db)
     threshold = max(threshold, vad.silence_db)  # digital silence (or near) is never speech
-    mask = db > threshold
-    min_speech = round(vad.min_speech_s * FRAMES_PER_SECOND)
-    for a, b in _runs(mask):
-        if b - a < min_speech:
-            mask[a:b] = False
+    starts, ends = _edges(db > threshold)
+    keep = ends - starts >= round(vad.min_speech_s * FRAMES_PER_SECOND)  # lone blips out
     pad = round(vad.speech_pad_s * FRAMES_PER_SECOND)
-    if pad:
-        grown = np.zeros(n + 1, np.int32)
-        for a, b in _runs(mask):
-            grown[max(0, a - pad)] += 1
-            grown[min(n, b + pad)] -= 1
-        mask = np.cumsum(grown[:n]) > 0
-    min_silence = round(vad.min_silence_s * FRAMES_PER_SECOND)
-    runs = _runs(mask)
-    for (_, b), (c, _) in itertools.pairwise(runs):
-        if c - b < min_silence:
-            mask[b:c] = True
-    return mask
+    mask = _covered(n, np.maximum(starts[keep] - pad, 0), np.minimum(ends[keep] + pad, n))
+    starts, ends = _edges(mask)
+    short = starts[1:] - ends[:-1] < round(vad.min_silence_s * FRAMES_PER_SECOND)
+    return mask | _covered(n, ends[:-1][short], starts[1:][short])
 
 
 def split_region(start: int, end: int, quiet: np.ndarray, max_frames: int, search_frames: int) -> list[tuple[int, int]]:
