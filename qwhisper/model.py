@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -576,8 +576,9 @@ class _GraphedStep:
     def in_use(self) -> bool:
         return self._owner is not None and self._owner() is not None
 
-    def take(self, xa_kv: list[tuple[Tensor, Tensor]], n_group: int) -> KVCache:
-        """A KVCache on these buffers: cross K/V of this window copied in, self K/V zeroed."""
+    def take(self, xa_kv: Iterable[tuple[Tensor, Tensor]], n_group: int) -> KVCache:
+        """A KVCache on these buffers: cross K/V of this window copied in (layer by layer, as
+        the iterable yields them), self K/V zeroed."""
         for buf, (k, v) in zip(zip(self.cross_k, self.cross_v), xa_kv):
             buf[0].copy_(k)
             buf[1].copy_(v)
@@ -740,8 +741,8 @@ class TextDecoder(nn.Module):
                 st = _GraphedStep(zeros(b * n_group, self.n_ctx), zeros(b * n_group, self.n_ctx),
                                   zeros(b, xa.shape[1]), zeros(b, xa.shape[1]))
                 sets.append(st)
-            if st is not None:
-                return st.take([block.cross_attn.kv(xa) for block in self.blocks], n_group)
+            if st is not None:  # one layer's K/V at a time: copied in, then freed (not B x 2 x layers of them)
+                return st.take((block.cross_attn.kv(xa) for block in self.blocks), n_group)
         self_k = [xa.new_zeros(b * n_group, self.n_ctx, c) for _ in self.blocks]
         self_v = [xa.new_zeros(b * n_group, self.n_ctx, c) for _ in self.blocks]
         cross = [block.cross_attn.kv(xa) for block in self.blocks]
