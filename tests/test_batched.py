@@ -482,3 +482,45 @@ def test_batched_on_cuda_replays_graphs_of_its_batch_shape(shared_q5_1):
     assert 2 in rows and max(rows) <= GRAPH_MAX_ROWS  # the 2-window batches replayed a graph
     # replayed: the step's own graph, or the greedy loop's graph of step + filters (greedy_loop.py)
     assert all(_replayed(st) for st in sets if st.tokens.shape[0] == 2)
+
+
+def _batched_runs(model, audio, runs: int) -> tuple[list, int]:
+    """`runs` batched transcriptions of audio in 5-s chunks, batch 16: each run's (tokens,
+    avg_logprob) per segment, and the most windows a decoder step had."""
+    from qwhisper.batched import BatchedPipeline, VadOptions
+    from qwhisper.transcribe import TranscribeOptions
+
+    options = TranscribeOptions(language="en", batch_size=16)
+    vad = VadOptions(max_chunk_s=5.0, search_s=2.0)  # 60 s -> more than 8 windows: a step of 9..16 rows
+    out, most = [], 0
+    counted = model.model.logits
+
+    def logits(tokens, *a, **k):
+        nonlocal most
+        most = max(most, tokens.shape[0])
+        return counted(tokens, *a, **k)
+
+    model.model.logits = logits  # the first step of each batch goes through here
+    try:
+        for _ in range(runs):
+            pipeline = BatchedPipeline(model, options, vad=vad, verbose=False)
+            segments = [s for _, segs in pipeline.run([pipeline.open(audio)]) for s in segs]
+            out.append([(tuple(s.tokens), s.avg_logprob) for s in segments])
+    finally:
+        del model.model.logits
+    return out, most
+
+
+@pytest.mark.cuda
+def test_batched_on_cuda_repeats_bit_for_bit(shared_q5_1):
+    """A batched step of 9..16 windows (split-K products whose partials the next kernels add)
+    gives the same tokens and logprobs run after run. OPEN BUG, expected to fail until fixed:
+    session 9 found batched runs differing with the split-K GEMM on and repeating with it off
+    (docs/reports/performance.md section 10.5, benchmarks/check_reproducible.py)."""
+    from qwhisper.transcribe import WhisperModel
+
+    audio, _ = _speech_past_60s()
+    model = WhisperModel(shared_q5_1, "cuda")
+    runs, most = _batched_runs(model, audio, 3)
+    assert most >= 9, most  # the split-K way (triton_ops.pick) was taken
+    assert runs[1] == runs[0] and runs[2] == runs[0]
