@@ -3,7 +3,8 @@ process, the text of each run hashed; with --without, a part of the CUDA path sw
 to find which part makes runs differ.
 
     python benchmarks/check_reproducible.py --model ggml-tiny.en-q5_1.bin --audio devlong.npz \
-        [--batch-size 32] [--runs 3] [--without splitk|splitk-pdl|graphs|encoder-graphs|fused-advance|triton-attention]
+        [--batch-size 32] [--runs 3] [--without splitk|splitk-pdl|splitk-pipelining|graphs|encoder-graphs|fused-advance|
+         triton-attention]
 
 Prints one line: the switch and the hash of each run's text, then the words where the first
 differing run parts from run 1. (Session 9 found batched CUDA runs differing, and not without the
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-SWITCHES = ("splitk", "splitk-pdl", "graphs", "encoder-graphs", "fused-advance", "triton-attention")
+SWITCHES = ("splitk", "splitk-pdl", "splitk-pipelining", "graphs", "encoder-graphs", "fused-advance", "triton-attention")
 
 
 def switch_off(whisper, name: str) -> None:
@@ -35,6 +36,8 @@ def switch_off(whisper, name: str) -> None:
         triton_ops.SPLITK_MAX_M = 0
     elif name == "splitk-pdl":
         triton_ops.SPLITK_PDL = False
+    elif name == "splitk-pipelining":
+        triton_ops.SPLITK_STAGES = 1
     elif name == "graphs":
         whisper.model.decoder.cuda_graphs = False
     elif name == "encoder-graphs":

@@ -595,6 +595,7 @@ SPLITK_MAX_M = 32
 # 959-961; <= 20 with 400 programs: 1032-1036; <= 40 with 1600: 985-1000.
 SPLITK_PROGRAMS = 800
 SPLITK_MAX_SPLIT = 10
+SPLITK_STAGES = 3  # Triton's software pipelining of the K loop (a module switch for experiments)
 
 
 @triton.jit
@@ -771,7 +772,7 @@ def splitk_linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape
     _splitk_kernel[(triton.cdiv(n, block_n), split)](
         x2, w8, w16, parts, m, n, k, x2.stride(0), _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
-        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, NBS=k // QK // split, num_warps=warps, num_stages=3,
+        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, NBS=k // QK // split, num_warps=warps, num_stages=SPLITK_STAGES,
         **_splitk_pdl(x.device))
     return Partials(parts, bias, x.dtype, lead + (n,))
 
