@@ -523,4 +523,6 @@ def test_batched_on_cuda_repeats_bit_for_bit(shared_q5_1):
     model = WhisperModel(shared_q5_1, "cuda")
     runs, most = _batched_runs(model, audio, 3)
     assert most >= 9, most  # the split-K way (triton_ops.pick) was taken
-    assert runs[1] == runs[0] and runs[2] == runs[0]
+    # run 1 captures the CUDA graphs (its first steps eager), runs 2 and 3 replay them
+    same = [runs[i] == runs[0] for i in (1, 2)] + [runs[2] == runs[1]]
+    assert all(same), f"run 2 == run 1: {same[0]}, run 3 == run 1: {same[1]}, run 3 == run 2: {same[2]}"
