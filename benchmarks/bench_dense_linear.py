@@ -18,31 +18,14 @@ import torch
 
 sys.path.insert(0, os.environ.get("QWHISPER_SRC", str(Path(__file__).resolve().parents[1])))
 
+from graph_timing import graph_us as _graph_us
+
 from qwhisper.quants.torch_ops import dense_linear
 
 
-def graph_us(fn, reps: int = 20) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        best = min(best, start.elapsed_time(end) / reps * 1e3)
-    return best
+def graph_us(fn) -> float:
+    """One call replayed 20 times in a graph, best of 5 replays (see the docstring above)."""
+    return _graph_us(fn, captures=20, warmup=3, replays=5, best=True)
 
 
 def main() -> int:

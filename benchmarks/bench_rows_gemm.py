@@ -25,30 +25,10 @@ import torch
 
 sys.path.insert(0, os.environ.get("QWHISPER_SRC", str(Path(__file__).resolve().parents[1])))
 
+from graph_timing import graph_us
+
 from qwhisper.architectures import ARCHITECTURES
 from qwhisper.quants import BLOCK_SIZES, GGMLType, triton_ops
-
-
-def graph_us(fn, calls: int) -> float:
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(9):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / calls * 1e3)
-    return sorted(times)[len(times) // 2]
 
 
 def random_blocks(ggml_type: GGMLType, n: int, k: int, gen: torch.Generator) -> torch.Tensor:
