@@ -43,7 +43,7 @@ NEG_INF = float("-inf")
 # CUDA: replayed steps between two reads of "all rows finished" (one host sync per this many
 # tokens; at most this many - 1 wasted steps of ~0.2 ms per window).
 SYNC_EVERY = 8
-# CUDA: a step's rules, argmax and state update in one Triton kernel (quants/triton_greedy.py)
+# CUDA: a step's rules, argmax and state update in two Triton kernels (quants/triton_greedy.py)
 # instead of ~20 torch kernels; None once Triton turned out to be missing. Module switch for
 # benchmarks and tests.
 FUSED_ADVANCE: bool | None = True
@@ -102,7 +102,7 @@ class _Rules:
 def _advance(st: _State, rules: _Rules, logits: torch.Tensor) -> None:
     """One step after the first: logits (rows, n_vocab) float32 (masked in place) -> next
     token of every row appended to st, state updated. Tensor ops on fixed shapes only; on
-    CUDA one kernel (FUSED_ADVANCE)."""
+    CUDA two kernels (FUSED_ADVANCE)."""
     global FUSED_ADVANCE
     if FUSED_ADVANCE and logits.is_cuda:
         try:

@@ -126,7 +126,8 @@ class QLinear(nn.Module):
         """forward(x), or, where linear() would take the split-K way for a block-quantized weight on
         CUDA (triton_ops.pick: 9..32 float16/bfloat16 rows, a batched step of windows), that GEMM's
         float32 partial sums (triton_ops.splitk_linear) for a consumer that sums them itself:
-        LayerNorm.add_forward, Partials.gelu. Not for float16 weights (cuBLAS)."""
+        LayerNorm.add_forward, Partials.gelu, the batched self-attention (_cached_attention). Not
+        for float16 weights (cuBLAS)."""
         if (not x.is_cuda or self.cache_dequantized or self.ggml_type in (GGMLType.F16, GGMLType.F32)
                 or QLinear.__dict__.get("_triton_linear") is False):
             return self.forward(x)

@@ -5,7 +5,7 @@ over the vocabulary, a logsumexp, a max, an argmax, a gather and the state updat
 each costs a launch and a pass over (rows, n_vocab) with one block a row, so at one row a step
 of tiny spent more time there than in its decoder layers. Here:
 
-1. `_partials_kernel`, one program per (row, BLOCK ids of it): the masks applied as the values
+1. `_chunks_kernel`, one program per (row, BLOCK ids of it): the masks applied as the values
    are loaded (the reference filters' masks, greedy_loop._Rules, and the row's timestamp
    bounds), then for each id range it overlaps -- text [0, EOT), the other specials
    [EOT, timestamp_begin), the timestamps -- the max, its first id and the sum of exp(x - max);
@@ -71,7 +71,7 @@ def _bounds(last_ts_ptr, pen_ts_ptr, ts_val_ptr, r, V, EOT, TIMESTAMPS: tl.const
 
 
 @triton.jit
-def _partials_kernel(logits_ptr, stride_l, V, sup_ptr, last_ts_ptr, pen_ts_ptr, ts_val_ptr, part_ptr, TB, EOT,
+def _chunks_kernel(logits_ptr, stride_l, V, sup_ptr, last_ts_ptr, pen_ts_ptr, ts_val_ptr, part_ptr, TB, EOT,
                      TIMESTAMPS: tl.constexpr, CP: tl.constexpr, BLOCK: tl.constexpr):
     """Program (row r, chunk c): (max, first id, sum exp) of each id range within ids
     [c*BLOCK, (c+1)*BLOCK) -> part[r, side, 0..2, c]."""
@@ -164,7 +164,7 @@ def advance(st, rules, logits: torch.Tensor) -> None:
     u8 = torch.uint8
     last_ts, pen_ts = st.last_ts.view(u8), st.pen_ts.view(u8)
     ts = bool(rules.timestamps)
-    _partials_kernel[(rows, chunks)](logits, logits.stride(0), v, rules.suppress.view(u8), last_ts, pen_ts, st.ts_val,
+    _chunks_kernel[(rows, chunks)](logits, logits.stride(0), v, rules.suppress.view(u8), last_ts, pen_ts, st.ts_val,
                                      part, rules.tb, rules.eot, TIMESTAMPS=ts, CP=cp, BLOCK=BLOCK, num_warps=WARPS)
     _finish_kernel[(rows,)](part, chunks, v, st.buf, st.buf.stride(0), st.n, st.last, last_ts, pen_ts, st.ts_val,
                             st.finished.view(u8), st.sum_lp, rules.tb, rules.eot, TIMESTAMPS=ts, CP=cp, num_warps=1)
