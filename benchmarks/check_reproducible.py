@@ -4,12 +4,12 @@ to find which part makes runs differ.
 
     python benchmarks/check_reproducible.py --model ggml-tiny.en-q5_1.bin --audio devlong.npz \
         [--batch-size 32] [--runs 3] [--without splitk|splitk-pdl|splitk-pipelining|graphs|encoder-graphs|fused-advance|
-         triton-attention]
+         triton-attention|triton-cross-attention]
 
 Prints one line: the switch and the hash of each run's text, then the words where the first
-differing run parts from run 1. (Session 9 found batched CUDA runs differing, and not without the
-split-K GEMM: performance.md section 10.5.) The audio is bench_longform.py's `pack` (.npz) or any
-file qwhisper reads.
+differing run parts from run 1. (Session 9 found batched CUDA runs differing; session 10 traced
+it to cuDNN's SDPA for the one-query cross-attention: performance.md 10.5 and 11.1.) The audio is
+bench_longform.py's `pack` (.npz) or any file qwhisper reads.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-SWITCHES = ("splitk", "splitk-pdl", "splitk-pipelining", "graphs", "encoder-graphs", "fused-advance", "triton-attention")
+SWITCHES = ("splitk", "splitk-pdl", "splitk-pipelining", "graphs", "encoder-graphs", "fused-advance", "triton-attention",
+            "triton-cross-attention")
 
 
 def switch_off(whisper, name: str) -> None:
@@ -46,6 +47,8 @@ def switch_off(whisper, name: str) -> None:
         greedy_loop.FUSED_ADVANCE = False
     elif name == "triton-attention":
         qm.CACHED_ATTENTION_TRITON = False
+    elif name == "triton-cross-attention":  # cuDNN's SDPA, which differs call to call
+        qm.CROSS_ATTENTION_TRITON = False
 
 
 def main(argv: list[str] | None = None) -> int:

