@@ -566,6 +566,14 @@ def test_cuda_cross_attention_kernel_matches_sdpa_and_repeats():
     beams = torch.randn(10, 1, 384, device="cuda", generator=gen).half()
     kv = torch.randn(2, 1500, 384, device="cuda", generator=gen).half()
     assert model_mod._cross_attention(beams, kv, kv, 6) is None
+    # ... SDPA of 5 queries a window (flash, model.FEW_QUERIES): float32 reference, repeats
+    mha = model_mod.MultiHeadAttention(384, 6, "beams").cuda()
+    got = mha.qkv_attention(beams, kv, kv, None)
+    qf = beams.float().view(2, 5, 6, 64).transpose(1, 2)
+    kf = kv.float().view(2, 1500, 6, 64).transpose(1, 2)
+    want = torch.nn.functional.scaled_dot_product_attention(qf, kf, kf).transpose(1, 2).reshape(beams.shape)
+    assert (got.float() - want).abs().max().item() < 2e-3
+    assert all(torch.equal(mha.qkv_attention(beams, kv, kv, None), got) for _ in range(20))
     for windows, heads in ((25, 6), (3, 6), (25, 20)):
         c = heads * 64
         q = torch.randn(windows, 1, c, device="cuda", generator=gen).half()
