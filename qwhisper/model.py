@@ -374,17 +374,25 @@ def _cross_attention(q: Tensor | Partials, k: Tensor, v: Tensor, n_head: int) ->
         return None
     out = torch.empty((b, c), dtype=q.dtype, device=k.device)
     query = q.view(b, c) if isinstance(q, Tensor) else type(q)(q.parts, q.bias, q.dtype, (b, c))
-    try:
-        triton_decoder.attention(query, k, v, n_head, out,
-                                 _attention_counters_for(k.device, k.shape[0] * n_head),
-                                 split_s=triton_decoder.CROSS_SPLIT_S)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except (RuntimeError, triton_errors()) as e:
-        warnings.warn(f"Triton cross-attention failed ({type(e).__name__}: {str(e)[:300]}); using SDPA")
+    if not _attention_ran(triton_decoder, "cross-attention", q=query, k=k, v=v, n_head=n_head, out=out,
+                          counters=_attention_counters_for(k.device, k.shape[0] * n_head),
+                          split_s=triton_decoder.CROSS_SPLIT_S):
         CROSS_ATTENTION_TRITON = False
         return None
     return out.view(b, 1, c)
+
+
+def _attention_ran(triton_decoder, what: str, **args) -> bool:
+    """triton_decoder.attention(**args); False, with a warning, where it failed to compile or run
+    (the caller turns its switch off and uses SDPA). Out of memory is raised."""
+    try:
+        triton_decoder.attention(**args)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (RuntimeError, triton_errors()) as e:
+        warnings.warn(f"Triton {what} failed ({type(e).__name__}: {str(e)[:300]}); using SDPA")
+        return False
+    return True
 
 
 def _cached_attention(q: Tensor | Partials, k: Tensor | None, v: Tensor | None, k_cache: Tensor, v_cache: Tensor,
@@ -412,13 +420,9 @@ def _cached_attention(q: Tensor | Partials, k: Tensor | None, v: Tensor | None, 
         query, k_new, v_new = type(q)(q.parts, q.bias, q.dtype, (b, 3 * c)), None, None
     else:
         query, k_new, v_new = q.view(b, c), k.view(b, c), v.view(b, c)
-    try:
-        triton_decoder.attention(query, k_cache, v_cache, n_head, out, counters, position=positions,
-                                 split_s=triton_decoder.SELF_SPLIT_S, k_new=k_new, v_new=v_new)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except (RuntimeError, triton_errors()) as e:
-        warnings.warn(f"Triton attention failed ({type(e).__name__}: {str(e)[:300]}); using SDPA")
+    if not _attention_ran(triton_decoder, "attention", q=query, k=k_cache, v=v_cache, n_head=n_head, out=out,
+                          counters=counters, position=positions, split_s=triton_decoder.SELF_SPLIT_S,
+                          k_new=k_new, v_new=v_new):
         CACHED_ATTENTION_TRITON = False
         return None
     return out.view(b, 1, c)
