@@ -216,8 +216,9 @@ class MultiHeadAttention(nn.Module):
         """
         if kv is not None:
             k, v = kv
-            if CROSS_ATTENTION_TRITON and x.is_cuda and x.shape[1] == 1 and x.shape[0] == k.shape[0] and not qk_heads:
-                # one query a window: the query product's split-K partials go to the kernel
+            if x.is_cuda and not qk_heads:
+                # one query a window: the query product's split-K partials go to the kernel (which
+                # declines other shapes; the partials are then summed as query(x) would sum them)
                 p = self.query.forward_parts(x)
                 o = _cross_attention(p, k, v, self.n_head)
                 if o is not None:
