@@ -12,8 +12,12 @@ every weight type x shape x M the time of each way to compute the product:
   deq+cublas  dequantize into a reusable buffer of x's dtype, then torch.nn.functional.linear
   cublas-f16  F.linear on a weight already held in float16: the reference a 16-bit model pays
 
-Times are medians of triton.testing.do_bench (L2 flushed before every call, so weights come from
-device memory as in a real decode step). GB/s counts the weight bytes as stored (the quantized
+Times are per call in a CUDA graph (graph_timing.graph_us, median of 9 replays) of one call per
+copy of the weight, with enough copies to fill 4x the L2 (at most 1024), so each call reads its
+weight from device memory, as a decode step's layers do, and no host launch time is counted.
+(Until session 10 this used triton.testing.do_bench with an L2 flush before each call; there the
+Python launch time of a call could outlast the flush, and on session 10's machines it inflated
+one-row times to 70-95 us for 4-us kernels.) GB/s counts the weight bytes as stored (the quantized
 size for q types) over the time; "% copy" relates that to the measured copy bandwidth.
 Shapes (N, K): attention (d, d), MLP in (4d, d), MLP out (d, 4d), vocabulary (V, d) for
 d = 384 (tiny), 768 (small), 1280 (large-v3). M = 1 (greedy step), 5 (beams), 16, 1500 (encoder).
@@ -29,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
 import multiprocessing as mp
 import os
@@ -41,6 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # graph_timing
 
 from qwhisper.quants import GGMLType, tensor_nbytes  # noqa: E402
 
@@ -200,9 +204,21 @@ def ceilings() -> dict:
     return out
 
 
-def measure(all_tasks: list[tuple], copy_gbps: float) -> list[dict]:
-    from triton.testing import do_bench
+RING_L2_MULTIPLE, MAX_COPIES = 4, 1024
 
+
+def cold_us(prov: str, t: GGMLType, x: torch.Tensor, raw: torch.Tensor, n: int, k: int, cfg, wbytes: int) -> float:
+    """us per call of make_fn(prov, ...) in a CUDA graph over copies of the weight that together
+    fill RING_L2_MULTIPLE x the L2: each call finds its weight in device memory, not in L2."""
+    from graph_timing import graph_us
+
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    copies = min(MAX_COPIES, max(2, -(-RING_L2_MULTIPLE * l2 // wbytes)))
+    fns = [make_fn(prov, t, x, raw if i == 0 else raw.clone(), n, k, cfg) for i in range(copies)]
+    return graph_us(lambda: [f() for f in fns], calls=copies)
+
+
+def measure(all_tasks: list[tuple], copy_gbps: float) -> list[dict]:
     rows = []
     cache: dict = {}
     for t, n, k, m, prov, cfg in all_tasks:
@@ -214,12 +230,8 @@ def measure(all_tasks: list[tuple], copy_gbps: float) -> list[dict]:
         x = torch.randn(m, k, device="cuda").half()
         row = {"type": t.name, "N": n, "K": k, "M": m, "provider": prov, "config": cfg}
         try:
-            fn = make_fn(prov, t, x, raw, n, k, cfg)
-            # Two medians, the smaller kept: a stretch of host-side delay (Python launch overhead
-            # outlasting the L2 flush while the CPU is busy) inflated single medians up to 30x on
-            # small weights (seen on the H100 machine); the GPU work itself does not vary so.
-            us = min(do_bench(fn, warmup=5, rep=25, return_mode="median") for _ in range(2)) * 1e3
             wbytes = tensor_nbytes(t, (n, k)) if prov != "cublas-f16" else 2 * n * k
+            us = cold_us(prov, t, x, raw, n, k, cfg, wbytes)
             row.update(us=us, weight_GBps=wbytes / us / 1e3, pct_copy=100 * wbytes / us / 1e3 / copy_gbps,
                        TFLOPs=2 * m * n * k / us / 1e6)
         except Exception as e:
@@ -316,10 +328,7 @@ def main(argv=None) -> int:
     if args.jobs > 0:
         warm_up(all_tasks, args.jobs)
     t0 = time.time()
-    gc.collect()
-    gc.disable()  # no collector pauses between the flush and the timed call
     rows = measure(all_tasks, head["copy_GBps"])
-    gc.enable()
     print(f"# {len(rows)} measurements in {time.time() - t0:.0f} s", flush=True)
     title = (f"### {head['date']}, commit {head['commit']}, {head['device']} ({head['sms']} SMs), torch {head['torch']}, "
              f"triton {head['triton']}, CUDA {head['cuda']}\n\nMeasured ceilings: copy {head['copy_GBps']:.0f} GB/s "
