@@ -13,8 +13,9 @@ every weight type x shape x M the time of each way to compute the product:
   cublas-f16  F.linear on a weight already held in float16: the reference a 16-bit model pays
 
 Times are per call in a CUDA graph (graph_timing.graph_us, median of 9 replays) of one call per
-copy of the weight, with enough copies to fill 4x the L2 (at most 1024), so each call reads its
-weight from device memory, as a decode step's layers do, and no host launch time is counted.
+copy of the weight, with enough copies to fill 4x the L2 (at most 1024; 2 for M >= 1500, whose
+products are compute-bound), so each call reads its weight from device memory, as a decode step's
+layers do, and no host launch time is counted.
 (Until session 10 this used triton.testing.do_bench with an L2 flush before each call; there the
 Python launch time of a call could outlast the flush, and on session 10's machines it inflated
 one-row times to 70-95 us for 4-us kernels.) GB/s counts the weight bytes as stored (the quantized
