@@ -250,13 +250,14 @@ def bench_file(path: str, reps: int, batch: int, steps: int, decode_only: bool =
         xa = model.embed_audio(mel1)
         sot = torch.tensor([[1, 2, 3, 4]], device=dev)  # a 4-token start (ids only index the embedding)
 
-        def decode_steps(cache, rows: int):
-            """`steps` single-token steps after the 4-token start; cache rewound each time."""
+        def decode_steps(cache, rows: int, start: int = 4, n: int = steps):
+            """n single-token steps from position `start` (default: after the 4-token start);
+            cache rewound each time."""
             tok = torch.full((rows, 1), 440, dtype=torch.long, device=dev)
 
             def run():
-                cache.offset = 4
-                for _ in range(steps):
+                cache.offset = start
+                for _ in range(n):
                     model.logits(tok, cache)
             return run
 
@@ -274,13 +275,8 @@ def bench_file(path: str, reps: int, batch: int, steps: int, decode_only: bool =
             model.logits(sot, gcache)
             r[f"graph_decode_ms_per_token{tag}"] = _median_ms(decode_steps(gcache, 1), reps) / steps
             if fused:  # whisper-bench's decode figure: one-token steps at positions 0 .. 255
-                tok1 = torch.full((1, 1), 440, dtype=torch.long, device=dev)
-
-                def run_whisper_bench(cache=gcache, tok=tok1):
-                    cache.offset = 0
-                    for _ in range(WHISPER_BENCH_STEPS):
-                        model.logits(tok, cache)
-                r["graph_decode_ms_per_token_0_255"] = _median_ms(run_whisper_bench, reps) / WHISPER_BENCH_STEPS
+                r["graph_decode_ms_per_token_0_255"] = _median_ms(
+                    decode_steps(gcache, 1, start=0, n=WHISPER_BENCH_STEPS), reps) / WHISPER_BENCH_STEPS
             gcache5 = model.new_kv_cache(xa, n_group=BEAMS)
             model.logits(sot.repeat(BEAMS, 1), gcache5)
             r[f"graph_batch5_ms_per_token{tag}"] = _median_ms(decode_steps(gcache5, BEAMS), reps) / steps / BEAMS

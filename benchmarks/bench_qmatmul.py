@@ -277,17 +277,16 @@ def fmt_summary(rows: list[dict]) -> str:
             ref = {m: by.get(("F16", n, k, m, "cublas-f16")) or by.get((t.name, n, k, m, "cublas-f16")) for m in MS}
             if t == GGMLType.F16:
                 cells = [ref[1] and f"{ref[1]['us']:.1f} ({ref[1]['weight_GBps']:.0f}, {ref[1]['pct_copy']:.0f}%)", "",
-                         ref[5] and f"{ref[5]['us']:.1f}", ref[16] and f"{ref[16]['us']:.1f}",
-                         ref[1500] and f"{ref[1500]['us']:.1f} ({ref[1500]['TFLOPs']:.0f})", "",
-                         ref[mb] and f"{ref[mb]['us']:.1f} ({ref[mb]['TFLOPs']:.0f})", ""]
+                         ref[5] and f"{ref[5]['us']:.1f}", ref[16] and f"{ref[16]['us']:.1f}"]
+                for m in (1500, mb):
+                    cells += [ref[m] and f"{ref[m]['us']:.1f} ({ref[m]['TFLOPs']:.0f})", ""]
             else:
                 lin = {m: by.get((t.name, n, k, m, "linear")) for m in MS}
                 cells = [lin[1] and f"{lin[1]['us']:.1f} ({lin[1]['weight_GBps']:.0f}, {lin[1]['pct_copy']:.0f}%)",
                          ref[1] and f"{ref[1]['us']:.1f}"]
                 cells += [lin[m] and f"{lin[m]['us']:.1f} {pick(m, n, k, torch.float16)}" for m in (5, 16)]
-                cells += [lin[m] and f"{lin[m]['us']:.1f} ({lin[m]['TFLOPs']:.0f})" for m in (1500,)]
-                cells += [ref[1500] and f"{ref[1500]['us']:.1f}"]
-                cells += [lin[mb] and f"{lin[mb]['us']:.1f} ({lin[mb]['TFLOPs']:.0f})", ref[mb] and f"{ref[mb]['us']:.1f}"]
+                for m in (1500, mb):
+                    cells += [lin[m] and f"{lin[m]['us']:.1f} ({lin[m]['TFLOPs']:.0f})", ref[m] and f"{ref[m]['us']:.1f}"]
             lines.append(f"| {t.name} | {label} | {n}x{k} | " + " | ".join(c or "-" for c in cells) + " |")
     return "\n".join(lines)
 

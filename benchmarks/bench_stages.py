@@ -30,7 +30,7 @@ class StageSkipper:
     call (from its arguments and its place in the layer) and skip the one stage `skip`."""
 
     def __init__(self, td, skip: str | None = None):
-        self.td, self.skip = td, skip
+        self.skip = skip
         self.real = (td.gemv_qkv, td.attention, td._linear)
         self.square_residual = "out"  # the layer's first d x d residual GEMV is out, the second cross_out
         self.seen: list[str] = []
@@ -80,9 +80,9 @@ def main(argv=None) -> int:
     p.add_argument("--keep-files", action="store_true")
     args = p.parse_args(argv)
 
+    import bench_model as bm
     import torch
 
-    import bench_model as bm
     from qwhisper.architectures import ARCHITECTURES
     from qwhisper.quants import triton_decoder as td
 

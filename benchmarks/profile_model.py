@@ -72,7 +72,7 @@ def _fused_stages(fn, n_layer: int, out: Path | None, title: str) -> None:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    ours = ("_embed_kernel", "_step_gemv_kernel", "_step_gemv_groups_kernel", "_attn_kernel", "_cross_attn_kernel")
+    ours = ("_embed_kernel", "_step_gemv_kernel", "_attn_kernel", "_cross_attn_kernel")
     ks = sorted((e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and e.name in ours),
                 key=lambda e: e.time_range.start)
     names = ["embed"] + [s for _ in range(n_layer) for s in FUSED_STAGES] + ["head"]
