@@ -115,6 +115,9 @@ CROSS_MAX_SPLIT_S = 64
 # batch 32 (25 rows) RTFx 918-925 -> 942-944; batch 16 (12-13 rows) 678-685 -> 676-682; batch 8
 # 473-474 -> 467-472; 5 beams lost (above).
 SELF_ONE_WARP_ROWS = 16
+# Self-attention splits of one step load the cache rows before pos (written by earlier steps)
+# before the PDL wait, as the cross-attention loads its K/V; row pos after it.
+SELF_PRELOAD = True
 
 # Programmatic dependent launch (sm_90+): every kernel of the step lets the next one start as
 # soon as all its programs run (griddepcontrol.launch_dependents) and the next one waits
@@ -558,13 +561,21 @@ def _attn_kernel(
     gg = tl.arange(0, BG)
     dd = tl.arange(0, D)
     kv = r.to(tl.int64) * stride_kr + h * D + dd[None, :]
-    # Cross K/V (fixed for the window, not CAUSAL): a split of one step (PRELOAD) is loaded into
-    # registers before the wait; longer splits are asked into L2 (PREFETCH).
+    # Before the wait only what no kernel of this step writes may be read: the position (copied in
+    # before the step's first kernel), the cross K/V (fixed for the window) and the cache rows
+    # before pos (earlier steps). A split of one step (PRELOAD) loads its keys and values into
+    # registers there; with CAUSAL, row pos (this step's q|k|v kernel writes it) is read after the
+    # wait. Longer cross splits are only asked into L2 (PREFETCH).
+    if CAUSAL:
+        n_keys = tl.load(pos_ptr).to(tl.int32) + 1
+    else:
+        n_keys = S
     if PRELOAD:
         ss_pre = split * SPLIT_S + tl.arange(0, BS)
         at_pre = kv + ss_pre.to(tl.int64)[:, None] * stride_ks
-        kt_pre = tl.load(k_ptr + at_pre, mask=(ss_pre < S)[:, None], other=0.0)
-        vt_pre = tl.load(v_ptr + at_pre, mask=(ss_pre < S)[:, None], other=0.0)
+        ok_pre = (ss_pre < n_keys - 1 if CAUSAL else ss_pre < n_keys)[:, None]
+        kt_pre = tl.load(k_ptr + at_pre, mask=ok_pre, other=0.0)
+        vt_pre = tl.load(v_ptr + at_pre, mask=ok_pre, other=0.0)
     elif PREFETCH:
         pf_s = tl.minimum(split * SPLIT_S + tl.arange(0, SPLIT_S), S - 1).to(tl.int64)
         pf_at = r.to(tl.int64) * stride_kr + pf_s * stride_ks + h * D  # one head's D values: D*2 bytes
@@ -572,10 +583,6 @@ def _attn_kernel(
         _prefetch_at(v_ptr + pf_at)
     if PDL:
         gdc_wait()
-    if CAUSAL:
-        n_keys = tl.load(pos_ptr).to(tl.int32) + 1
-    else:
-        n_keys = S
     n_split = tl.cdiv(n_keys, SPLIT_S)
     if split < n_split:  # splits past the keys (self-attention early in a window) do nothing
         rows = (r * G + tl.minimum(gg, G - 1)).to(tl.int64)  # padding rows repeat the last one
@@ -607,6 +614,14 @@ def _attn_kernel(
             if PRELOAD:
                 kt = kt_pre.to(tl.float32)
                 vt = vt_pre.to(tl.float32)
+                if CAUSAL:  # row pos: this step's, from kn / vn or (not NEW) from the cache after the wait
+                    is_new = (ss == n_keys - 1)[:, None]
+                    if not NEW:
+                        at_pos = kv + (n_keys - 1).to(tl.int64) * stride_ks  # [1, D]
+                        kn = tl.load(k_ptr + at_pos)
+                        vn = tl.load(v_ptr + at_pos)
+                    kt = tl.where(is_new, kn.to(tl.float32), kt)
+                    vt = tl.where(is_new, vn.to(tl.float32), vt)
             else:
                 ok = (ss < n_keys - 1)[:, None] if NEW else (ss < n_keys)[:, None]
                 at = kv + ss.to(tl.int64)[:, None] * stride_ks  # [BS, D]
@@ -804,7 +819,7 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
         QKV=0 if parts is None else parts.parts.shape[0], QKV_BM=1 if parts is None else parts.parts.shape[1],
         QKV_BIAS=parts is not None and parts.bias is not None,
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None, NEW=new,
-        PRELOAD=position is None and bs == split_s,
+        PRELOAD=bs == split_s and (position is None or SELF_PRELOAD),
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
         num_warps=warps, **_pdl_kw(pdl))
     return out
