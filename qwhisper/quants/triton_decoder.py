@@ -139,6 +139,55 @@ def _pdl_kw(pdl: bool) -> dict:
     return {"launch_pdl": True} if pdl else {}
 
 
+# Timeline records for benchmarks/trace_step.py: while a StepTrace is set (trace_steps), every
+# kernel of the step writes, for each of its programs, %globaltimer at its start, after the PDL
+# wait and at its end, and its SM, into one slot of the buffer (a slot per launch, in launch
+# order, numbered from 0 at each step). Off (TRACE constexpr False) nothing of it is compiled in.
+TRACE_MAX_PROGRAMS = 4096
+_TRACE_MAXP = tl.constexpr(TRACE_MAX_PROGRAMS)
+
+
+@dataclass
+class StepTrace:
+    records: torch.Tensor  # int64 (slots, TRACE_MAX_PROGRAMS, 4): start, after the wait, end (ns), SM
+    names: list  # the kernel of each slot, as launched
+    slot: int = 0
+
+
+_trace: StepTrace | None = None
+
+
+def trace_steps(trace: StepTrace | None) -> None:
+    """Record the step's kernels into trace from now on (None: stop). Graphs captured before keep
+    what they were captured with: drop them (TextDecoder.drop_graphs) around this."""
+    global _trace
+    _trace = trace
+
+
+def _trace_kw(kernel: str, *shape) -> dict:
+    """The launch arguments that make a kernel write its records into the next slot (none when off)."""
+    t = _trace
+    if t is None or t.slot >= t.records.shape[0]:
+        return {}
+    if len(t.names) <= t.slot:
+        t.names.append(" ".join(str(v) for v in (kernel, *shape) if v != ""))
+    t.slot += 1
+    return {"trace_ptr": t.records, "trace_slot": t.slot - 1, "TRACE": True}
+
+
+@triton.jit
+def _trace_mark(trace_ptr, trace_slot, program, FIELD: tl.constexpr):
+    """trace_ptr[trace_slot, program, FIELD] = %globaltimer (FIELD 0 start, 1 after the wait, 2 end)
+    or %smid (FIELD 3). trace_slot may arrive as a constexpr (Triton specialises 1), so no .to()."""
+    if FIELD == 3:
+        v = tl.inline_asm_elementwise("mov.u32 $0, %smid; // $1", "=r,r", [program], dtype=tl.int32,
+                                      is_pure=False, pack=1).to(tl.int64)
+    else:
+        v = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer; // $1", "=l,r", [program], dtype=tl.int64,
+                                      is_pure=False, pack=1)
+    tl.store(trace_ptr + (trace_slot * _TRACE_MAXP + program) * 4 + FIELD, v)
+
+
 EPI_STORE, EPI_RESIDUAL, EPI_GELU, EPI_QKV = 0, 1, 2, 3
 _EPILOGUES = {"store": EPI_STORE, "residual": EPI_RESIDUAL, "gelu": EPI_GELU}
 
@@ -285,6 +334,7 @@ def _step_gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, EVEN_K: tl.constexpr,
     LN: tl.constexpr, FOLD: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
     PF_LINES: tl.constexpr, PDL: tl.constexpr,  # L2 prefetch of the weight slice; see PDL above
+    trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
 ):
     # The loop is triton_ops._qgemv_kernel's, through the same step helpers (_load_blocks,
     # _block_fma, wrapped as _gemv_loads / _gemv_fma so the first step can be issued before the PDL
@@ -300,6 +350,9 @@ def _step_gemv_kernel(
     QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
     n_blk = K // _QK
     pid = tl.program_id(0)
+    if TRACE:
+        _trace_mark(trace_ptr, trace_slot, pid, 0)
+        _trace_mark(trace_ptr, trace_slot, pid, 3)
     if PDL:
         gdc_launch_dependents()
     if PF_LINES > 0:  # weights: written by nobody, so read before the wait
@@ -340,6 +393,8 @@ def _step_gemv_kernel(
         fold_b = tl.load(fold_b_ptr + n1, mask=n1 < N, other=0.0)[None, :]
     if PDL:
         gdc_wait()  # x, the residual and the caches are the previous kernels'
+    if TRACE:
+        _trace_mark(trace_ptr, trace_slot, pid, 1)
     res = bias  # (unused unless EPI == 1)
     if EPI == 1:
         res = tl.load(out_ptr + (m1.to(tl.int64) * stride_om)[:, None] + n1[None, :], mask=ok, other=0.0).to(tl.float32)
@@ -377,6 +432,8 @@ def _step_gemv_kernel(
         y = rstd * (y - mean * fold_g) + fold_b
     _epilogue(y, bias, res, pos, n1, m1, ok, out_ptr, stride_om, kc_ptr, vc_ptr, stride_cr, stride_cs, n_seg,
               HAS_BIAS, EPI)
+    if TRACE:
+        _trace_mark(trace_ptr, trace_slot, pid, 2)
 
 
 @triton.jit
@@ -486,7 +543,8 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
         LN=ln is not None, FOLD=fold, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
         HAS_BIAS=bias is not None, EPI=epi, PF_LINES=prefetch_lines(block_n * row_bytes), PDL=pdl,
-        num_warps=num_warps, **_pdl_kw(pdl))
+        num_warps=num_warps, **_pdl_kw(pdl), **_trace_kw("gemv", f"{n}x{k}", "LN" if ln is not None else "",
+                                                         ("store", "residual", "gelu", "qkv")[epi]))
     return out
 
 
@@ -553,9 +611,13 @@ def _attn_kernel(
     CAUSAL: tl.constexpr, NEW: tl.constexpr, PRELOAD: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
     QKV: tl.constexpr = 0,  # > 0: q, k_new, v_new are the columns of a q|k|v Partials with QKV splits (q_ptr:
     QKV_BM: tl.constexpr = 1, QKV_BIAS: tl.constexpr = False,  # its float32 parts, QKV_BM rows a split)
+    trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
 ):
     pid = tl.program_id(0)  # (K/V row r, head h)
     split = tl.program_id(1)
+    if TRACE:
+        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 0)
+        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 3)
     r = pid // H
     h = pid % H
     if PDL:
@@ -585,6 +647,8 @@ def _attn_kernel(
         _prefetch_at(v_ptr + pf_at)
     if PDL:
         gdc_wait()
+    if TRACE:
+        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 1)
     n_split = tl.cdiv(n_keys, SPLIT_S)
     if split < n_split:  # splits past the keys (self-attention early in a window) do nothing
         rows = (r * G + tl.minimum(gg, G - 1)).to(tl.int64)  # padding rows repeat the last one
@@ -666,6 +730,8 @@ def _attn_kernel(
                 o = tl.sum(op * wgt[:, :, None], axis=0) / den[:, None]
                 tl.store(o_at, o.to(out_ptr.dtype.element_ty), mask=gok[:, None])
                 tl.atomic_xchg(counters + pid, 0)
+    if TRACE:
+        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 2)
 
 
 @triton.jit
@@ -677,6 +743,7 @@ def _cross_attn_kernel(
     S, H, qk_scale, q_bias,  # keys; heads; log2(e)/sqrt(D); QP_BIAS: the product's bias (H*D,)
     D: tl.constexpr, BS: tl.constexpr, SPLITS: tl.constexpr,
     QP: tl.constexpr, QP_BM: tl.constexpr, QP_BIAS: tl.constexpr, PDL: tl.constexpr,
+    trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
 ):
     """Cross-attention of one query row per window: program (row r, head h) x split, BS keys a
     split in one step. The keys and values are loaded before the PDL wait, marked evict-first
@@ -686,6 +753,9 @@ def _cross_attn_kernel(
     and rounded as Partials.tensor() would."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
+    if TRACE:
+        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 0)
+        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 3)
     r = pid // H
     h = pid % H
     if PDL:
@@ -697,6 +767,8 @@ def _cross_attn_kernel(
     vt = tl.load(v_ptr + at, mask=(ss < S)[:, None], other=0.0, eviction_policy="evict_first")
     if PDL:
         gdc_wait()
+    if TRACE:
+        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 1)
     if QP > 0:
         q = _partials_at(q_ptr, q_bias, r, h * D + dd, dd >= 0, H * D, QP, QP_BM, QP_BIAS, out_ptr.dtype.element_ty)
     else:
@@ -730,6 +802,8 @@ def _cross_attn_kernel(
             o = tl.sum(op * wgt[:, None], axis=0) / tl.sum(lp * wgt, axis=0)
             tl.store(o_at, o.to(out_ptr.dtype.element_ty))
             tl.atomic_xchg(counters + pid, 0)
+    if TRACE:
+        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 2)
 
 
 def _attn_tiles(g: int, d: int) -> tuple[int, int]:
@@ -800,7 +874,7 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
             q if parts is None or parts.bias is None else parts.bias,
             D=d, BS=split_s, SPLITS=sp2, QP=0 if parts is None else parts.parts.shape[0],
             QP_BM=1 if parts is None else parts.parts.shape[1], QP_BIAS=parts is not None and parts.bias is not None,
-            PDL=pdl, num_warps=CROSS_ONE_ROW_WARPS, **_pdl_kw(pdl))
+            PDL=pdl, num_warps=CROSS_ONE_ROW_WARPS, **_pdl_kw(pdl), **_trace_kw("cross-attention"))
         return out
     if parts is not None and position is None:
         raise ValueError(f"query partials need split_s a power of 2 <= {CROSS_MAX_SPLIT_S}, got {split_s}")
@@ -823,7 +897,8 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None, NEW=new,
         PRELOAD=bs == split_s and (position is None or SELF_PRELOAD),
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
-        num_warps=warps, **_pdl_kw(pdl))
+        num_warps=warps, **_pdl_kw(pdl),
+        **_trace_kw("self-attention" if position is not None else "cross-attention"))
     return out
 
 
@@ -929,6 +1004,8 @@ class DecoderStep:
 
     def __call__(self, decoder, tokens: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
         """tokens (M, 1) at position[0] -> logits (M, 1, n_vocab) float32; writes K/V into the cache."""
+        if _trace is not None:
+            _trace.slot = 0
         m = tokens.shape[0]
         c, h = self.n_state, self.n_head
         dev = tokens.device
