@@ -102,9 +102,10 @@ SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
 # K/V of a split have been loaded before the PDL wait since session 4; swept again in session 7
 # (bench_model --ablate, H100, graphed one-row step, ms per token), cross-attention of one query
 # row per window in one-warp programs of 32 keys: large-v3 q5_0 1.41 -> 1.35, tiny q5_0 0.111 ->
-# 0.109 (4 warps at 32 keys: 1.40; 1 warp at 16 or 64 keys: 1.46 / 1.39). Self-attention keeps 4:
-# one warp lost at 5 beams (0.647 -> 0.654) and, at 64 keys, on tiny (0.111 -> 0.126). Beams
-# sharing a window's K/V (query rows x keys in one tile) keep 4 as well.
+# 0.109 (4 warps at 32 keys: 1.40; 1 warp at 16 or 64 keys: 1.46 / 1.39). Self-attention keeps 4
+# (the one-row step aside: ONE_ROW_SELF_SPLIT_S below): one warp lost at 5 beams (0.647 -> 0.654)
+# and, at 64 keys, on tiny (0.111 -> 0.126). Beams sharing a window's K/V (query rows x keys in
+# one tile) keep 4 as well.
 ATTN_WARPS = 4
 CROSS_ONE_ROW_WARPS = 1
 # One query row per K/V row (the one-row step, a batched step of windows) without a position:
@@ -115,6 +116,11 @@ CROSS_MAX_SPLIT_S = 64
 # batch 32 (25 rows) RTFx 918-925 -> 942-944; batch 16 (12-13 rows) 678-685 -> 676-682; batch 8
 # 473-474 -> 467-472; 5 beams lost (above).
 SELF_ONE_WARP_ROWS = 16
+# The one-row step's self-attention: splits of 32 keys in one-warp programs. Graphed one-row step
+# on an H100, two rounds (session 12, with SELF_PRELOAD): large-v3 q5_0 1.270-1.271 -> 1.253-1.255
+# ms per token at positions 4..35, 1.329 -> 1.302-1.303 at 0..255; tiny q5_0 0.101-0.104 ->
+# 0.102-0.104. (Session 7, before the preload: 1.349 -> 1.335, tiny 0.109 -> 0.110.)
+ONE_ROW_SELF_SPLIT_S = 32
 # Self-attention splits of one step load the cache rows before pos (written by earlier steps)
 # before the PDL wait, as the cross-attention loads its K/V; row pos after it. Graphed one-row
 # step, large-v3 q5_0 on an H100, two rounds: positions 4..35 1.297-1.300 -> 1.272-1.273 ms per
@@ -880,7 +886,7 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
         raise ValueError(f"query partials need split_s a power of 2 <= {CROSS_MAX_SPLIT_S}, got {split_s}")
     if position is None and g == 1:
         warps = CROSS_ONE_ROW_WARPS
-    elif position is not None and m >= SELF_ONE_WARP_ROWS:
+    elif position is not None and (m >= SELF_ONE_WARP_ROWS or (m == 1 and split_s <= ONE_ROW_SELF_SPLIT_S)):
         warps = 1
     else:
         warps = ATTN_WARPS
@@ -1019,7 +1025,8 @@ class DecoderStep:
             att, xatt = block.attn, block.cross_attn
             gemv_qkv(x, lay.qkv, lay.qkv_type, lay.qkv_bias, lay.qkv_ln, q,
                      cache.self_k[i], cache.self_v[i], position)
-            attention(q, cache.self_k[i], cache.self_v[i], h, a, self.counters, position, split_s=SELF_SPLIT_S)
+            attention(q, cache.self_k[i], cache.self_v[i], h, a, self.counters, position,
+                      split_s=ONE_ROW_SELF_SPLIT_S if m == 1 else SELF_SPLIT_S)
             _linear(a, att.out, out=x, epilogue="residual")
             _linear(x, xatt.query, out=q, ln=lay.cross_q_ln)
             attention(q, cache.cross_k[i], cache.cross_v[i], h, a, self.counters, split_s=CROSS_SPLIT_S)
