@@ -64,17 +64,18 @@ def test_stage_table_groups_layers_and_checks_the_kernel_count():
 
 def test_step_trace_slots_and_names():
     """A launch while tracing takes the next slot (names kept from the first step); off, none."""
-    assert td._trace_kw("gemv", "8x8") == {}
+    assert td._trace_kw(4, "gemv", "8x8") == {}
     trace = td.StepTrace(torch.zeros((2, td.TRACE_MAX_PROGRAMS, 4), dtype=torch.int64), [])
     td.trace_steps(trace)
     try:
-        kw = td._trace_kw("gemv", "8x8", "", "store")
+        kw = td._trace_kw(4, "gemv", "8x8", "", "store")
         assert kw["trace_slot"] == 0 and kw["TRACE"] and kw["trace_ptr"] is trace.records
-        assert td._trace_kw("self-attention")["trace_slot"] == 1
-        assert td._trace_kw("gemv", "1x1") == {}  # past the buffer's slots: not recorded
+        assert td._trace_kw(td.TRACE_MAX_PROGRAMS + 1, "cross-attention") == {}  # too many programs: no slot
+        assert td._trace_kw(td.TRACE_MAX_PROGRAMS, "self-attention")["trace_slot"] == 1
+        assert td._trace_kw(1, "gemv", "1x1") == {}  # past the buffer's slots: not recorded
         trace.slot = 0  # what DecoderStep does at each step
-        assert td._trace_kw("gemv", "8x8", "", "store")["trace_slot"] == 0
+        assert td._trace_kw(4, "gemv", "8x8", "", "store")["trace_slot"] == 0
         assert trace.names == ["gemv 8x8 store", "self-attention"]
     finally:
         td.trace_steps(None)
-    assert td._trace_kw("gemv", "8x8") == {}
+    assert td._trace_kw(4, "gemv", "8x8") == {}

@@ -170,10 +170,11 @@ def trace_steps(trace: StepTrace | None) -> None:
     _trace = trace
 
 
-def _trace_kw(kernel: str, *shape) -> dict:
-    """The launch arguments that make a kernel write its records into the next slot (none when off)."""
+def _trace_kw(programs: int, kernel: str, *shape) -> dict:
+    """The launch arguments that make a kernel of `programs` programs write its records into the
+    next slot (none when off, past the buffer's slots, or for more than TRACE_MAX_PROGRAMS)."""
     t = _trace
-    if t is None or t.slot >= t.records.shape[0]:
+    if t is None or t.slot >= t.records.shape[0] or programs > TRACE_MAX_PROGRAMS:
         return {}
     if len(t.names) <= t.slot:
         t.names.append(" ".join(str(v) for v in (kernel, *shape) if v != ""))
@@ -549,8 +550,9 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
         LN=ln is not None, FOLD=fold, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
         HAS_BIAS=bias is not None, EPI=epi, PF_LINES=prefetch_lines(block_n * row_bytes), PDL=pdl,
-        num_warps=num_warps, **_pdl_kw(pdl), **_trace_kw("gemv", f"{n}x{k}", "LN" if ln is not None else "",
-                                                         ("store", "residual", "gelu", "qkv")[epi]))
+        num_warps=num_warps, **_pdl_kw(pdl),
+        **_trace_kw(triton.cdiv(n, block_n), "gemv", f"{n}x{k}", "LN" if ln is not None else "",
+                    ("store", "residual", "gelu", "qkv")[epi]))
     return out
 
 
@@ -880,7 +882,8 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
             q if parts is None or parts.bias is None else parts.bias,
             D=d, BS=split_s, SPLITS=sp2, QP=0 if parts is None else parts.parts.shape[0],
             QP_BM=1 if parts is None else parts.parts.shape[1], QP_BIAS=parts is not None and parts.bias is not None,
-            PDL=pdl, num_warps=CROSS_ONE_ROW_WARPS, **_pdl_kw(pdl), **_trace_kw("cross-attention"))
+            PDL=pdl, num_warps=CROSS_ONE_ROW_WARPS, **_pdl_kw(pdl),
+            **_trace_kw(m * n_head * splits, "cross-attention"))
         return out
     if parts is not None and position is None:
         raise ValueError(f"query partials need split_s a power of 2 <= {CROSS_MAX_SPLIT_S}, got {split_s}")
@@ -904,7 +907,7 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
         PRELOAD=bs == split_s and (position is None or SELF_PRELOAD),
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
         num_warps=warps, **_pdl_kw(pdl),
-        **_trace_kw("self-attention" if position is not None else "cross-attention"))
+        **_trace_kw(r * n_head * splits, "self-attention" if position is not None else "cross-attention"))
     return out
 
 
