@@ -184,15 +184,31 @@ def _trace_kw(programs: int, kernel: str, *shape) -> dict:
 
 @triton.jit
 def _trace_mark(trace_ptr, trace_slot, program, FIELD: tl.constexpr):
-    """trace_ptr[trace_slot, program, FIELD] = %globaltimer (FIELD 0 start, 1 after the wait, 2 end)
-    or %smid (FIELD 3). trace_slot may arrive as a constexpr (Triton specialises 1), so no .to()."""
-    if FIELD == 3:
-        v = tl.inline_asm_elementwise("mov.u32 $0, %smid; // $1", "=r,r", [program], dtype=tl.int32,
-                                      is_pure=False, pack=1).to(tl.int64)
-    else:
-        v = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer; // $1", "=l,r", [program], dtype=tl.int64,
-                                      is_pure=False, pack=1)
-    tl.store(trace_ptr + (trace_slot * _TRACE_MAXP + program) * 4 + FIELD, v)
+    """trace_ptr[trace_slot, program, FIELD] = %globaltimer (FIELD 0 start, 1 after the wait, 2 end);
+    with FIELD 0 also [..., 3] = %smid. trace_slot may arrive as a constexpr (Triton specialises 1),
+    so no .to()."""
+    at = trace_ptr + (trace_slot * _TRACE_MAXP + program) * 4
+    tl.store(at + FIELD, tl.inline_asm_elementwise("mov.u64 $0, %globaltimer; // $1", "=l,r", [program],
+                                                   dtype=tl.int64, is_pure=False, pack=1))
+    if FIELD == 0:
+        tl.store(at + 3, tl.inline_asm_elementwise("mov.u32 $0, %smid; // $1", "=r,r", [program], dtype=tl.int32,
+                                                   is_pure=False, pack=1).to(tl.int64))
+
+
+@triton.jit
+def _attn_program(H, PDL: tl.constexpr, trace_ptr, trace_slot, TRACE: tl.constexpr):
+    """The attention kernels' program: (K/V row r, head h) x key split -> (pid, split, r, h, its
+    index in the grid); records its start, lets the next kernel launch (PDL)."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    program = pid * tl.num_programs(1) + split
+    if TRACE:
+        _trace_mark(trace_ptr, trace_slot, program, 0)
+    r = pid // H
+    h = pid % H
+    if PDL:
+        gdc_launch_dependents()
+    return pid, split, r, h, program
 
 
 EPI_STORE, EPI_RESIDUAL, EPI_GELU, EPI_QKV = 0, 1, 2, 3
@@ -359,7 +375,6 @@ def _step_gemv_kernel(
     pid = tl.program_id(0)
     if TRACE:
         _trace_mark(trace_ptr, trace_slot, pid, 0)
-        _trace_mark(trace_ptr, trace_slot, pid, 3)
     if PDL:
         gdc_launch_dependents()
     if PF_LINES > 0:  # weights: written by nobody, so read before the wait
@@ -621,15 +636,7 @@ def _attn_kernel(
     QKV_BM: tl.constexpr = 1, QKV_BIAS: tl.constexpr = False,  # its float32 parts, QKV_BM rows a split)
     trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
 ):
-    pid = tl.program_id(0)  # (K/V row r, head h)
-    split = tl.program_id(1)
-    if TRACE:
-        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 0)
-        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 3)
-    r = pid // H
-    h = pid % H
-    if PDL:
-        gdc_launch_dependents()
+    pid, split, r, h, program = _attn_program(H, PDL, trace_ptr, trace_slot, TRACE)
     gg = tl.arange(0, BG)
     dd = tl.arange(0, D)
     kv = r.to(tl.int64) * stride_kr + h * D + dd[None, :]
@@ -656,7 +663,7 @@ def _attn_kernel(
     if PDL:
         gdc_wait()
     if TRACE:
-        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 1)
+        _trace_mark(trace_ptr, trace_slot, program, 1)
     n_split = tl.cdiv(n_keys, SPLIT_S)
     if split < n_split:  # splits past the keys (self-attention early in a window) do nothing
         rows = (r * G + tl.minimum(gg, G - 1)).to(tl.int64)  # padding rows repeat the last one
@@ -739,7 +746,7 @@ def _attn_kernel(
                 tl.store(o_at, o.to(out_ptr.dtype.element_ty), mask=gok[:, None])
                 tl.atomic_xchg(counters + pid, 0)
     if TRACE:
-        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 2)
+        _trace_mark(trace_ptr, trace_slot, program, 2)
 
 
 @triton.jit
@@ -759,15 +766,7 @@ def _cross_attn_kernel(
     again); the last program of a (row, head) combines the splits in split order, so the result
     is the same bits every time. QP > 0: q is the query product's split-K partial sums, added here
     and rounded as Partials.tensor() would."""
-    pid = tl.program_id(0)
-    split = tl.program_id(1)
-    if TRACE:
-        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 0)
-        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 3)
-    r = pid // H
-    h = pid % H
-    if PDL:
-        gdc_launch_dependents()
+    pid, split, r, h, program = _attn_program(H, PDL, trace_ptr, trace_slot, TRACE)
     dd = tl.arange(0, D)
     ss = split * BS + tl.arange(0, BS)
     at = r.to(tl.int64) * stride_kr + ss.to(tl.int64)[:, None] * stride_ks + h * D + dd[None, :]  # [BS, D]
@@ -776,7 +775,7 @@ def _cross_attn_kernel(
     if PDL:
         gdc_wait()
     if TRACE:
-        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 1)
+        _trace_mark(trace_ptr, trace_slot, program, 1)
     if QP > 0:
         q = _partials_at(q_ptr, q_bias, r, h * D + dd, dd >= 0, H * D, QP, QP_BM, QP_BIAS, out_ptr.dtype.element_ty)
     else:
@@ -811,7 +810,7 @@ def _cross_attn_kernel(
             tl.store(o_at, o.to(out_ptr.dtype.element_ty))
             tl.atomic_xchg(counters + pid, 0)
     if TRACE:
-        _trace_mark(trace_ptr, trace_slot, pid * tl.num_programs(1) + split, 2)
+        _trace_mark(trace_ptr, trace_slot, program, 2)
 
 
 def _attn_tiles(g: int, d: int) -> tuple[int, int]:
