@@ -136,6 +136,16 @@ def write_fast_random_model(path: str | os.PathLike, arch: str, ftype: str, seed
     write_ggml(path, hp, mel_filters(hp.n_mels), placeholder_vocab(hp), tensors())
 
 
+def fast_random_model(folder: str | os.PathLike, arch: str, ftype: str) -> Path:
+    """folder/ggml-{arch}-{ftype}-random-fast.bin (the name main() gives it), written by
+    write_fast_random_model unless it is there already."""
+    path = Path(folder) / f"ggml-{arch}-{ftype}-random-fast.bin"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_fast_random_model(path, arch, ftype)
+    return path
+
+
 def _generate(job: tuple[str, str, str, str]) -> tuple[str, float]:
     path, arch, ftype, generator = job
     t0 = time.perf_counter()

@@ -90,10 +90,7 @@ def main(argv=None) -> int:
         print("bench_stages needs a CUDA GPU", file=sys.stderr)
         return 2
     n_layer = ARCHITECTURES[args.arch].n_text_layer
-    Path(args.dir).mkdir(parents=True, exist_ok=True)
-    path = str(Path(args.dir) / f"ggml-{args.arch}-{args.type}-random-fast.bin")
-    if not Path(path).exists():
-        bm.write_fast_random_model(path, args.arch, args.type)
+    path = str(bm.fast_random_model(args.dir, args.arch, args.type))
     bm.ABLATIONS = {f"no_{s}": StageSkipper(td, s).settings() for s in STAGES}
     print(torch.cuda.get_device_name(0), torch.__version__, args.arch, args.type, flush=True)
     try:

@@ -98,7 +98,7 @@ def _fused_stages(fn, n_layer: int, out: Path | None, title: str) -> None:
 def main(argv=None) -> int:
     import torch
 
-    from bench_model import write_fast_random_model
+    from bench_model import fast_random_model
     from qwhisper.loader import load_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -112,9 +112,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    path = Path(tempfile.gettempdir()) / f"ggml-{args.arch}-{args.type}-random-fast.bin"
-    if not path.exists():
-        write_fast_random_model(path, args.arch, args.type)
+    path = fast_random_model(tempfile.gettempdir(), args.arch, args.type)
     model = load_model(path, "cuda")
     dims = model.dims
     print(torch.cuda.get_device_name(0), torch.__version__, args.arch, args.type, flush=True)

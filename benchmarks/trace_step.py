@@ -101,10 +101,7 @@ def main(argv=None) -> int:
         return 2
     positions = sorted(int(v) for v in args.positions.split(","))
     n_layer = ARCHITECTURES[args.arch].n_text_layer
-    Path(args.dir).mkdir(parents=True, exist_ok=True)
-    path = Path(args.dir) / f"ggml-{args.arch}-{args.type}-random-fast.bin"
-    if not path.exists():
-        bm.write_fast_random_model(path, args.arch, args.type)
+    path = bm.fast_random_model(args.dir, args.arch, args.type)
     dev = torch.device("cuda")
     try:
         model = load_model(str(path), dev)
