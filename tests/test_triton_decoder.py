@@ -187,12 +187,13 @@ def test_interp_gemv_long_steps(ggml_type):
 
 @interp
 @pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0], ids=lambda t: t.name)
-def test_interp_gemv_steps_after_the_first(ggml_type):
+def test_interp_gemv_steps_after_the_first(ggml_type, monkeypatch):
     """Rows long enough for the block loop to run after its first step (the one loaded before the
     PDL wait): LN + store at K = 1280 (16 blocks a step: 16, 16, then 8 of 16 live; the
     block-quantized rows fold the LayerNorm, F16 rows normalise x first) and the residual
     epilogue at K = 5120 without LN (64 a step: 64, 64, then 32 of 64 live)."""
     td = _td()
+    monkeypatch.setattr(td, "CROSS_Q_NB", 0)  # 16-block steps for the Q5_0 rows too (next test: 32)
     rng = np.random.default_rng(int(ggml_type) + 40)
     n = 6
     bits = 16 if ggml_type == GGMLType.F16 else 5
@@ -217,6 +218,28 @@ def test_interp_gemv_steps_after_the_first(ggml_type):
             want = res.double().numpy() + x.double().numpy() @ w.astype(np.float64).T + bias
             td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), None, "residual", out=res)
             assert_close(res, want, np.abs(x.numpy()) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} K={k}")
+
+
+@interp
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q5_0, GGMLType.Q5_1], ids=lambda t: t.name)
+def test_interp_gemv_cross_q_two_folded_steps(ggml_type):
+    """One-row LN GEMV at large-v3's K = 1280 with a 5-bit type: two folded steps of CROSS_Q_NB = 32
+    blocks (32, then 8 of 32 live), against the LayerNorm then the product in float64."""
+    td = _td()
+    rng = np.random.default_rng(int(ggml_type) + 60)
+    n, k = 6, 1280
+    nb = td._tile(1, n, k, 5, True)[2]
+    assert nb == td.CROSS_Q_NB == 32 and td.folds(ggml_type, k, nb)
+    assert td._tile(5, n, k, 5, True)[2] == 16 and td._tile(1, n, k, 4, True)[2] == 16  # beams, 4-bit: as before
+    raw, w = weights(ggml_type, n, k, rng)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 5).astype(np.float32))  # mean far from 0
+    lnw, lnb = rng.uniform(0.5, 1.5, k).astype(np.float32), rng.normal(0, 0.3, k).astype(np.float32)
+    y = td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), (torch.from_numpy(lnw), torch.from_numpy(lnb), 1e-5),
+                "store")
+    xn = F.layer_norm(x.double(), (k,), torch.from_numpy(lnw).double(), torch.from_numpy(lnb).double(), 1e-5).numpy()
+    want = xn @ w.astype(np.float64).T + bias
+    assert_close(y, want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} cross-q K={k}")
 
 
 @interp

@@ -96,6 +96,14 @@ LONG_STEP_NB = 64
 # f16 0.142 -> 0.129; 2 warps, 8 warps, 264..2112 programs and 8 or 32 blocks a step were slower.
 STEP_WARPS = 1
 STEP_MIN_PROGRAMS = 1056
+# One-row LN GEMVs of at most CROSS_Q_MAX_N rows over >= 40 blocks of a 5-bit type (large-v3's
+# cross-q, 1280 x 1280): two folded steps of CROSS_Q_NB blocks instead of three of 16. Measured
+# in the graphed large-v3 step on an H100, two rounds (docs/reports/performance.md 14): q5_0
+# 1.253 / 1.248 -> 1.236 / 1.231 ms/token at positions 4..35, 1.303 -> 1.282 at 0..255; q4_0 mixed
+# (1.175 / 1.162 -> 1.170 / 1.176, 1.210 / 1.204 -> 1.214 / 1.215), so 4-bit types keep 16; one
+# step of 40 lost (session 12: 1.283 against 1.270). 0: off.
+CROSS_Q_NB = 32
+CROSS_Q_MAX_N = 1280
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
 # Warps per attention program. Session 3 measured 1, 2 and 8 equal or slower than 4. The cross
@@ -502,12 +510,15 @@ def _raw_views(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int) -> tuple[
 
 def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, NB, num_warps): triton_ops' GEMV tile table (F16 rows read 32 halfs a
-    block, as Q8_0's 32 bytes), with LONG_STEP_NB blocks per step for long rows without LN; below
-    the vocabulary's width, one-warp programs (STEP_WARPS), at least STEP_MIN_PROGRAMS of them."""
+    block, as Q8_0's 32 bytes), with LONG_STEP_NB blocks per step for long rows without LN and
+    CROSS_Q_NB for one-row 5-bit cross-q; below the vocabulary's width, one-warp programs
+    (STEP_WARPS), at least STEP_MIN_PROGRAMS of them."""
     qb = 16 if bits in (4, 5) else 32
     block_m, block_n, nb, num_warps = _gemv_config(m, n, k, GGMLType.Q8_0 if qb == 32 else GGMLType.Q4_0)
     if LONG_STEP_NB and not ln and k // QK >= 40 and n < 16384 and block_m * LONG_STEP_NB * qb <= 32 * 32 * num_warps:
         nb = LONG_STEP_NB  # (sm_90 compile of the one-warp tiles below: 168 registers, no spills)
+    if CROSS_Q_NB and ln and m == 1 and bits == 5 and k // QK >= 40 and n <= CROSS_Q_MAX_N:
+        nb = CROSS_Q_NB
     if n < 16384:
         num_warps, block_n = STEP_WARPS, 16
         while block_n > 1 and (triton.cdiv(n, block_n) < STEP_MIN_PROGRAMS or nb * block_m * block_n * qb > 64 * 32 * num_warps):
@@ -517,9 +528,11 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, i
 
 def folds(ggml_type: GGMLType, k: int, nb: int) -> bool:
     """Whether an LN GEMV over K with NB blocks a step folds its LayerNorm (_step_gemv_kernel):
-    block-quantized rows in more than two steps (on an H100: large-v3's K 1280 in 16-block steps
-    gained, tiny's vocabulary projection in two 8-block steps lost 5 %)."""
-    return _as_type(ggml_type) != GGMLType.F16 and k // QK > 2 * nb
+    block-quantized rows in more than two steps, or in two of CROSS_Q_NB (on an H100: large-v3's
+    K 1280 in 16- and 32-block steps gained, tiny's vocabulary projection in two 8-block steps
+    lost 5 %)."""
+    steps = -(-k // QK // nb)
+    return _as_type(ggml_type) != GGMLType.F16 and (steps > 2 or (steps == 2 and nb == CROSS_Q_NB > 0))
 
 
 def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torch.Tensor,
