@@ -104,6 +104,11 @@ STEP_MIN_PROGRAMS = 1056
 # step of 40 lost (session 12: 1.283 against 1.270). 0: off.
 CROSS_Q_NB = 32
 CROSS_Q_MAX_N = 1280
+# One-row GEMVs without LN whose rows fit one LONG_STEP_NB step (large-v3's out and cross-out,
+# 40 blocks) run on this many warps: the same 64-block tile at half the registers a thread, so
+# more programs of the next kernel fit beside them. Measured in the graphed large-v3 step on an
+# H100 (docs/reports/performance.md 14).
+ONE_STEP_WARPS = 2
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
 # Warps per attention program. Session 3 measured 1, 2 and 8 equal or slower than 4. The cross
@@ -521,6 +526,8 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, i
         nb = CROSS_Q_NB
     if n < 16384:
         num_warps, block_n = STEP_WARPS, 16
+        if not ln and m == 1 and bits in (4, 5) and nb == LONG_STEP_NB and k // QK <= nb:
+            num_warps = ONE_STEP_WARPS
         while block_n > 1 and (triton.cdiv(n, block_n) < STEP_MIN_PROGRAMS or nb * block_m * block_n * qb > 64 * 32 * num_warps):
             block_n //= 2
     return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
