@@ -176,8 +176,8 @@ def test_interp_gemv_long_steps(ggml_type):
     rng = np.random.default_rng(int(ggml_type) + 20)
     n, k = 6, 1280
     assert td._tile(1, n, k, 16 if ggml_type == GGMLType.F16 else 5, False)[2] == td.LONG_STEP_NB == 64
-    if ggml_type in (GGMLType.Q4_1, GGMLType.Q5_0):  # one step of 64: ONE_STEP_WARPS warps (no effect here)
-        assert td._tile(1, n, k, 5, False)[3] == td.ONE_STEP_WARPS
+    assert td._tile(1, n, k, 5, False)[3] == td.ONE_STEP_WARPS  # 5-bit rows in one step (no effect here)
+    assert td._tile(1, n, k, 4, False)[3] == td.STEP_WARPS
     raw, w = weights(ggml_type, n, k, rng)
     bias = rng.standard_normal(n).astype(np.float32)
     x = torch.from_numpy(rng.standard_normal((1, k)).astype(np.float32))

@@ -104,10 +104,11 @@ STEP_MIN_PROGRAMS = 1056
 # step of 40 lost (session 12: 1.283 against 1.270). 0: off.
 CROSS_Q_NB = 32
 CROSS_Q_MAX_N = 1280
-# One-row GEMVs without LN whose rows fit one LONG_STEP_NB step (large-v3's out and cross-out,
-# 40 blocks) run on this many warps: the same 64-block tile at half the registers a thread, so
-# more programs of the next kernel fit beside them. Measured in the graphed large-v3 step on an
-# H100 (docs/reports/performance.md 14).
+# One-row 5-bit GEMVs without LN whose rows fit one LONG_STEP_NB step (large-v3's out and
+# cross-out, 40 blocks) run on this many warps: the same 64-block tile at half the registers a
+# thread. Measured in the graphed step on an H100 (docs/reports/performance.md 14), 1 -> 2 warps:
+# large-v3 q5_0 1.232 -> 1.222 / 1.216 ms/token at positions 4..35, 1.284 -> 1.274 / 1.273 at
+# 0..255; q4_0 1.168 / 1.205 -> 1.171-1.172 / 1.210-1.211 (so 4-bit keeps 1); tiny unchanged.
 ONE_STEP_WARPS = 2
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
@@ -526,7 +527,7 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, i
         nb = CROSS_Q_NB
     if n < 16384:
         num_warps, block_n = STEP_WARPS, 16
-        if not ln and m == 1 and bits in (4, 5) and nb == LONG_STEP_NB and k // QK <= nb:
+        if not ln and m == 1 and bits == 5 and nb == LONG_STEP_NB and k // QK <= nb:
             num_warps = ONE_STEP_WARPS
         while block_n > 1 and (triton.cdiv(n, block_n) < STEP_MIN_PROGRAMS or nb * block_m * block_n * qb > 64 * 32 * num_warps):
             block_n //= 2
