@@ -22,7 +22,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, os.environ.get("QWHISPER_SRC", str(REPO)))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-STAGES = ("qkv", "self_attn", "out", "cross_q", "cross_attn", "cross_out", "fc1", "fc2", "head")
+# The kernels triton_decoder.DecoderStep launches for each layer, in launch order (trace_step.py
+# and profile_model.py name them by this), then the vocabulary projection once a step.
+LAYER_STAGES = ("qkv", "self_attn", "out", "cross_q", "cross_attn", "cross_out", "fc1", "fc2")
+STAGES = LAYER_STAGES + ("head",)
 
 
 class StageSkipper:

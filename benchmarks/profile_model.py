@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, os.environ.get("QWHISPER_SRC", str(REPO)))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_stages import LAYER_STAGES
+
 
 def _events_ms(fn, reps: int = 10) -> float:
     import torch
@@ -56,7 +58,7 @@ def _profile(fn, title: str, rows: int, out: Path | None) -> None:
         (out / f"profile-{title.split()[0]}.txt").write_text(text)
 
 
-FUSED_STAGES = ("qkv", "self-attn", "out", "cross-q", "cross-attn", "cross-out", "fc1", "fc2")
+FUSED_STAGES = tuple(s.replace("_", "-") for s in LAYER_STAGES)  # "self-attn", "cross-q", ...
 
 
 def _fused_stages(fn, n_layer: int, out: Path | None, title: str) -> None:

@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, os.environ.get("QWHISPER_SRC", str(REPO)))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-STAGES = ("qkv", "self_attn", "out", "cross_q", "cross_attn", "cross_out", "fc1", "fc2")
+from bench_stages import LAYER_STAGES as STAGES
+
 COLUMNS = ("span", "gap", "wait_to_median_end", "median_to_last_end", "late", "sms", "max_per_sm",
            "before_wait", "after_wait_median", "after_wait_p90", "after_wait_max")
 
