@@ -187,6 +187,18 @@ def test_interp_gemv_long_steps(ggml_type):
     assert_close(res, want, np.abs(x.numpy()) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} long steps")
 
 
+def _assert_ln_gemv(td, ggml_type, raw, w, bias, x, rng, label):
+    """The LN + store GEMV of x (1, K) with a random LayerNorm (drawn from rng) against F.layer_norm
+    then the product with the golden dequantization w, in float64."""
+    n, k = w.shape
+    lnw, lnb = rng.uniform(0.5, 1.5, k).astype(np.float32), rng.normal(0, 0.3, k).astype(np.float32)
+    y = td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), (torch.from_numpy(lnw), torch.from_numpy(lnb), 1e-5),
+                "store")
+    xn = F.layer_norm(x.double(), (k,), torch.from_numpy(lnw).double(), torch.from_numpy(lnb).double(), 1e-5).numpy()
+    want = xn @ w.astype(np.float64).T + bias
+    assert_close(y, want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, label)
+
+
 @interp
 @pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0], ids=lambda t: t.name)
 def test_interp_gemv_steps_after_the_first(ggml_type, monkeypatch):
@@ -208,13 +220,7 @@ def test_interp_gemv_steps_after_the_first(ggml_type, monkeypatch):
         bias = rng.standard_normal(n).astype(np.float32)
         x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 5).astype(np.float32))  # mean far from 0
         if ln:
-            lnw, lnb = rng.uniform(0.5, 1.5, k).astype(np.float32), rng.normal(0, 0.3, k).astype(np.float32)
-            y = td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias),
-                        (torch.from_numpy(lnw), torch.from_numpy(lnb), 1e-5), "store")
-            xn = F.layer_norm(x.double(), (k,), torch.from_numpy(lnw).double(), torch.from_numpy(lnb).double(),
-                              1e-5).numpy()
-            want = xn @ w.astype(np.float64).T + bias
-            assert_close(y, want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} LN K={k}")
+            _assert_ln_gemv(td, ggml_type, raw, w, bias, x, rng, f"{ggml_type.name} LN K={k}")
         else:
             res = torch.from_numpy(rng.standard_normal((1, n)).astype(np.float32))
             want = res.double().numpy() + x.double().numpy() @ w.astype(np.float64).T + bias
@@ -236,12 +242,7 @@ def test_interp_gemv_cross_q_two_folded_steps(ggml_type):
     raw, w = weights(ggml_type, n, k, rng)
     bias = rng.standard_normal(n).astype(np.float32)
     x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 5).astype(np.float32))  # mean far from 0
-    lnw, lnb = rng.uniform(0.5, 1.5, k).astype(np.float32), rng.normal(0, 0.3, k).astype(np.float32)
-    y = td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), (torch.from_numpy(lnw), torch.from_numpy(lnb), 1e-5),
-                "store")
-    xn = F.layer_norm(x.double(), (k,), torch.from_numpy(lnw).double(), torch.from_numpy(lnb).double(), 1e-5).numpy()
-    want = xn @ w.astype(np.float64).T + bias
-    assert_close(y, want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} cross-q K={k}")
+    _assert_ln_gemv(td, ggml_type, raw, w, bias, x, rng, f"{ggml_type.name} cross-q K={k}")
 
 
 @interp

@@ -540,7 +540,7 @@ def folds(ggml_type: GGMLType, k: int, nb: int) -> bool:
     K 1280 in 16- and 32-block steps gained, tiny's vocabulary projection in two 8-block steps
     lost 5 %)."""
     steps = -(-k // QK // nb)
-    return _as_type(ggml_type) != GGMLType.F16 and (steps > 2 or (steps == 2 and nb == CROSS_Q_NB > 0))
+    return _as_type(ggml_type) != GGMLType.F16 and (steps > 2 or (steps == 2 and nb == CROSS_Q_NB))
 
 
 def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torch.Tensor,
