@@ -229,6 +229,36 @@ def test_interp_gemv_steps_after_the_first(ggml_type, monkeypatch):
 
 
 @interp
+@pytest.mark.parametrize("ggml_type", TYPES[1:], ids=lambda t: t.name)
+def test_interp_gemv_early_decode_same_bits(ggml_type, monkeypatch):
+    """The first step's weights decoded before the PDL wait (EARLY_DECODE_LN / _PLAIN) give the
+    same bits as decoding them after it, for every block type, with and without LN, in one step
+    (K = 96) and in several (K = 1280 with LN, 5120 without); and agree with the golden."""
+    td = _td()
+    rng = np.random.default_rng(int(ggml_type) + 60)
+    n = 6
+    for k, ln in ((96, True), (96, False), (1280, True), (5120, False)):
+        raw, w = weights(ggml_type, n, k, rng)
+        bias = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+        x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 3).astype(np.float32))
+        lnp = (torch.from_numpy(rng.uniform(0.5, 1.5, k).astype(np.float32)),
+               torch.from_numpy(rng.normal(0, 0.3, k).astype(np.float32)), 1e-5) if ln else None
+        got = {}
+        for early in (False, True):
+            widths = (4, 5, 8) if early else ()
+            monkeypatch.setattr(td, "EARLY_DECODE_LN", widths)
+            monkeypatch.setattr(td, "EARLY_DECODE_PLAIN", widths)
+            got[early] = td.gemv(x, raw, ggml_type, n, bias, lnp, "store")
+        assert torch.equal(got[True], got[False]), f"{ggml_type.name} K={k} LN={ln}"
+        xn = x.double()
+        if ln:
+            xn = F.layer_norm(xn, (k,), lnp[0].double(), lnp[1].double(), 1e-5)
+        xn = xn.numpy()
+        want = xn @ w.astype(np.float64).T + bias.double().numpy()
+        assert_close(got[True], want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} K={k} LN={ln}")
+
+
+@interp
 @pytest.mark.parametrize("ggml_type", [GGMLType.Q5_0, GGMLType.Q5_1], ids=lambda t: t.name)
 def test_interp_gemv_cross_q_two_folded_steps(ggml_type):
     """One-row LN GEMV at large-v3's K = 1280 with a 5-bit type: two folded steps of CROSS_Q_NB = 32

@@ -61,6 +61,7 @@ from .triton_ops import (
     _QK,
     _as_type,
     _block_fma,
+    _decode_blocks,
     _decode_int8,
     _dequant_nibbles,
     _f16_at,
@@ -72,6 +73,7 @@ from .triton_ops import (
     _prefetch_l2,
     gdc_launch_dependents,
     gdc_wait,
+    gdc_wait_after,
     pdl_supported,
     prefetch_lines,
 )
@@ -110,6 +112,15 @@ CROSS_Q_MAX_N = 1280
 # large-v3 q5_0 1.232 -> 1.222 / 1.216 ms/token at positions 4..35, 1.284 -> 1.274 / 1.273 at
 # 0..255; q4_0 1.168 / 1.205 -> 1.171-1.172 / 1.210-1.211 (so 4-bit keeps 1); tiny unchanged.
 ONE_STEP_WARPS = 2
+# One-row GEMVs of these block widths decode their first step's weights (the bit operations and
+# the exact conversion to float32, _decode_blocks) before the PDL wait, so that after it only the
+# products with x are left for that step; same arithmetic, same bits. Measured in the graphed
+# step on an H100, two rounds (docs/reports/performance.md 15), ms per token at positions 4..35 /
+# 0..255: large-v3 q4_0 1.174 / 1.212 and 1.171 / 1.206 -> 1.100 / 1.149 (twice) with every GEMV
+# decoding early; q5_0 lost with the LN GEMVs (q|k|v, cross-q, fc1) decoding early (1.214-1.216 ->
+# 1.254 / 1.308 twice) and gained a little with the others (1.210-1.212 / 1.267-1.268).
+EARLY_DECODE_LN = (4,)  # LN GEMVs
+EARLY_DECODE_PLAIN = (4, 5)  # out, cross-out, fc2, vocabulary
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
 # Warps per attention program. Session 3 measured 1, 2 and 8 equal or slower than 4. The cross
@@ -326,11 +337,12 @@ def _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS: tl.constexpr, QH_B: tl.co
 @triton.jit
 def _gemv_fma(acc, s1, s2, shift, mean, rstd, w0, qs, qh, x_row, lnw_lo, lnb_lo, lnw_hi, lnb_hi, w16, w_row, b0,
               bb, jj, n_blk, magic, TS: tl.constexpr, M_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr,
-              EVEN_K: tl.constexpr, LN: tl.constexpr, FOLD: tl.constexpr, BLOCK_M: tl.constexpr):
+              EVEN_K: tl.constexpr, LN: tl.constexpr, FOLD: tl.constexpr, BLOCK_M: tl.constexpr,
+              DECODED: tl.constexpr = False):
     """One step: acc + the products of the weights loaded by _gemv_loads (w0 = F16 w, or d) with
     x as _x_at gives it (LN weight and bias from _step_ln); FOLD: also s1 + (x - shift) and
-    s2 + (x - shift)^2 over this step's x (the LN statistics, see _step_gemv_kernel).
-    Returns (acc, s1, s2)."""
+    s2 + (x - shift)^2 over this step's x (the LN statistics, see _step_gemv_kernel). DECODED:
+    qs, qh went through _decode_blocks already. Returns (acc, s1, s2)."""
     blk = _step_blocks(b0, bb, n_blk, EVEN_K)
     k_lo = blk * _QK + jj  # [NB, 1, 1, QB] x index of weight j of each block
     x_lo, xg_lo = _x_at(x_row, k_lo, mean, rstd, lnw_lo, lnb_lo, LN, FOLD)
@@ -341,7 +353,7 @@ def _gemv_fma(acc, s1, s2, shift, mean, rstd, w0, qs, qh, x_row, lnw_lo, lnb_lo,
         if BITS != 8:
             x_hi, xg_hi = _x_at(x_row, k_lo + 16, mean, rstd, lnw_hi, lnb_hi, LN, FOLD)
         acc = _block_fma(acc, w0, qs, qh, xg_lo, xg_hi, w16, w_row + blk * TS, b0 + bb < n_blk, jj, magic, M_B, BITS,
-                         ZERO, EVEN_K, BLOCK_M == 1)
+                         ZERO, EVEN_K, BLOCK_M == 1, DECODED)
     if FOLD:
         dev = x_lo - shift
         if not EVEN_K:  # a clamped, repeated block counts once
@@ -371,6 +383,7 @@ def _step_gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, EVEN_K: tl.constexpr,
     LN: tl.constexpr, FOLD: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
     PF_LINES: tl.constexpr, PDL: tl.constexpr,  # L2 prefetch of the weight slice; see PDL above
+    EARLY_DECODE: tl.constexpr = False,  # the first step's weights decoded before the wait (EARLY_DECODE_LN)
     trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
 ):
     # The loop is triton_ops._qgemv_kernel's, through the same step helpers (_load_blocks,
@@ -411,6 +424,9 @@ def _step_gemv_kernel(
     if PEEL:  # with the LN weight and bias of the same step
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, 0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
         lnw_lo, lnb_lo, lnw_hi, lnb_hi = _step_ln(ln_w, ln_b, 0, bb, jj, n_blk, EVEN_K, LN, FOLD, BITS)
+        q0, q1 = qs0, qh0
+        if EARLY_DECODE:
+            q0, q1 = _decode_blocks(qs0, qh0, jj, magic, BITS, ZERO)
     # The epilogue's inputs are loaded early too, not after the loop: the bias and the position
     # (copied in before the step's first kernel) before the wait, the residual right after it.
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -427,8 +443,11 @@ def _step_gemv_kernel(
     if FOLD:
         fold_g = tl.load(fold_w_ptr + n1, mask=n1 < N, other=0.0)[None, :]
         fold_b = tl.load(fold_b_ptr + n1, mask=n1 < N, other=0.0)[None, :]
-    if PDL:
-        gdc_wait()  # x, the residual and the caches are the previous kernels'
+    if PDL:  # x, the residual and the caches are the previous kernels'
+        if PEEL and EARLY_DECODE:
+            gdc_wait_after(q0, q1)
+        else:
+            gdc_wait()
     if TRACE:
         _trace_mark(trace_ptr, trace_slot, pid, 1)
     res = bias  # (unused unless EPI == 1)
@@ -451,8 +470,9 @@ def _step_gemv_kernel(
         rstd = rstd1[None, :, None, None]
     b_first = 0
     if PEEL:
-        acc, s1, s2 = _gemv_fma(acc, s1, s2, shift, mean, rstd, w0, qs0, qh0, x_row, lnw_lo, lnb_lo, lnw_hi, lnb_hi,
-                                w16, w_row, 0, bb, jj, n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, FOLD, BLOCK_M)
+        acc, s1, s2 = _gemv_fma(acc, s1, s2, shift, mean, rstd, w0, q0, q1, x_row, lnw_lo, lnb_lo, lnw_hi, lnb_hi,
+                                w16, w_row, 0, bb, jj, n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, FOLD, BLOCK_M,
+                                EARLY_DECODE)
         b_first = NB
     for b0 in range(b_first, n_blk, NB):
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
@@ -586,6 +606,7 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
         LN=ln is not None, FOLD=fold, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
         HAS_BIAS=bias is not None, EPI=epi, PF_LINES=prefetch_lines(block_n * row_bytes), PDL=pdl,
+        EARLY_DECODE=m == 1 and bits in (EARLY_DECODE_LN if ln is not None else EARLY_DECODE_PLAIN),
         num_warps=num_warps, **_pdl_kw(pdl),
         **_trace_kw(triton.cdiv(n, block_n), "gemv", f"{n}x{k}", "LN" if ln is not None else "",
                     ("store", "residual", "gelu", "qkv")[epi]))

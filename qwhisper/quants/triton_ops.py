@@ -206,21 +206,54 @@ def _load_blocks(w8, w16, base, live, jj, QH_B: tl.constexpr, QS_B: tl.constexpr
 
 
 @triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
+def gdc_wait_after(a, b):
+    """gdc_wait(), but only once every value of a and b (float32 tensors of integer values below
+    2^22 in magnitude: _decode_blocks') has been computed. ptxas schedules plain arithmetic
+    across griddepcontrol.wait as it likes, and moved such a decode issued before the wait to
+    after it, so the wait is made conditional on all of them: on the OR of their bits, whose lowest
+    bit such floats never set, so it always waits."""
+    bits = tl.reduce(a.to(tl.int32, bitcast=True), None, _bit_or) | tl.reduce(b.to(tl.int32, bitcast=True), None,
+                                                                              _bit_or)
+    if (bits & 1) == 0:
+        gdc_wait()
+
+
+@triton.jit
+def _decode_blocks(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
+    """_load_blocks' qs, qh -> what _block_fma takes with DECODED: (q, q) for Q8_0, else
+    (q_lo, q_hi16) (_decode_nibbles); float32, exact. Needs only the weights, so a GEMV can run
+    it before its PDL wait."""
+    if BITS == 8:
+        q = _decode_int8(qs, magic)
+        return q, q
+    else:
+        return _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+
+
+@triton.jit
 def _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B: tl.constexpr, BITS: tl.constexpr,
-               ZERO: tl.constexpr, EVEN_K: tl.constexpr, ONE_ROW: tl.constexpr):
+               ZERO: tl.constexpr, EVEN_K: tl.constexpr, ONE_ROW: tl.constexpr, DECODED: tl.constexpr = False):
     """acc + the blocks' products with x, the GEMVs' inner step (the minimum m of Q4_1/Q5_1 is
     read here). x_lo = x[32b + j] (Q8_0: all 32), x_hi = x[32b + 16 + j] (4/5-bit). One x row: d
     is applied once per block and byte (d*(q.x), q_hi*x_hi = q_hi16*(x_hi/16), an exact
     rescaling); several rows: each weight is dequantized once (q*d) and then used by every row
-    (one FMA per weight and row)."""
+    (one FMA per weight and row). DECODED: qs, qh are _decode_blocks' values (same results)."""
     if BITS == 8:
-        q = _decode_int8(qs, magic)
+        q = qs if DECODED else _decode_int8(qs, magic)
         if ONE_ROW:
             acc += d * (q * x_lo)
         else:
             acc += (q * d) * x_lo
     else:
-        q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+        if DECODED:
+            q_lo, q_hi16 = qs, qh
+        else:
+            q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
         m = d  # unused unless M_B >= 0
         if M_B >= 0:
             m = _f16_at(w16, base + M_B, None, True)
