@@ -231,7 +231,7 @@ def test_interp_gemv_steps_after_the_first(ggml_type, monkeypatch):
 @interp
 @pytest.mark.parametrize("ggml_type", TYPES[1:], ids=lambda t: t.name)
 def test_interp_gemv_early_decode_same_bits(ggml_type, monkeypatch):
-    """The first step's weights decoded before the PDL wait (EARLY_DECODE_LN / _PLAIN) give the
+    """The first step's weights decoded before the PDL wait (EARLY_DECODE_BITS) give the
     same bits as decoding them after it, for every block type, with and without LN, in one step
     (K = 96) and in several (K = 1280 with LN, 5120 without); and agree with the golden."""
     td = _td()
@@ -245,9 +245,7 @@ def test_interp_gemv_early_decode_same_bits(ggml_type, monkeypatch):
                torch.from_numpy(rng.normal(0, 0.3, k).astype(np.float32)), 1e-5) if ln else None
         got = {}
         for early in (False, True):
-            widths = (4, 5, 8) if early else ()
-            monkeypatch.setattr(td, "EARLY_DECODE_LN", widths)
-            monkeypatch.setattr(td, "EARLY_DECODE_PLAIN", widths)
+            monkeypatch.setattr(td, "EARLY_DECODE_BITS", (4, 5, 8) if early else ())
             got[early] = td.gemv(x, raw, ggml_type, n, bias, lnp, "store")
         assert torch.equal(got[True], got[False]), f"{ggml_type.name} K={k} LN={ln}"
         xn = x.double()

@@ -115,12 +115,11 @@ ONE_STEP_WARPS = 2
 # One-row GEMVs of these block widths decode their first step's weights (the bit operations and
 # the exact conversion to float32, _decode_blocks) before the PDL wait, so that after it only the
 # products with x are left for that step; same arithmetic, same bits. Measured in the graphed
-# step on an H100, two rounds (docs/reports/performance.md 15), ms per token at positions 4..35 /
-# 0..255: large-v3 q4_0 1.174 / 1.212 and 1.171 / 1.206 -> 1.100 / 1.149 (twice) with every GEMV
-# decoding early; q5_0 lost with the LN GEMVs (q|k|v, cross-q, fc1) decoding early (1.214-1.216 ->
-# 1.254 / 1.308 twice) and gained a little with the others (1.210-1.212 / 1.267-1.268).
-EARLY_DECODE_LN = (4,)  # LN GEMVs
-EARLY_DECODE_PLAIN = (4, 5)  # out, cross-out, fc2, vocabulary
+# step on an H100, two rounds each (docs/reports/performance.md 15), ms per token at positions
+# 4..35: large-v3 q4_0 1.171-1.174 -> 1.100 (twice); q4_1 1.337-1.341 -> 1.327-1.329. Lost for the
+# others: q5_0 1.214-1.216 -> 1.258-1.262 (the LN GEMVs lost it; the others alone 1.210-1.212),
+# q5_1 1.425-1.431 -> 1.439 with the GEMVs without LN only, q8_0 1.419-1.422 -> 1.438-1.440.
+EARLY_DECODE_BITS = (4,)
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
 # Warps per attention program. Session 3 measured 1, 2 and 8 equal or slower than 4. The cross
@@ -383,7 +382,7 @@ def _step_gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, EVEN_K: tl.constexpr,
     LN: tl.constexpr, FOLD: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
     PF_LINES: tl.constexpr, PDL: tl.constexpr,  # L2 prefetch of the weight slice; see PDL above
-    EARLY_DECODE: tl.constexpr = False,  # the first step's weights decoded before the wait (EARLY_DECODE_LN)
+    EARLY_DECODE: tl.constexpr = False,  # the first step's weights decoded before the wait (EARLY_DECODE_BITS)
     trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
 ):
     # The loop is triton_ops._qgemv_kernel's, through the same step helpers (_load_blocks,
@@ -606,7 +605,7 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
         LN=ln is not None, FOLD=fold, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
         HAS_BIAS=bias is not None, EPI=epi, PF_LINES=prefetch_lines(block_n * row_bytes), PDL=pdl,
-        EARLY_DECODE=m == 1 and bits in (EARLY_DECODE_LN if ln is not None else EARLY_DECODE_PLAIN),
+        EARLY_DECODE=m == 1 and bits in EARLY_DECODE_BITS,
         num_warps=num_warps, **_pdl_kw(pdl),
         **_trace_kw(triton.cdiv(n, block_n), "gemv", f"{n}x{k}", "LN" if ln is not None else "",
                     ("store", "residual", "gelu", "qkv")[epi]))
