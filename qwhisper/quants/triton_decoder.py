@@ -119,6 +119,9 @@ ONE_STEP_WARPS = 2
 # 4..35: large-v3 q4_0 1.171-1.174 -> 1.100 (twice); q4_1 1.337-1.341 -> 1.327-1.329. Lost for the
 # others: q5_0 1.214-1.216 -> 1.258-1.262 (the LN GEMVs lost it; the others alone 1.210-1.212),
 # q5_1 1.425-1.431 -> 1.439 with the GEMVs without LN only, q8_0 1.419-1.422 -> 1.438-1.440.
+# Those 5-bit figures are of 5-bit weights decoded to floats, which ptxas decoded a second time
+# after the wait (15.3); _decode_blocks now only merges their fifth bits in (one register a byte
+# pair), not yet measured on the GPU: EARLY_DECODE_BITS = (4, 5) is that A/B.
 EARLY_DECODE_BITS = (4,)
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
@@ -444,7 +447,7 @@ def _step_gemv_kernel(
         fold_b = tl.load(fold_b_ptr + n1, mask=n1 < N, other=0.0)[None, :]
     if PDL:  # x, the residual and the caches are the previous kernels'
         if PEEL and EARLY_DECODE:
-            gdc_wait_after(q0, q1)
+            gdc_wait_after(q0, q1, 15 if BITS == 5 else 0)  # the bit _decode_blocks leaves 0
         else:
             gdc_wait()
     if TRACE:

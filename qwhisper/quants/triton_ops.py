@@ -211,28 +211,41 @@ def _bit_or(a, b):
 
 
 @triton.jit
-def gdc_wait_after(a, b):
-    """gdc_wait(), but only once every value of a and b (float32 tensors of integer values below
-    2^22 in magnitude: _decode_blocks') has been computed. ptxas schedules plain arithmetic
-    across griddepcontrol.wait as it likes, and moved such a decode issued before the wait to
-    after it, so the wait is made conditional on all of them: on the OR of their bits, whose lowest
-    bit such floats never set, so it always waits."""
+def gdc_wait_after(a, b, ZERO_BIT: tl.constexpr):
+    """gdc_wait(), but only once every value of a and b (32-bit tensors whose bit ZERO_BIT is 0 in
+    every value: _decode_blocks') has been computed. ptxas schedules plain arithmetic across
+    griddepcontrol.wait as it likes, and moved such a decode issued before the wait to after it,
+    so the wait is made conditional on all of them: on that bit of the OR of their bits, which is
+    always 0, so it always waits."""
     bits = tl.reduce(a.to(tl.int32, bitcast=True), None, _bit_or) | tl.reduce(b.to(tl.int32, bitcast=True), None,
                                                                               _bit_or)
-    if (bits & 1) == 0:
+    if (bits & (1 << ZERO_BIT)) == 0:
         gdc_wait()
 
 
 @triton.jit
 def _decode_blocks(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
-    """_load_blocks' qs, qh -> what _block_fma takes with DECODED: (q, q) for Q8_0, else
-    (q_lo, q_hi16) (_decode_nibbles); float32, exact. Needs only the weights, so a GEMV can run
-    it before its PDL wait."""
+    """_load_blocks' qs, qh -> what _block_fma takes with DECODED, computed from the weights alone
+    (so a GEMV can run it before its PDL wait), each with a bit that is 0 in every value
+    (gdc_wait_after's ZERO_BIT):
+    - Q8_0: (q, q) float32, exact (lowest bit 0: integers below 2^22);
+    - 4-bit: (q_lo, q_hi16) float32 as _decode_nibbles gives them (lowest bit 0);
+    - 5-bit: the fifth bits merged in, int32 (m, m): q[j] (low nibble | fifth bit) in bits 0-4 and
+      _decode_nibbles' hi value before the magic (16*q[j+16], bits 4-8) shifted to bits 16-20: one register a
+      byte pair as the raw qs, and qh is not needed after (bit 15 always 0). Floats of a 5-bit
+      pair would be two registers, and ptxas rematerialized them after the wait (performance.md
+      15.3)."""
     if BITS == 8:
         q = _decode_int8(qs, magic)
         return q, q
+    elif BITS == 5:
+        lo = (qs & 0xF) | (((qh << 4) >> jj) & 0x10)
+        hi = (qs & 0xF0) | (((qh >> 8) >> jj) & 0x100)
+        m = lo | (hi << 12)
+        return m, m
     else:
-        return _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+        q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
+        return q_lo, q_hi16
 
 
 @triton.jit
@@ -250,7 +263,10 @@ def _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B: tl.c
         else:
             acc += (q * d) * x_lo
     else:
-        if DECODED:
+        if DECODED and BITS == 5:  # _decode_blocks' merged bits: magic and subtraction left
+            q_lo = ((qs & 0x1F) | magic).to(tl.float32, bitcast=True) - (8388608.0 + ZERO)
+            q_hi16 = (((qs >> 12) & 0x1F0) | magic).to(tl.float32, bitcast=True) - (8388608.0 + 16 * ZERO)
+        elif DECODED:
             q_lo, q_hi16 = qs, qh
         else:
             q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
