@@ -106,12 +106,18 @@ STEP_MIN_PROGRAMS = 1056
 # step of 40 lost (session 12: 1.283 against 1.270). 0: off.
 CROSS_Q_NB = 32
 CROSS_Q_MAX_N = 1280
+CROSS_Q_BITS = (5,)
 # One-row 5-bit GEMVs without LN whose rows fit one LONG_STEP_NB step (large-v3's out and
 # cross-out, 40 blocks) run on this many warps: the same 64-block tile at half the registers a
 # thread. Measured in the graphed step on an H100 (docs/reports/performance.md 14), 1 -> 2 warps:
 # large-v3 q5_0 1.232 -> 1.222 / 1.216 ms/token at positions 4..35, 1.284 -> 1.274 / 1.273 at
 # 0..255; q4_0 1.168 / 1.205 -> 1.171-1.172 / 1.210-1.211 (so 4-bit keeps 1); tiny unchanged.
 ONE_STEP_WARPS = 2
+ONE_STEP_WARPS_BITS = (5,)
+# The same GEMVs over more than one LONG_STEP_NB step (fc2, K 5120): warps a program. Two warps
+# gained 0.025 ms/token on large-v3 q5_0 in call s14a, but beside the 5-bit early decode that lost
+# (performance.md 15.4); not measured alone yet, so 1 (STEP_WARPS) stays.
+LONG_STEPS_WARPS = 1
 # One-row GEMVs of these block widths decode their first step's weights (the bit operations and
 # the exact conversion to float32, _decode_blocks) before the PDL wait, so that after it only the
 # products with x are left for that step; same arithmetic, same bits. Measured in the graphed
@@ -545,12 +551,12 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, i
     block_m, block_n, nb, num_warps = _gemv_config(m, n, k, GGMLType.Q8_0 if qb == 32 else GGMLType.Q4_0)
     if LONG_STEP_NB and not ln and k // QK >= 40 and n < 16384 and block_m * LONG_STEP_NB * qb <= 32 * 32 * num_warps:
         nb = LONG_STEP_NB  # (sm_90 compile of the one-warp tiles below: 168 registers, no spills)
-    if CROSS_Q_NB and ln and m == 1 and bits == 5 and k // QK >= 40 and n <= CROSS_Q_MAX_N:
+    if CROSS_Q_NB and ln and m == 1 and bits in CROSS_Q_BITS and k // QK >= 40 and n <= CROSS_Q_MAX_N:
         nb = CROSS_Q_NB
     if n < 16384:
         num_warps, block_n = STEP_WARPS, 16
-        if not ln and m == 1 and bits == 5 and nb == LONG_STEP_NB and k // QK <= nb:
-            num_warps = ONE_STEP_WARPS
+        if not ln and m == 1 and bits in ONE_STEP_WARPS_BITS and nb == LONG_STEP_NB:
+            num_warps = ONE_STEP_WARPS if k // QK <= nb else LONG_STEPS_WARPS
         while block_n > 1 and (triton.cdiv(n, block_n) < STEP_MIN_PROGRAMS or nb * block_m * block_n * qb > 64 * 32 * num_warps):
             block_n //= 2
     return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
