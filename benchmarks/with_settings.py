@@ -6,7 +6,8 @@ call (docs/reports/performance.md) without editing the code between them.
 
 Each MODULE.NAME=VALUE sets qwhisper.MODULE.NAME to VALUE read as a Python literal ("4,5" is
 (4, 5), "()" an empty tuple, "0" an int); NAME must already exist. The settings are printed first,
-then the script runs as __main__ with the arguments after "--".
+then the script runs as __main__ with the arguments after "--" ("-- -m pytest ..." runs a module,
+so the GPU tests can run with the same settings).
 """
 
 from __future__ import annotations
@@ -44,8 +45,12 @@ def main(argv: list[str]) -> None:
     done = [apply(s) for s in argv[:cut]]
     print("# with_settings:", " ".join(done) if done else "(none)", flush=True)
     script, *args = argv[cut + 1:]
-    sys.argv = [script, *args]
-    runpy.run_path(script, run_name="__main__")
+    if script == "-m" and args:  # a module, as python -m runs it (pytest, say)
+        sys.argv = [args[0], *args[1:]]
+        runpy.run_module(args[0], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = [script, *args]
+        runpy.run_path(script, run_name="__main__")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ settings are refused with a message naming them."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ def _run(tmp_path, *settings):
     script.write_text("import sys\nfrom qwhisper.quants import triton_decoder as td\n"
                       "print(repr(td.EARLY_DECODE_BITS), td.CROSS_Q_NB, sys.argv[1:])\n")
     return subprocess.run([sys.executable, str(TOOL), *settings, "--", str(script), "a", "b"],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
 
 
 def test_settings_reach_the_script(tmp_path):
@@ -34,3 +35,13 @@ def test_bad_settings_are_named(tmp_path):
     assert out.returncode != 0 and "'thirty'" in out.stderr and "CROSS_Q_NB" in out.stderr
     out = _run(tmp_path, "CROSS_Q_NB")
     assert out.returncode != 0 and "MODULE.NAME=VALUE" in out.stderr
+
+
+def test_runs_a_module(tmp_path):
+    (tmp_path / "showmod.py").write_text("import sys\nfrom qwhisper.quants import triton_decoder as td\n"
+                                         "print(td.LONG_STEPS_WARPS, sys.argv[1:])\n")
+    out = subprocess.run([sys.executable, str(TOOL), "quants.triton_decoder.LONG_STEPS_WARPS=2", "--", "-m", "showmod", "x"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "2 ['x']"
