@@ -230,11 +230,11 @@ def _decode_blocks(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
     (gdc_wait_after's ZERO_BIT):
     - Q8_0: (q, q) float32, exact (lowest bit 0: integers below 2^22);
     - 4-bit: (q_lo, q_hi16) float32 as _decode_nibbles gives them (lowest bit 0);
-    - 5-bit: the fifth bits merged in, int32 (m, m): q[j] (low nibble | fifth bit) in bits 0-4 and
-      _decode_nibbles' hi value before the magic (16*q[j+16], bits 4-8) shifted to bits 16-20: one register a
-      byte pair as the raw qs, and qh is not needed after (bit 15 always 0). Floats of a 5-bit
-      pair would be two registers, and ptxas rematerialized them after the wait (performance.md
-      15.3)."""
+    - 5-bit: the fifth bits merged in, int32 (m, m): q[j] (low nibble | fifth bit) in bits 0-4,
+      _decode_nibbles' hi value before the magic (16*q[j+16], bits 4-8) moved to bits 16-20; one
+      register a byte pair, as the raw qs, and qh is not needed after it (bit 15 always 0).
+      Floats of a 5-bit pair would be two registers, and ptxas rematerialized them after the
+      wait (performance.md 15.3)."""
     if BITS == 8:
         q = _decode_int8(qs, magic)
         return q, q
