@@ -347,6 +347,34 @@ def test_interp_attention(case):
 
 
 @interp
+def test_interp_attention_early_convert_same_bits(monkeypatch):
+    """The one-row step's attention with its float16 keys and values widened before the PDL wait
+    (CROSS_EARLY_CONVERT, SELF_EARLY_CONVERT) gives the same bits as widening them after it, and
+    agrees with the float64 reference: cross-attention over 37 keys in splits of 16, self-attention
+    over rows 0..pos of a cache in splits of 16 (preloaded)."""
+    td = _td()
+    rng = np.random.default_rng(7)
+    c, n_head = 64, 2
+    counters = torch.zeros(16, dtype=torch.int32)
+    for pos in (None, 0, 21):
+        s = 37 if pos is None else 32
+        k = torch.from_numpy(rng.standard_normal((1, s, c)).astype(np.float16))
+        v = torch.from_numpy(rng.standard_normal((1, s, c)).astype(np.float16))
+        q = torch.from_numpy(rng.standard_normal((1, c)).astype(np.float32))
+        position = None if pos is None else torch.tensor([pos])
+        got = {}
+        for early in (False, True):
+            monkeypatch.setattr(td, "CROSS_EARLY_CONVERT", early)
+            monkeypatch.setattr(td, "SELF_EARLY_CONVERT", early)
+            got[early] = torch.full((1, c), float("nan"))
+            td.attention(q, k, v, n_head, got[early], counters, position, split_s=16)
+        assert torch.equal(got[True], got[False]), f"pos={pos}"
+        want = _attention_ref(q.numpy(), k.float().numpy(), v.float().numpy(), n_head, s if pos is None else pos + 1)
+        assert_close(got[True], want, 1.0, 1e-5, f"pos={pos}")
+        assert not counters.any()
+
+
+@interp
 def test_interp_attention_writes_the_new_row():
     """Self-attention given this step's key and value (k_new, v_new): they are attended as key pos
     and written into row pos of the cache, whose old row pos (NaN here) is never read; the other

@@ -129,6 +129,13 @@ LONG_STEPS_WARPS = 1
 # after the wait (15.3); _decode_blocks now only merges their fifth bits in (one register a byte
 # pair), not yet measured on the GPU: EARLY_DECODE_BITS = (4, 5) is that A/B.
 EARLY_DECODE_BITS = (4,)
+# The one-row step's attention kernels widen the float16 keys and values they load before the PDL
+# wait to float32 before it too (the conversions then leave the work after the wait; gdc_wait_after
+# keeps ptxas from moving them back). Same bits. Offline sm_90 SASS (32 keys, one warp), instructions
+# after the wait and registers: cross-attention 1067 -> 952, 155 -> 156; self-attention 1595 ->
+# 1461, 160 -> 166. Not yet measured on the GPU, so off (docs/reports/performance.md 15.6).
+CROSS_EARLY_CONVERT = False
+SELF_EARLY_CONVERT = False
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
 # Warps per attention program. Session 3 measured 1, 2 and 8 equal or slower than 4. The cross
@@ -684,6 +691,7 @@ def _attn_kernel(
     CAUSAL: tl.constexpr, NEW: tl.constexpr, PRELOAD: tl.constexpr, PREFETCH: tl.constexpr, PDL: tl.constexpr,
     QKV: tl.constexpr = 0,  # > 0: q, k_new, v_new are the columns of a q|k|v Partials with QKV splits (q_ptr:
     QKV_BM: tl.constexpr = 1, QKV_BIAS: tl.constexpr = False,  # its float32 parts, QKV_BM rows a split)
+    EARLY_CONVERT: tl.constexpr = False,  # PRELOAD: SELF_EARLY_CONVERT
     trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
 ):
     pid, split, r, h, program = _attn_program(H, PDL, trace_ptr, trace_slot, TRACE)
@@ -705,13 +713,19 @@ def _attn_kernel(
         ok_pre = (ss_pre < n_keys - 1 if CAUSAL else ss_pre < n_keys)[:, None]
         kt_pre = tl.load(k_ptr + at_pre, mask=ok_pre, other=0.0)
         vt_pre = tl.load(v_ptr + at_pre, mask=ok_pre, other=0.0)
+        if EARLY_CONVERT:  # widened before the wait, as the cross-attention's (CROSS_EARLY_CONVERT)
+            kt_pre = kt_pre.to(tl.float32)
+            vt_pre = vt_pre.to(tl.float32)
     elif PREFETCH:
         pf_s = tl.minimum(split * SPLIT_S + tl.arange(0, SPLIT_S), S - 1).to(tl.int64)
         pf_at = r.to(tl.int64) * stride_kr + pf_s * stride_ks + h * D  # one head's D values: D*2 bytes
         _prefetch_at(k_ptr + pf_at)
         _prefetch_at(v_ptr + pf_at)
     if PDL:
-        gdc_wait()
+        if PRELOAD and EARLY_CONVERT:
+            gdc_wait_after(kt_pre, vt_pre, 0)
+        else:
+            gdc_wait()
     if TRACE:
         _trace_mark(trace_ptr, trace_slot, program, 1)
     n_split = tl.cdiv(n_keys, SPLIT_S)
@@ -808,6 +822,7 @@ def _cross_attn_kernel(
     S, H, qk_scale, q_bias,  # keys; heads; log2(e)/sqrt(D); QP_BIAS: the product's bias (H*D,)
     D: tl.constexpr, BS: tl.constexpr, SPLITS: tl.constexpr,
     QP: tl.constexpr, QP_BM: tl.constexpr, QP_BIAS: tl.constexpr, PDL: tl.constexpr,
+    EARLY_CONVERT: tl.constexpr = False,  # CROSS_EARLY_CONVERT
     trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
 ):
     """Cross-attention of one query row per window: program (row r, head h) x split, BS keys a
@@ -822,8 +837,14 @@ def _cross_attn_kernel(
     at = r.to(tl.int64) * stride_kr + ss.to(tl.int64)[:, None] * stride_ks + h * D + dd[None, :]  # [BS, D]
     kt = tl.load(k_ptr + at, mask=(ss < S)[:, None], other=0.0, eviction_policy="evict_first")
     vt = tl.load(v_ptr + at, mask=(ss < S)[:, None], other=0.0, eviction_policy="evict_first")
+    if EARLY_CONVERT:  # float16 keys and values widened before the wait (their low 13 bits are 0)
+        kt = kt.to(tl.float32)
+        vt = vt.to(tl.float32)
     if PDL:
-        gdc_wait()
+        if EARLY_CONVERT:
+            gdc_wait_after(kt, vt, 0)
+        else:
+            gdc_wait()
     if TRACE:
         _trace_mark(trace_ptr, trace_slot, program, 1)
     if QP > 0:
@@ -931,7 +952,8 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
             q if parts is None or parts.bias is None else parts.bias,
             D=d, BS=split_s, SPLITS=sp2, QP=0 if parts is None else parts.parts.shape[0],
             QP_BM=1 if parts is None else parts.parts.shape[1], QP_BIAS=parts is not None and parts.bias is not None,
-            PDL=pdl, num_warps=CROSS_ONE_ROW_WARPS, **_pdl_kw(pdl),
+            PDL=pdl, EARLY_CONVERT=CROSS_EARLY_CONVERT and k.element_size() == 2,
+            num_warps=CROSS_ONE_ROW_WARPS, **_pdl_kw(pdl),
             **_trace_kw(m * n_head * splits, "cross-attention"))
         return out
     if parts is not None and position is None:
@@ -954,6 +976,7 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
         QKV_BIAS=parts is not None and parts.bias is not None,
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None, NEW=new,
         PRELOAD=bs == split_s and (position is None or SELF_PRELOAD),
+        EARLY_CONVERT=SELF_EARLY_CONVERT and position is not None and m == 1 and k.element_size() == 2,
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
         num_warps=warps, **_pdl_kw(pdl),
         **_trace_kw(r * n_head * splits, "self-attention" if position is not None else "cross-attention"))
