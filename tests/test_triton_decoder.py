@@ -257,6 +257,45 @@ def test_interp_gemv_early_decode_same_bits(ggml_type, monkeypatch):
 
 
 @interp
+@pytest.mark.parametrize("ggml_type", TYPES[1:], ids=lambda t: t.name)
+def test_interp_gemv_whole_row_before_the_wait(ggml_type, monkeypatch):
+    """GEMVs holding their whole row in two peeled steps (WHOLE_ROW_BITS: K/32 = 3 = 2 + 1, 40 =
+    32 + 8, 160 = 128 + 32; the LayerNorm folded) against the golden, with the LN + GELU and the
+    residual epilogues, and the same bits with the weights decoded before the wait or after."""
+    td = _td()
+    monkeypatch.setattr(td, "WHOLE_ROW_BITS", (4, 5, 8))
+    monkeypatch.setattr(td, "WHOLE_ROW_MAX_VALUES", 1 << 20)  # K 5120 too (the GPU's limit is a tuning)
+    rng = np.random.default_rng(int(ggml_type) + 80)
+    n = 6
+    for k, ln in ((96, True), (96, False), (1280, True), (5120, False)):
+        bits = td._kernel_layout(ggml_type)[4]
+        nb, nb2 = td._whole_row(1, n, k, bits)[1:3]
+        assert nb + nb2 == k // 32 and nb2 > 0
+        raw, w = weights(ggml_type, n, k, rng)
+        bias = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+        x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 3).astype(np.float32))
+        res0 = torch.from_numpy(rng.standard_normal((1, n)).astype(np.float32))
+        lnp = (torch.from_numpy(rng.uniform(0.5, 1.5, k).astype(np.float32)),
+               torch.from_numpy(rng.normal(0, 0.3, k).astype(np.float32)), 1e-5) if ln else None
+        got = {}
+        for early in (False, True):
+            monkeypatch.setattr(td, "EARLY_DECODE_BITS", (4, 5, 8) if early else ())
+            if ln:
+                got[early] = td.gemv(x, raw, ggml_type, n, bias, lnp, "gelu")
+            else:
+                got[early] = res0.clone()
+                td.gemv(x, raw, ggml_type, n, bias, None, "residual", out=got[early])
+        assert torch.equal(got[True], got[False]), f"{ggml_type.name} K={k} LN={ln}"
+        xn = x.double()
+        if ln:
+            xn = F.layer_norm(xn, (k,), lnp[0].double(), lnp[1].double(), 1e-5)
+        xn = xn.numpy()
+        pre = xn @ w.astype(np.float64).T + bias.double().numpy()
+        want = F.gelu(torch.from_numpy(pre)).numpy() if ln else res0.double().numpy() + pre
+        assert_close(got[True], want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} K={k} LN={ln}")
+
+
+@interp
 @pytest.mark.parametrize("ggml_type", [GGMLType.Q5_0, GGMLType.Q5_1], ids=lambda t: t.name)
 def test_interp_gemv_cross_q_two_folded_steps(ggml_type):
     """One-row LN GEMV at large-v3's K = 1280 with a 5-bit type: two folded steps of CROSS_Q_NB = 32

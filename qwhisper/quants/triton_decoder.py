@@ -129,6 +129,19 @@ LONG_STEPS_WARPS = 1
 # after the wait (15.3); _decode_blocks now only merges their fifth bits in (one register a byte
 # pair), not yet measured on the GPU: EARLY_DECODE_BITS = (4, 5) is that A/B.
 EARLY_DECODE_BITS = (4,)
+# One-row GEMVs of these block widths below the vocabulary's width hold their whole row before
+# the PDL wait: two peeled steps of NB + NB2 blocks (powers of 2: K/32 = 40 = 32 + 8, 160 = 128 +
+# 32, 12 = 8 + 4), the LayerNorm folded, so that after the wait no step is left that waits on
+# memory (13.4: each step after the first cost ~1.2 us after the wait), and no clamped blocks.
+# Rows a program as the step's tiles (>= STEP_MIN_PROGRAMS programs), where they hold at most
+# WHOLE_ROW_MAX_VALUES weights (large-v3: out, cross-out, cross-q; q|k|v, fc1 and fc2 would need
+# more registers than an SM has for one wave of their programs), on WHOLE_ROW_WARPS warps. Offline
+# sm_90 SASS, Q5_0 with the fifth bits merged before the wait, 2 warps: out 370 -> 213 instructions
+# after the wait, 80 -> 63 registers; cross-q 1190 (two steps) -> 538, 183 -> 125. Not yet measured
+# on the GPU, so off (performance.md 15.6).
+WHOLE_ROW_BITS = ()
+WHOLE_ROW_MAX_VALUES = 1280
+WHOLE_ROW_WARPS = 2
 # The one-row step's attention kernels widen the float16 keys and values they load before the PDL
 # wait to float32 before it too (the conversions then leave the work after the wait; gdc_wait_after
 # keeps ptxas from moving them back). Same bits. Offline sm_90 SASS (32 keys, one warp), instructions
@@ -399,6 +412,7 @@ def _step_gemv_kernel(
     LN: tl.constexpr, FOLD: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
     PF_LINES: tl.constexpr, PDL: tl.constexpr,  # L2 prefetch of the weight slice; see PDL above
     EARLY_DECODE: tl.constexpr = False,  # the first step's weights decoded before the wait (EARLY_DECODE_BITS)
+    NB2: tl.constexpr = 0,  # > 0: a second step of NB2 blocks peeled too, K/32 = NB + NB2 (WHOLE_ROW_BITS)
     trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
 ):
     # The loop is triton_ops._qgemv_kernel's, through the same step helpers (_load_blocks,
@@ -442,6 +456,13 @@ def _step_gemv_kernel(
         q0, q1 = qs0, qh0
         if EARLY_DECODE:
             q0, q1 = _decode_blocks(qs0, qh0, jj, magic, BITS, ZERO)
+        if NB2 > 0:  # the rest of the row: blocks NB .. NB + NB2 - 1, all live
+            bb2 = tl.arange(0, NB2)[:, None, None, None]
+            w0b, qs0b, qh0b = _gemv_loads(w8, w16, w_row, NB, bb2, jj, n_blk, TS, QH_B, QS_B, BITS, True)
+            lnw_lo_b, lnb_lo_b, lnw_hi_b, lnb_hi_b = _step_ln(ln_w, ln_b, NB, bb2, jj, n_blk, True, LN, FOLD, BITS)
+            q0b, q1b = qs0b, qh0b
+            if EARLY_DECODE:
+                q0b, q1b = _decode_blocks(qs0b, qh0b, jj, magic, BITS, ZERO)
     # The epilogue's inputs are loaded early too, not after the loop: the bias and the position
     # (copied in before the step's first kernel) before the wait, the residual right after it.
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -459,8 +480,10 @@ def _step_gemv_kernel(
         fold_g = tl.load(fold_w_ptr + n1, mask=n1 < N, other=0.0)[None, :]
         fold_b = tl.load(fold_b_ptr + n1, mask=n1 < N, other=0.0)[None, :]
     if PDL:  # x, the residual and the caches are the previous kernels'
-        if PEEL and EARLY_DECODE:
-            gdc_wait_after(q0, q1, 15 if BITS == 5 else 0)  # the bit _decode_blocks leaves 0
+        if PEEL and EARLY_DECODE and NB2 > 0:
+            gdc_wait_after(q0, q1, 15 if BITS == 5 else 0, q0b, q1b)  # the bit _decode_blocks leaves 0
+        elif PEEL and EARLY_DECODE:
+            gdc_wait_after(q0, q1, 15 if BITS == 5 else 0)
         else:
             gdc_wait()
     if TRACE:
@@ -489,15 +512,28 @@ def _step_gemv_kernel(
                                 w16, w_row, 0, bb, jj, n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, FOLD, BLOCK_M,
                                 EARLY_DECODE)
         b_first = NB
+        if NB2 > 0:
+            acc2 = tl.zeros([NB2, BLOCK_M, BLOCK_N, QB], dtype=tl.float32)
+            s1b = tl.zeros([NB2, BLOCK_M, 1, QB], dtype=tl.float32)
+            acc2, s1b, s2b = _gemv_fma(acc2, s1b, s1b, shift, mean, rstd, w0b, q0b, q1b, x_row, lnw_lo_b, lnb_lo_b,
+                                       lnw_hi_b, lnb_hi_b, w16, w_row, NB, bb2, jj, n_blk, magic, TS, M_B, BITS, ZERO,
+                                       True, LN, FOLD, BLOCK_M, EARLY_DECODE)
+            b_first = NB + NB2
     for b0 in range(b_first, n_blk, NB):
         w0, qs0, qh0 = _gemv_loads(w8, w16, w_row, b0, bb, jj, n_blk, TS, QH_B, QS_B, BITS, EVEN_K)
         lnw_lo, lnb_lo, lnw_hi, lnb_hi = _step_ln(ln_w, ln_b, b0, bb, jj, n_blk, EVEN_K, LN, FOLD, BITS)
         acc, s1, s2 = _gemv_fma(acc, s1, s2, shift, mean, rstd, w0, qs0, qh0, x_row, lnw_lo, lnb_lo, lnw_hi, lnb_hi,
                                 w16, w_row, b0, bb, jj, n_blk, magic, TS, M_B, BITS, ZERO, EVEN_K, LN, FOLD, BLOCK_M)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
+    sum1 = tl.sum(tl.sum(s1, axis=3), axis=0)
+    sum2 = tl.sum(tl.sum(s2, axis=3), axis=0)
+    if PEEL and NB2 > 0:
+        y += tl.sum(tl.sum(acc2, axis=3), axis=0)
+        sum1 += tl.sum(tl.sum(s1b, axis=3), axis=0)
+        sum2 += tl.sum(tl.sum(s2b, axis=3), axis=0)
     if FOLD:
-        d_mean = tl.sum(tl.sum(s1, axis=3), axis=0) / K  # [BM, 1]: mean - shift
-        var = tl.maximum(tl.sum(tl.sum(s2, axis=3), axis=0) / K - d_mean * d_mean, 0.0)
+        d_mean = sum1 / K  # [BM, 1]: mean - shift
+        var = tl.maximum(sum2 / K - d_mean * d_mean, 0.0)
         rstd = 1.0 / tl.sqrt_rn(var + eps)
         mean = tl.sum(tl.sum(shift, axis=3), axis=0) + d_mean  # [BM, 1]
         y = rstd * (y - mean * fold_g) + fold_b
@@ -569,13 +605,34 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, i
     return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
 
 
-def folds(ggml_type: GGMLType, k: int, nb: int) -> bool:
+def _whole_row(m: int, n: int, k: int, bits: int) -> tuple[int, int, int, int] | None:
+    """(BLOCK_N, NB, NB2, num_warps) of a GEMV that holds its whole row before the wait
+    (WHOLE_ROW_BITS), or None: one row, a block type, N below the vocabulary's width, at most
+    WHOLE_ROW_MAX_VALUES weights a program, K/32 the sum of two powers of 2 (NB2 0: one step)."""
+    n_blk = k // QK
+    if m != 1 or n >= 16384 or bits not in WHOLE_ROW_BITS or n_blk < 1:
+        return None
+    nb = 1 << (n_blk.bit_length() - 1)
+    nb2 = n_blk - nb
+    if nb2 & (nb2 - 1):
+        return None
+    block_n = 16
+    while block_n > 1 and triton.cdiv(n, block_n) < STEP_MIN_PROGRAMS:
+        block_n //= 2
+    block_n = max(block_n, MIN_BLOCK_N)
+    if block_n * k > WHOLE_ROW_MAX_VALUES:
+        return None
+    return block_n, nb, nb2, WHOLE_ROW_WARPS
+
+
+def folds(ggml_type: GGMLType, k: int, nb: int, whole_row: bool = False) -> bool:
     """Whether an LN GEMV over K with NB blocks a step folds its LayerNorm (_step_gemv_kernel):
     block-quantized rows in more than two steps, or in two of CROSS_Q_NB (on an H100: large-v3's
     K 1280 in 16- and 32-block steps gained, tiny's vocabulary projection in two 8-block steps
-    lost 5 %)."""
+    lost 5 %), or held whole before the wait (_whole_row: the statistics come from the same x
+    values, with no pass of their own)."""
     steps = -(-k // QK // nb)
-    return _as_type(ggml_type) != GGMLType.F16 and (steps > 2 or (steps == 2 and nb == CROSS_Q_NB))
+    return _as_type(ggml_type) != GGMLType.F16 and (whole_row or steps > 2 or (steps == 2 and nb == CROSS_Q_NB))
 
 
 def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torch.Tensor,
@@ -608,7 +665,10 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
     kc, vc, stride_cr, stride_cs, pos, n_seg = qkv if qkv is not None else (out, out, 0, 0, out, 1)
     pdl = _pdl(x.device)
     block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln is not None)
-    fold = ln is not None and folds(ggml_type, k, nb)
+    nb2, whole = 0, _whole_row(m, n, k, bits)
+    if whole is not None:
+        block_n, nb, nb2, num_warps = whole
+    fold = ln is not None and folds(ggml_type, k, nb, whole is not None)
     ln_w, ln_b, eps = ln[:3] if ln is not None else (x, x, 0.0)
     fold_w, fold_b = x, x
     if fold:
@@ -618,7 +678,7 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         x, x.stride(0), ln_w, ln_b, fold_w, fold_b, float(eps), w8, w16, bias if bias is not None else x,
         out, out.stride(0), kc, vc, stride_cr, stride_cs, pos, n_seg, m, n, k, _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
-        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
+        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, NB2=nb2, EVEN_K=(k // QK) % nb == 0 or whole is not None,
         LN=ln is not None, FOLD=fold, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
         HAS_BIAS=bias is not None, EPI=epi, PF_LINES=prefetch_lines(block_n * row_bytes), PDL=pdl,
         EARLY_DECODE=m == 1 and bits in EARLY_DECODE_BITS,
@@ -1119,7 +1179,8 @@ def _folded(ln, lin) -> tuple:
     row count the step takes), so that no step computes them."""
     n, k = lin.out_features, lin.in_features
     bits = _kernel_layout(lin.ggml_type)[4]
-    if not any(folds(lin.ggml_type, k, _tile(m, n, k, bits, True)[2]) for m in range(1, MAX_ROWS + 1)):
+    if not any(folds(lin.ggml_type, k, _tile(m, n, k, bits, True)[2], _whole_row(m, n, k, bits) is not None)
+               for m in range(1, MAX_ROWS + 1)):
         return ln.weight, ln.bias, ln.eps
     return ln.weight, ln.bias, ln.eps, *fold_ln(lin.weight, lin.ggml_type, n, k, ln.weight, ln.bias)
 

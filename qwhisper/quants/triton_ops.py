@@ -211,14 +211,20 @@ def _bit_or(a, b):
 
 
 @triton.jit
-def gdc_wait_after(a, b, ZERO_BIT: tl.constexpr):
-    """gdc_wait(), but only once every value of a and b (32-bit tensors whose bit ZERO_BIT is 0 in
-    every value: _decode_blocks') has been computed. ptxas schedules plain arithmetic across
-    griddepcontrol.wait as it likes, and moved such a decode issued before the wait to after it,
-    so the wait is made conditional on all of them: on that bit of the OR of their bits, which is
-    always 0, so it always waits."""
-    bits = tl.reduce(a.to(tl.int32, bitcast=True), None, _bit_or) | tl.reduce(b.to(tl.int32, bitcast=True), None,
-                                                                              _bit_or)
+def _or_bits(t):
+    return tl.reduce(t.to(tl.int32, bitcast=True), None, _bit_or)
+
+
+@triton.jit
+def gdc_wait_after(a, b, ZERO_BIT: tl.constexpr, c=None, d=None):
+    """gdc_wait(), but only once every value of a and b (and c, d if given: 32-bit tensors whose
+    bit ZERO_BIT is 0 in every value, such as _decode_blocks') has been computed. ptxas schedules
+    plain arithmetic across griddepcontrol.wait as it likes, and moved such a decode issued before
+    the wait to after it, so the wait is made conditional on all of them: on that bit of the OR of
+    their bits, which is always 0, so it always waits."""
+    bits = _or_bits(a) | _or_bits(b)
+    if c is not None:
+        bits = bits | _or_bits(c) | _or_bits(d)
     if (bits & (1 << ZERO_BIT)) == 0:
         gdc_wait()
 
