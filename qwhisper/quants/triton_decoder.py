@@ -426,6 +426,10 @@ def _step_gemv_kernel(
     # and rstd are needed in the epilogue only. FOLD won where the loop has three steps or more
     # (large-v3 q5_0, K 1280 in 16-block steps: 1.45 -> 1.40 ms per token) and lost with one or
     # two (tiny q5_0 0.111 -> 0.116-0.119) and with F16 rows (large-v3 f16 1.51 -> 1.61) on an H100.
+    # Before the wait: the first step's blocks (PEEL), with EARLY_DECODE also decoded there
+    # (_decode_blocks; gdc_wait_after keeps ptxas from moving the decode behind the wait), and with
+    # NB2 > 0 the rest of the row as a second step of NB2 blocks (its own tile and accumulator), so
+    # that the loop after the wait has nothing left to do (WHOLE_ROW_BITS).
     QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
     n_blk = K // _QK
     pid = tl.program_id(0)
