@@ -260,17 +260,18 @@ def test_interp_gemv_early_decode_same_bits(ggml_type, monkeypatch):
 @pytest.mark.parametrize("ggml_type", TYPES[1:], ids=lambda t: t.name)
 def test_interp_gemv_whole_row_before_the_wait(ggml_type, monkeypatch):
     """GEMVs holding their whole row in two peeled steps (WHOLE_ROW_BITS: K/32 = 3 = 2 + 1, 40 =
-    32 + 8, 160 = 128 + 32; the LayerNorm folded) against the golden, with the LN + GELU and the
-    residual epilogues, and the same bits with the weights decoded before the wait or after."""
+    32 + 8, 160 = 128 + 32; 32 in one step; the LayerNorm folded) against the golden, with the LN +
+    GELU and the residual epilogues, and the same bits with the weights decoded before the wait or
+    after."""
     td = _td()
     monkeypatch.setattr(td, "WHOLE_ROW_BITS", (4, 5, 8))
     monkeypatch.setattr(td, "WHOLE_ROW_MAX_VALUES", 1 << 20)  # K 5120 too (the GPU's limit is a tuning)
     rng = np.random.default_rng(int(ggml_type) + 80)
     n = 6
-    for k, ln in ((96, True), (96, False), (1280, True), (5120, False)):
+    for k, ln in ((96, True), (96, False), (1280, True), (5120, False), (1024, True)):
         bits = td._kernel_layout(ggml_type)[4]
         nb, nb2 = td._whole_row(1, n, k, bits)[1:3]
-        assert nb + nb2 == k // 32 and nb2 > 0
+        assert nb + nb2 == k // 32 and (nb2 > 0) == (k != 1024)
         raw, w = weights(ggml_type, n, k, rng)
         bias = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
         x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 3).astype(np.float32))
