@@ -297,6 +297,33 @@ def test_interp_gemv_whole_row_before_the_wait(ggml_type, monkeypatch):
 
 
 @interp
+@pytest.mark.parametrize("ggml_type", TYPES[1:], ids=lambda t: t.name)
+def test_interp_gemv_second_peeled_step(ggml_type, monkeypatch):
+    """A second step peeled before the wait, the loop after it (SECOND_PEEL_NB): K 1280 in 16 + 8
+    blocks and then one step of 16 (LN folded), K 5120 in 64 + 32 and then 64 (residual), against
+    the golden."""
+    td = _td()
+    monkeypatch.setattr(td, "CROSS_Q_NB", 0)  # 16-block steps for the 5-bit rows of 6 x 1280 too
+    rng = np.random.default_rng(int(ggml_type) + 100)
+    n = 6
+    bits = td._kernel_layout(ggml_type)[4]
+    for k, ln, second in ((1280, True, 8), (5120, False, 32)):
+        monkeypatch.setattr(td, "SECOND_PEEL_NB", second)
+        nb = td._tile(1, n, k, bits, ln)[2]
+        assert td._second_peel(1, k, bits, nb) == second and (k // 32 - nb - second) % nb == 0
+        raw, w = weights(ggml_type, n, k, rng)
+        bias = rng.standard_normal(n).astype(np.float32)
+        x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 5).astype(np.float32))
+        if ln:
+            _assert_ln_gemv(td, ggml_type, raw, w, bias, x, rng, f"{ggml_type.name} LN K={k} + {second}")
+        else:
+            res = torch.from_numpy(rng.standard_normal((1, n)).astype(np.float32))
+            want = res.double().numpy() + x.double().numpy() @ w.astype(np.float64).T + bias
+            td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), None, "residual", out=res)
+            assert_close(res, want, np.abs(x.numpy()) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} K={k} + {second}")
+
+
+@interp
 @pytest.mark.parametrize("ggml_type", [GGMLType.Q5_0, GGMLType.Q5_1], ids=lambda t: t.name)
 def test_interp_gemv_cross_q_two_folded_steps(ggml_type):
     """One-row LN GEMV at large-v3's K = 1280 with a 5-bit type: two folded steps of CROSS_Q_NB = 32

@@ -142,6 +142,11 @@ EARLY_DECODE_BITS = (4,)
 WHOLE_ROW_BITS = ()
 WHOLE_ROW_MAX_VALUES = 1280
 WHOLE_ROW_WARPS = 2
+# The other one-row block GEMVs (q|k|v, fc1, fc2), whose whole rows do not fit: a second step of
+# SECOND_PEEL_NB blocks peeled as well (the same mechanism, NB2), so one step fewer is left after the
+# wait: large-v3's K 1280 in 16 + 8 before it and 16 after, instead of 16 before and 16 + 8
+# (clamped to 16) after. 0: off; not yet measured on the GPU (performance.md 15.6).
+SECOND_PEEL_NB = 0
 # The one-row step's attention kernels widen the float16 keys and values they load before the PDL
 # wait to float32 before it too (the conversions then leave the work after the wait; gdc_wait_after
 # keeps ptxas from moving them back). Same bits. Offline sm_90 SASS (32 keys, one warp), instructions
@@ -629,6 +634,15 @@ def _whole_row(m: int, n: int, k: int, bits: int) -> tuple[int, int, int, int] |
     return block_n, nb, nb2, WHOLE_ROW_WARPS
 
 
+def _second_peel(m: int, k: int, bits: int, nb: int) -> int:
+    """NB2 of a one-row block GEMV with SECOND_PEEL_NB: a second peeled step that leaves at least
+    one step of NB blocks for the loop, and only whole steps (K/32 - NB - NB2 a multiple of NB)."""
+    rest = k // QK - nb - SECOND_PEEL_NB
+    if not SECOND_PEEL_NB or m != 1 or bits == 16 or rest < nb or rest % nb:
+        return 0
+    return SECOND_PEEL_NB
+
+
 def folds(ggml_type: GGMLType, k: int, nb: int, whole_row: bool = False) -> bool:
     """Whether an LN GEMV over K with NB blocks a step folds its LayerNorm (_step_gemv_kernel):
     block-quantized rows in more than two steps, or in two of CROSS_Q_NB (on an H100: large-v3's
@@ -669,10 +683,11 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
     kc, vc, stride_cr, stride_cs, pos, n_seg = qkv if qkv is not None else (out, out, 0, 0, out, 1)
     pdl = _pdl(x.device)
     block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln is not None)
-    nb2, whole = 0, _whole_row(m, n, k, bits)
+    nb2, whole = _second_peel(m, k, bits, nb), _whole_row(m, n, k, bits)
     if whole is not None:
         block_n, nb, nb2, num_warps = whole
     fold = ln is not None and folds(ggml_type, k, nb, whole is not None)
+    even_k = whole is not None or ((k // QK - nb2) % nb == 0)
     ln_w, ln_b, eps = ln[:3] if ln is not None else (x, x, 0.0)
     fold_w, fold_b = x, x
     if fold:
@@ -682,7 +697,7 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         x, x.stride(0), ln_w, ln_b, fold_w, fold_b, float(eps), w8, w16, bias if bias is not None else x,
         out, out.stride(0), kc, vc, stride_cr, stride_cs, pos, n_seg, m, n, k, _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
-        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, NB2=nb2, EVEN_K=(k // QK) % nb == 0 or whole is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, NB2=nb2, EVEN_K=even_k,
         LN=ln is not None, FOLD=fold, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
         HAS_BIAS=bias is not None, EPI=epi, PF_LINES=prefetch_lines(block_n * row_bytes), PDL=pdl,
         EARLY_DECODE=m == 1 and bits in EARLY_DECODE_BITS,
