@@ -124,22 +124,36 @@ def _qh_at(w16, byte_off, ok, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _decode_nibbles(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
-    """4/5-bit qs bytes (int32 0..255, byte j at position jj) -> (q_lo, q_hi16), float32, exact.
-
-    q_lo = q[j] - ZERO; q_hi16 = 16*(q[j+16] - ZERO) (the high nibble left in place, see above).
-    qh (same shape as qs or broadcastable, ignored unless BITS == 5): bit j -> bit 4 of q[j].
-    """
-    lo = (qs & 0xF) | magic
-    hi = (qs & 0xF0) | magic
+def _nibble_ints(qs, qh, jj, base, BITS: tl.constexpr):
+    """4/5-bit qs bytes (int32 0..255, byte j at position jj) -> (lo, hi) int32: base | q[j] (bits
+    0-4) and base | 16*q[j+16] (bits 4-8, the high nibble left in place, see above); base is the
+    magic 2^23 pattern (_decode_nibbles) or 0. qh (same shape as qs or broadcastable, ignored
+    unless BITS == 5): bit j -> bit 4 of q[j]."""
+    lo = (qs & 0xF) | base
+    hi = (qs & 0xF0) | base
     if BITS == 5:
         # bit j of qh -> bit 4 of the low nibble; bit j+16 -> bit 8 (bit 4 of q scaled by 16).
         # (qh >> 8) is an arithmetic shift: its sign fill lands at bits >= 24 - j > 8, never read.
         lo = lo | (((qh << 4) >> jj) & 0x10)
         hi = hi | (((qh >> 8) >> jj) & 0x100)
+    return lo, hi
+
+
+@triton.jit
+def _magic_floats(lo, hi, ZERO: tl.constexpr):
+    """(lo, hi) ints holding the magic 2^23 pattern | q[j] and | 16*q[j+16] -> (q_lo, q_hi16) =
+    (q[j] - ZERO, 16*(q[j+16] - ZERO)), float32, exact: 2^23 (plus the offset) subtracted."""
     q_lo = lo.to(tl.float32, bitcast=True) - (8388608.0 + ZERO)
     q_hi16 = hi.to(tl.float32, bitcast=True) - (8388608.0 + 16 * ZERO)
     return q_lo, q_hi16
+
+
+@triton.jit
+def _decode_nibbles(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
+    """4/5-bit qs bytes (int32 0..255, byte j at position jj) -> (q_lo, q_hi16), float32, exact:
+    q_lo = q[j] - ZERO; q_hi16 = 16*(q[j+16] - ZERO) (_nibble_ints, then _magic_floats)."""
+    lo, hi = _nibble_ints(qs, qh, jj, magic, BITS)
+    return _magic_floats(lo, hi, ZERO)
 
 
 @triton.jit
@@ -245,8 +259,7 @@ def _decode_blocks(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
         q = _decode_int8(qs, magic)
         return q, q
     elif BITS == 5:
-        lo = (qs & 0xF) | (((qh << 4) >> jj) & 0x10)
-        hi = (qs & 0xF0) | (((qh >> 8) >> jj) & 0x100)
+        lo, hi = _nibble_ints(qs, qh, jj, 0, BITS)
         m = lo | (hi << 12)
         return m, m
     else:
@@ -269,9 +282,8 @@ def _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B: tl.c
         else:
             acc += (q * d) * x_lo
     else:
-        if DECODED and BITS == 5:  # _decode_blocks' merged bits: magic and subtraction left
-            q_lo = ((qs & 0x1F) | magic).to(tl.float32, bitcast=True) - (8388608.0 + ZERO)
-            q_hi16 = (((qs >> 12) & 0x1F0) | magic).to(tl.float32, bitcast=True) - (8388608.0 + 16 * ZERO)
+        if DECODED and BITS == 5:  # _decode_blocks' merged bits: split again, magic and subtraction left
+            q_lo, q_hi16 = _magic_floats((qs & 0x1F) | magic, ((qs >> 12) & 0x1F0) | magic, ZERO)
         elif DECODED:
             q_lo, q_hi16 = qs, qh
         else:
