@@ -671,6 +671,19 @@ def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torc
     return out_g.float(), out_b.float()
 
 
+def _plan(m: int, n: int, k: int, ggml_type: GGMLType, ln: bool) -> tuple[int, int, int, int, int, bool, bool]:
+    """How _step_gemv_kernel runs an (m, k) x (n, k) GEMV: (BLOCK_M, BLOCK_N, NB, NB2, num_warps,
+    FOLD, EVEN_K), from _tile, _second_peel and _whole_row."""
+    bits = _kernel_layout(ggml_type)[4]
+    block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln)
+    nb2, whole = _second_peel(m, k, bits, nb), _whole_row(m, n, k, bits)
+    if whole is not None:
+        block_n, nb, nb2, num_warps = whole
+    fold = ln and folds(ggml_type, k, nb, whole is not None)
+    even_k = whole is not None or (k // QK - nb2) % nb == 0
+    return block_m, block_n, nb, nb2, num_warps, fold, even_k
+
+
 def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
     ggml_type = _as_type(ggml_type)
     m, k = x.shape
@@ -682,12 +695,7 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
     ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
     kc, vc, stride_cr, stride_cs, pos, n_seg = qkv if qkv is not None else (out, out, 0, 0, out, 1)
     pdl = _pdl(x.device)
-    block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln is not None)
-    nb2, whole = _second_peel(m, k, bits, nb), _whole_row(m, n, k, bits)
-    if whole is not None:
-        block_n, nb, nb2, num_warps = whole
-    fold = ln is not None and folds(ggml_type, k, nb, whole is not None)
-    even_k = whole is not None or ((k // QK - nb2) % nb == 0)
+    block_m, block_n, nb, nb2, num_warps, fold, even_k = _plan(m, n, k, ggml_type, ln is not None)
     ln_w, ln_b, eps = ln[:3] if ln is not None else (x, x, 0.0)
     fold_w, fold_b = x, x
     if fold:
@@ -1197,9 +1205,7 @@ def _folded(ln, lin) -> tuple:
     and W @ bias appended where the step's GEMV folds the LayerNorm (folds, for the tile of any
     row count the step takes), so that no step computes them."""
     n, k = lin.out_features, lin.in_features
-    bits = _kernel_layout(lin.ggml_type)[4]
-    if not any(folds(lin.ggml_type, k, _tile(m, n, k, bits, True)[2], _whole_row(m, n, k, bits) is not None)
-               for m in range(1, MAX_ROWS + 1)):
+    if not any(_plan(m, n, k, _as_type(lin.ggml_type), True)[5] for m in range(1, MAX_ROWS + 1)):
         return ln.weight, ln.bias, ln.eps
     return ln.weight, ln.bias, ln.eps, *fold_ln(lin.weight, lin.ggml_type, n, k, ln.weight, ln.bias)
 
