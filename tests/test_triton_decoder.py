@@ -199,6 +199,21 @@ def _assert_ln_gemv(td, ggml_type, raw, w, bias, x, rng, label):
     assert_close(y, want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, label)
 
 
+def _check_one_row_gemv(td, ggml_type, n, k, ln, rng, label):
+    """Random (n, k) weights, bias and one row x (mean far from 0), all drawn from rng: the LN +
+    store GEMV (_assert_ln_gemv) or, without LN, the residual GEMV against float64."""
+    raw, w = weights(ggml_type, n, k, rng)
+    bias = rng.standard_normal(n).astype(np.float32)
+    x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 5).astype(np.float32))
+    if ln:
+        _assert_ln_gemv(td, ggml_type, raw, w, bias, x, rng, f"{label} LN")
+    else:
+        res = torch.from_numpy(rng.standard_normal((1, n)).astype(np.float32))
+        want = res.double().numpy() + x.double().numpy() @ w.astype(np.float64).T + bias
+        td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), None, "residual", out=res)
+        assert_close(res, want, np.abs(x.numpy()) @ np.abs(w.T) + 1, 1e-5, label)
+
+
 @interp
 @pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0], ids=lambda t: t.name)
 def test_interp_gemv_steps_after_the_first(ggml_type, monkeypatch):
@@ -216,16 +231,7 @@ def test_interp_gemv_steps_after_the_first(ggml_type, monkeypatch):
         assert k // 32 > 2 * nb, (k, nb)  # the loop runs twice after the first step
         if ln:
             assert td.folds(ggml_type, k, nb) == (ggml_type != GGMLType.F16)
-        raw, w = weights(ggml_type, n, k, rng)
-        bias = rng.standard_normal(n).astype(np.float32)
-        x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 5).astype(np.float32))  # mean far from 0
-        if ln:
-            _assert_ln_gemv(td, ggml_type, raw, w, bias, x, rng, f"{ggml_type.name} LN K={k}")
-        else:
-            res = torch.from_numpy(rng.standard_normal((1, n)).astype(np.float32))
-            want = res.double().numpy() + x.double().numpy() @ w.astype(np.float64).T + bias
-            td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), None, "residual", out=res)
-            assert_close(res, want, np.abs(x.numpy()) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} K={k}")
+        _check_one_row_gemv(td, ggml_type, n, k, ln, rng, f"{ggml_type.name} K={k}")
 
 
 @interp
@@ -311,16 +317,7 @@ def test_interp_gemv_second_peeled_step(ggml_type, monkeypatch):
         monkeypatch.setattr(td, "SECOND_PEEL_NB", second)
         nb = td._tile(1, n, k, bits, ln)[2]
         assert td._second_peel(1, k, bits, nb) == second and (k // 32 - nb - second) % nb == 0
-        raw, w = weights(ggml_type, n, k, rng)
-        bias = rng.standard_normal(n).astype(np.float32)
-        x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 5).astype(np.float32))
-        if ln:
-            _assert_ln_gemv(td, ggml_type, raw, w, bias, x, rng, f"{ggml_type.name} LN K={k} + {second}")
-        else:
-            res = torch.from_numpy(rng.standard_normal((1, n)).astype(np.float32))
-            want = res.double().numpy() + x.double().numpy() @ w.astype(np.float64).T + bias
-            td.gemv(x, raw, ggml_type, n, torch.from_numpy(bias), None, "residual", out=res)
-            assert_close(res, want, np.abs(x.numpy()) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} K={k} + {second}")
+        _check_one_row_gemv(td, ggml_type, n, k, ln, rng, f"{ggml_type.name} K={k} + {second}")
 
 
 @interp
@@ -334,10 +331,7 @@ def test_interp_gemv_cross_q_two_folded_steps(ggml_type):
     nb = td._tile(1, n, k, 5, True)[2]
     assert nb == td.CROSS_Q_NB == 32 and td.folds(ggml_type, k, nb)
     assert td._tile(5, n, k, 5, True)[2] == 16 and td._tile(1, n, k, 4, True)[2] == 16  # beams, 4-bit: as before
-    raw, w = weights(ggml_type, n, k, rng)
-    bias = rng.standard_normal(n).astype(np.float32)
-    x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 5).astype(np.float32))  # mean far from 0
-    _assert_ln_gemv(td, ggml_type, raw, w, bias, x, rng, f"{ggml_type.name} cross-q K={k}")
+    _check_one_row_gemv(td, ggml_type, n, k, True, rng, f"{ggml_type.name} cross-q K={k}")
 
 
 @interp
