@@ -234,6 +234,38 @@ def test_interp_gemv_steps_after_the_first(ggml_type, monkeypatch):
         _check_one_row_gemv(td, ggml_type, n, k, ln, rng, f"{ggml_type.name} K={k}")
 
 
+def _assert_early_decode_same_bits(td, ggml_type, n, k, ln, epilogue, rng, monkeypatch):
+    """One row through the GEMV with the weights decoded after the PDL wait and before it
+    (EARLY_DECODE_BITS): the same bits, and the golden's (float64) result. Weights, bias, x (and
+    the residual, the LayerNorm) drawn from rng; epilogue 'store' or 'gelu', or 'residual' (no LN)."""
+    raw, w = weights(ggml_type, n, k, rng)
+    bias = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+    x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 3).astype(np.float32))
+    res0 = torch.from_numpy(rng.standard_normal((1, n)).astype(np.float32)) if epilogue == "residual" else None
+    lnp = (torch.from_numpy(rng.uniform(0.5, 1.5, k).astype(np.float32)),
+           torch.from_numpy(rng.normal(0, 0.3, k).astype(np.float32)), 1e-5) if ln else None
+    got = {}
+    for early in (False, True):
+        monkeypatch.setattr(td, "EARLY_DECODE_BITS", (4, 5, 8) if early else ())
+        if epilogue == "residual":
+            got[early] = res0.clone()
+            td.gemv(x, raw, ggml_type, n, bias, lnp, "residual", out=got[early])
+        else:
+            got[early] = td.gemv(x, raw, ggml_type, n, bias, lnp, epilogue)
+    label = f"{ggml_type.name} K={k} LN={ln} {epilogue}"
+    assert torch.equal(got[True], got[False]), label
+    xn = x.double()
+    if ln:
+        xn = F.layer_norm(xn, (k,), lnp[0].double(), lnp[1].double(), 1e-5)
+    xn = xn.numpy()
+    want = xn @ w.astype(np.float64).T + bias.double().numpy()
+    if epilogue == "gelu":
+        want = F.gelu(torch.from_numpy(want)).numpy()
+    if epilogue == "residual":
+        want = want + res0.double().numpy()
+    assert_close(got[True], want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, label)
+
+
 @interp
 @pytest.mark.parametrize("ggml_type", TYPES[1:], ids=lambda t: t.name)
 def test_interp_gemv_early_decode_same_bits(ggml_type, monkeypatch):
@@ -242,24 +274,8 @@ def test_interp_gemv_early_decode_same_bits(ggml_type, monkeypatch):
     (K = 96) and in several (K = 1280 with LN, 5120 without); and agree with the golden."""
     td = _td()
     rng = np.random.default_rng(int(ggml_type) + 60)
-    n = 6
     for k, ln in ((96, True), (96, False), (1280, True), (5120, False)):
-        raw, w = weights(ggml_type, n, k, rng)
-        bias = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
-        x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 3).astype(np.float32))
-        lnp = (torch.from_numpy(rng.uniform(0.5, 1.5, k).astype(np.float32)),
-               torch.from_numpy(rng.normal(0, 0.3, k).astype(np.float32)), 1e-5) if ln else None
-        got = {}
-        for early in (False, True):
-            monkeypatch.setattr(td, "EARLY_DECODE_BITS", (4, 5, 8) if early else ())
-            got[early] = td.gemv(x, raw, ggml_type, n, bias, lnp, "store")
-        assert torch.equal(got[True], got[False]), f"{ggml_type.name} K={k} LN={ln}"
-        xn = x.double()
-        if ln:
-            xn = F.layer_norm(xn, (k,), lnp[0].double(), lnp[1].double(), 1e-5)
-        xn = xn.numpy()
-        want = xn @ w.astype(np.float64).T + bias.double().numpy()
-        assert_close(got[True], want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} K={k} LN={ln}")
+        _assert_early_decode_same_bits(td, ggml_type, 6, k, ln, "store", rng, monkeypatch)
 
 
 @interp
@@ -278,28 +294,7 @@ def test_interp_gemv_whole_row_before_the_wait(ggml_type, monkeypatch):
         bits = td._kernel_layout(ggml_type)[4]
         nb, nb2 = td._whole_row(1, n, k, bits)[1:3]
         assert nb + nb2 == k // 32 and (nb2 > 0) == (k != 1024)
-        raw, w = weights(ggml_type, n, k, rng)
-        bias = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
-        x = torch.from_numpy((rng.standard_normal((1, k)) * 2 + 3).astype(np.float32))
-        res0 = torch.from_numpy(rng.standard_normal((1, n)).astype(np.float32))
-        lnp = (torch.from_numpy(rng.uniform(0.5, 1.5, k).astype(np.float32)),
-               torch.from_numpy(rng.normal(0, 0.3, k).astype(np.float32)), 1e-5) if ln else None
-        got = {}
-        for early in (False, True):
-            monkeypatch.setattr(td, "EARLY_DECODE_BITS", (4, 5, 8) if early else ())
-            if ln:
-                got[early] = td.gemv(x, raw, ggml_type, n, bias, lnp, "gelu")
-            else:
-                got[early] = res0.clone()
-                td.gemv(x, raw, ggml_type, n, bias, None, "residual", out=got[early])
-        assert torch.equal(got[True], got[False]), f"{ggml_type.name} K={k} LN={ln}"
-        xn = x.double()
-        if ln:
-            xn = F.layer_norm(xn, (k,), lnp[0].double(), lnp[1].double(), 1e-5)
-        xn = xn.numpy()
-        pre = xn @ w.astype(np.float64).T + bias.double().numpy()
-        want = F.gelu(torch.from_numpy(pre)).numpy() if ln else res0.double().numpy() + pre
-        assert_close(got[True], want, np.abs(xn) @ np.abs(w.T) + 1, 1e-5, f"{ggml_type.name} K={k} LN={ln}")
+        _assert_early_decode_same_bits(td, ggml_type, n, k, ln, "gelu" if ln else "residual", rng, monkeypatch)
 
 
 @interp
