@@ -1,7 +1,7 @@
 """Run a benchmark script with module constants of qwhisper changed: the A/B runs of one device
 call (docs/reports/performance.md) without editing the code between them.
 
-    python benchmarks/with_settings.py quants.triton_decoder.EARLY_DECODE_BITS=4,5 \\
+    python benchmarks/with_settings.py "quants.triton_decoder.SECOND_PEEL_NB={'q5_0': (32,)}" \\
         -- benchmarks/bench_model.py --archs large-v3 --types q5_0 --decode-only
 
 Each MODULE.NAME=VALUE sets qwhisper.MODULE.NAME to VALUE read as a Python literal ("4,5" is

@@ -236,7 +236,8 @@ def test_interp_gemv_steps_after_the_first(ggml_type, monkeypatch):
 
 def _assert_early_decode_same_bits(td, ggml_type, n, k, ln, epilogue, rng, monkeypatch):
     """One row through the GEMV with the weights decoded after the PDL wait and before it
-    (EARLY_DECODE_BITS): the same bits, and the golden's (float64) result. Weights, bias, x (and
+    (EARLY_DECODE_4BIT; other types: the same kernel twice): the same bits, and the golden's
+    (float64) result. Weights, bias, x (and
     the residual, the LayerNorm) drawn from rng; epilogue 'store' or 'gelu', or 'residual' (no LN)."""
     raw, w = weights(ggml_type, n, k, rng)
     bias = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
@@ -246,7 +247,7 @@ def _assert_early_decode_same_bits(td, ggml_type, n, k, ln, epilogue, rng, monke
            torch.from_numpy(rng.normal(0, 0.3, k).astype(np.float32)), 1e-5) if ln else None
     got = {}
     for early in (False, True):
-        monkeypatch.setattr(td, "EARLY_DECODE_BITS", (4, 5, 8) if early else ())
+        monkeypatch.setattr(td, "EARLY_DECODE_4BIT", early)
         if epilogue == "residual":
             got[early] = res0.clone()
             td.gemv(x, raw, ggml_type, n, bias, lnp, "residual", out=got[early])
@@ -267,10 +268,10 @@ def _assert_early_decode_same_bits(td, ggml_type, n, k, ln, epilogue, rng, monke
 
 
 @interp
-@pytest.mark.parametrize("ggml_type", TYPES[1:], ids=lambda t: t.name)
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q4_0, GGMLType.Q4_1], ids=lambda t: t.name)
 def test_interp_gemv_early_decode_same_bits(ggml_type, monkeypatch):
-    """The first step's weights decoded before the PDL wait (EARLY_DECODE_BITS) give the
-    same bits as decoding them after it, for every block type, with and without LN, in one step
+    """The first step's weights decoded before the PDL wait (EARLY_DECODE_4BIT) give the
+    same bits as decoding them after it, for the 4-bit types, with and without LN, in one step
     (K = 96) and in several (K = 1280 with LN, 5120 without); and agree with the golden."""
     td = _td()
     rng = np.random.default_rng(int(ggml_type) + 60)
@@ -281,18 +282,19 @@ def test_interp_gemv_early_decode_same_bits(ggml_type, monkeypatch):
 @interp
 @pytest.mark.parametrize("ggml_type", TYPES[1:], ids=lambda t: t.name)
 def test_interp_gemv_whole_row_before_the_wait(ggml_type, monkeypatch):
-    """GEMVs holding their whole row in two peeled steps (WHOLE_ROW_BITS: K/32 = 3 = 2 + 1, 40 =
+    """GEMVs holding their whole row in two peeled steps (WHOLE_ROW_TYPES: K/32 = 3 = 2 + 1, 40 =
     32 + 8, 160 = 128 + 32; 32 in one step; the LayerNorm folded) against the golden, with the LN +
     GELU and the residual epilogues, and the same bits with the weights decoded before the wait or
     after."""
     td = _td()
-    monkeypatch.setattr(td, "WHOLE_ROW_BITS", (4, 5, 8))
+    monkeypatch.setattr(td, "WHOLE_ROW_TYPES", tuple(t.name.lower() for t in TYPES))
     monkeypatch.setattr(td, "WHOLE_ROW_MAX_VALUES", 1 << 20)  # K 5120 too (the GPU's limit is a tuning)
+    assert td._whole_row(1, 6, 96, ggml_type.name.lower()) is None  # short rows keep their one step
+    monkeypatch.setattr(td, "WHOLE_ROW_MIN_BLOCKS", 1)  # K 96 too
     rng = np.random.default_rng(int(ggml_type) + 80)
     n = 6
     for k, ln in ((96, True), (96, False), (1280, True), (5120, False), (1024, True)):
-        bits = td._kernel_layout(ggml_type)[4]
-        nb, nb2 = td._whole_row(1, n, k, bits)[1:3]
+        nb, nb2 = td._whole_row(1, n, k, ggml_type.name.lower())[1:3]
         assert nb + nb2 == k // 32 and (nb2 > 0) == (k != 1024)
         _assert_early_decode_same_bits(td, ggml_type, n, k, ln, "gelu" if ln else "residual", rng, monkeypatch)
 
@@ -300,18 +302,20 @@ def test_interp_gemv_whole_row_before_the_wait(ggml_type, monkeypatch):
 @interp
 @pytest.mark.parametrize("ggml_type", TYPES[1:], ids=lambda t: t.name)
 def test_interp_gemv_second_peeled_step(ggml_type, monkeypatch):
-    """A second step peeled before the wait, the loop after it (SECOND_PEEL_NB): K 1280 in 16 + 8
-    blocks and then one step of 16 (LN folded), K 5120 in 64 + 32 and then 64 (residual), against
-    the golden."""
+    """A second step peeled before the wait, the loop after it (SECOND_PEEL_NB, candidates 8 and
+    32, the first that fits): K 1280 in 16 + 8 blocks and then one step of 16 (LN folded), K 5120 in
+    64 + 32 and then 64 (residual), against the golden."""
     td = _td()
     monkeypatch.setattr(td, "CROSS_Q_NB", 0)  # 16-block steps for the 5-bit rows of 6 x 1280 too
+    name = ggml_type.name.lower()
+    monkeypatch.setattr(td, "SECOND_PEEL_NB", {name: (8, 32)})
     rng = np.random.default_rng(int(ggml_type) + 100)
     n = 6
     bits = td._kernel_layout(ggml_type)[4]
     for k, ln, second in ((1280, True, 8), (5120, False, 32)):
-        monkeypatch.setattr(td, "SECOND_PEEL_NB", second)
-        nb = td._tile(1, n, k, bits, ln)[2]
-        assert td._second_peel(1, k, bits, nb) == second and (k // 32 - nb - second) % nb == 0
+        nb = td._tile(1, n, k, bits, ln, name)[2]
+        assert td._second_peel(1, k, name, nb) == second and (k // 32 - nb - second) % nb == 0
+        assert td._second_peel(2, k, name, nb) == 0 and td._second_peel(1, k, "x", nb) == 0
         _check_one_row_gemv(td, ggml_type, n, k, ln, rng, f"{ggml_type.name} K={k} + {second}")
 
 

@@ -15,16 +15,17 @@ TOOL = REPO / "benchmarks" / "with_settings.py"
 def _run(tmp_path, *settings):
     script = tmp_path / "show.py"
     script.write_text("import sys\nfrom qwhisper.quants import triton_decoder as td\n"
-                      "print(repr(td.EARLY_DECODE_BITS), td.CROSS_Q_NB, sys.argv[1:])\n")
+                      "print(repr(td.CROSS_Q_BITS), td.CROSS_Q_NB, td.SECOND_PEEL_NB, sys.argv[1:])\n")
     return subprocess.run([sys.executable, str(TOOL), *settings, "--", str(script), "a", "b"],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False)
 
 
 def test_settings_reach_the_script(tmp_path):
-    out = _run(tmp_path, "quants.triton_decoder.EARLY_DECODE_BITS=4,5", "quants.triton_decoder.CROSS_Q_NB=0")
+    out = _run(tmp_path, "quants.triton_decoder.CROSS_Q_BITS=4,5", "quants.triton_decoder.CROSS_Q_NB=0",
+               "quants.triton_decoder.SECOND_PEEL_NB={'q4_0': (32,)}")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[-1] == "(4, 5) 0 ['a', 'b']"
-    out = _run(tmp_path, "quants.triton_decoder.EARLY_DECODE_BITS=()")
+    assert out.stdout.splitlines()[-1] == "(4, 5) 0 {'q4_0': (32,)} ['a', 'b']"
+    out = _run(tmp_path, "quants.triton_decoder.CROSS_Q_BITS=()")
     assert out.stdout.splitlines()[-1].startswith("() ")
 
 
@@ -39,9 +40,9 @@ def test_bad_settings_are_named(tmp_path):
 
 def test_runs_a_module(tmp_path):
     (tmp_path / "showmod.py").write_text("import sys\nfrom qwhisper.quants import triton_decoder as td\n"
-                                         "print(td.LONG_STEPS_WARPS, sys.argv[1:])\n")
-    out = subprocess.run([sys.executable, str(TOOL), "quants.triton_decoder.LONG_STEPS_WARPS=2", "--", "-m", "showmod", "x"],
+                                         "print(td.ONE_STEP_WARPS, sys.argv[1:])\n")
+    out = subprocess.run([sys.executable, str(TOOL), "quants.triton_decoder.ONE_STEP_WARPS=4", "--", "-m", "showmod", "x"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines()[-1] == "2 ['x']"
+    assert out.stdout.splitlines()[-1] == "4 ['x']"

@@ -114,46 +114,53 @@ CROSS_Q_BITS = (5,)
 # 0..255; q4_0 1.168 / 1.205 -> 1.171-1.172 / 1.210-1.211 (so 4-bit keeps 1); tiny unchanged.
 ONE_STEP_WARPS = 2
 ONE_STEP_WARPS_BITS = (5,)
-# The same GEMVs over more than one LONG_STEP_NB step (fc2, K 5120): warps a program. Two warps
-# gained 0.025 ms/token on large-v3 q5_0 in call s14a, but beside the 5-bit early decode that lost
-# (performance.md 15.4); not measured alone yet, so 1 (STEP_WARPS) stays.
-LONG_STEPS_WARPS = 1
-# One-row GEMVs of these block widths decode their first step's weights (the bit operations and
+# The same GEMVs over more than one LONG_STEP_NB step (fc2, K 5120): warps a program, by type
+# (the others: STEP_WARPS). Measured in the graphed large-v3 step on an H100, two rounds each
+# (performance.md 16), 1 -> 2 warps, ms per token at positions 4..35 / 0..255: q5_0 1.220 / 1.271,
+# 1.217 / 1.272 -> 1.213 / 1.259, 1.214 / 1.257; q5_1 lost (1.424 / 1.427 -> 1.442 / 1.450).
+LONG_STEPS_WARPS = {"q5_0": 2}
+# One-row GEMVs of 4-bit types decode their first step's weights (the bit operations and
 # the exact conversion to float32, _decode_blocks) before the PDL wait, so that after it only the
 # products with x are left for that step; same arithmetic, same bits. Measured in the graphed
 # step on an H100, two rounds each (docs/reports/performance.md 15), ms per token at positions
 # 4..35: large-v3 q4_0 1.171-1.174 -> 1.100 (twice); q4_1 1.337-1.341 -> 1.327-1.329. Lost for the
-# others: q5_0 1.214-1.216 -> 1.258-1.262 (the LN GEMVs lost it; the others alone 1.210-1.212),
-# q5_1 1.425-1.431 -> 1.439 with the GEMVs without LN only, q8_0 1.419-1.422 -> 1.438-1.440.
-# Those 5-bit figures are of 5-bit weights decoded to floats, which ptxas decoded a second time
-# after the wait (15.3); _decode_blocks now only merges their fifth bits in (one register a byte
-# pair), not yet measured on the GPU: EARLY_DECODE_BITS = (4, 5) is that A/B.
-EARLY_DECODE_BITS = (4,)
-# One-row GEMVs of these block widths below the vocabulary's width hold their whole row before
-# the PDL wait: two peeled steps of NB + NB2 blocks (powers of 2: K/32 = 40 = 32 + 8, 160 = 128 +
-# 32, 12 = 8 + 4), the LayerNorm folded, so that after the wait no step is left that waits on
-# memory (13.4: each step after the first cost ~1.2 us after the wait), and no clamped blocks.
-# Rows a program as the step's tiles (>= STEP_MIN_PROGRAMS programs), where they hold at most
+# others, whose forms were then deleted: q5_0 1.214-1.216 -> 1.258-1.262 (floats; the LN GEMVs
+# lost it), q5_1 1.425-1.431 -> 1.439 (GEMVs without LN only), q8_0 1.419-1.422 -> 1.438-1.440;
+# 5-bit with only the fifth bits merged before the wait (one int32 a byte pair, session 15,
+# performance.md 16): q5_0 1.217-1.220 -> 1.297, q5_1 1.419-1.424 -> 1.498-1.505.
+EARLY_DECODE_4BIT = True
+# One-row GEMVs of these types below the vocabulary's width hold their whole row before the PDL
+# wait: two peeled steps of NB + NB2 blocks (powers of 2: K/32 = 40 = 32 + 8, 160 = 128 + 32, 12 =
+# 8 + 4), the LayerNorm folded, so that after the wait no step is left that waits on memory
+# (13.4: each step after the first cost ~1.2 us after the wait), and no clamped blocks. Rows a
+# program as the step's tiles (>= STEP_MIN_PROGRAMS programs), where they hold at most
 # WHOLE_ROW_MAX_VALUES weights (large-v3: out, cross-out, cross-q; q|k|v, fc1 and fc2 would need
-# more registers than an SM has for one wave of their programs), on WHOLE_ROW_WARPS warps. Offline
-# sm_90 SASS, Q5_0 with the fifth bits merged before the wait, 2 warps: out 370 -> 213 instructions
-# after the wait, 80 -> 63 registers; cross-q 1190 (two steps) -> 538, 183 -> 125. Not yet measured
-# on the GPU, so off (performance.md 15.6).
-WHOLE_ROW_BITS = ()
+# more registers than an SM has for one wave of their programs), on WHOLE_ROW_WARPS warps.
+# Measured in the graphed large-v3 step on an H100, two rounds (performance.md 16), ms per token
+# at positions 4..35: q5_1 1.423-1.429 -> 1.404-1.406; lost on q5_0 (1.220 -> 1.243-1.245) and
+# q4_0 (1.106 -> 1.130).
+# Rows of fewer than WHOLE_ROW_MIN_BLOCKS blocks keep their one step: tiny q5_1 (K/32 = 12, one
+# clamped 16-block step) lost with it, 0.110-0.113 -> 0.121 ms per token (call s15d).
+WHOLE_ROW_TYPES = ("q5_1",)
+WHOLE_ROW_MIN_BLOCKS = 40
 WHOLE_ROW_MAX_VALUES = 1280
 WHOLE_ROW_WARPS = 2
 # The other one-row block GEMVs (q|k|v, fc1, fc2), whose whole rows do not fit: a second step of
-# SECOND_PEEL_NB blocks peeled as well (the same mechanism, NB2), so one step fewer is left after the
-# wait: large-v3's K 1280 in 16 + 8 before it and 16 after, instead of 16 before and 16 + 8
-# (clamped to 16) after. 0: off; not yet measured on the GPU (performance.md 15.6).
-SECOND_PEEL_NB = 0
+# NB2 blocks peeled as well (the same mechanism), so one step fewer is left after the wait. By
+# type, the candidate NB2s, the first that leaves whole NB-block steps for the loop: 8 for K 1280
+# in 16-block steps (16 + 8 before the wait, 16 after, instead of 16 before and 16 + 8 clamped to
+# 16 after), 32 for fc2's K 5120 (64 + 32, then 64). Measured in the graphed large-v3 step on an
+# H100, two rounds each (performance.md 16), ms per token at positions 4..35: q4_0 1.106 -> 1.070-
+# 1.074 with 32, 1.077-1.082 with 8; q5_1 1.423-1.429 -> 1.379-1.389 with 32 (1.451-1.460 with
+# 8), and with its whole rows 1.370-1.371; q5_0 even with 32 (1.223-1.227), 1.241 with 8.
+SECOND_PEEL_NB = {"q4_0": (8, 32), "q5_1": (32,)}
 # The one-row step's attention kernels widen the float16 keys and values they load before the PDL
 # wait to float32 before it too (the conversions then leave the work after the wait; gdc_wait_after
 # keeps ptxas from moving them back). Same bits. Offline sm_90 SASS (32 keys, one warp), instructions
 # after the wait and registers: cross-attention 1067 -> 952, 155 -> 156; self-attention 1595 ->
 # 1461, 160 -> 166. Not yet measured on the GPU, so off (docs/reports/performance.md 15.6).
-CROSS_EARLY_CONVERT = False
-SELF_EARLY_CONVERT = False
+CROSS_EARLY_CONVERT = True
+SELF_EARLY_CONVERT = True
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
 SELF_SPLIT_S, CROSS_SPLIT_S = 64, 32
 # Warps per attention program. Session 3 measured 1, 2 and 8 equal or slower than 4. The cross
@@ -416,8 +423,8 @@ def _step_gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, EVEN_K: tl.constexpr,
     LN: tl.constexpr, FOLD: tl.constexpr, CHUNK: tl.constexpr, HAS_BIAS: tl.constexpr, EPI: tl.constexpr,
     PF_LINES: tl.constexpr, PDL: tl.constexpr,  # L2 prefetch of the weight slice; see PDL above
-    EARLY_DECODE: tl.constexpr = False,  # the first step's weights decoded before the wait (EARLY_DECODE_BITS)
-    NB2: tl.constexpr = 0,  # > 0: a second step of NB2 blocks peeled too, K/32 = NB + NB2 (WHOLE_ROW_BITS)
+    EARLY_DECODE: tl.constexpr = False,  # the first step's weights decoded before the wait (EARLY_DECODE_4BIT)
+    NB2: tl.constexpr = 0,  # > 0: a second step of NB2 blocks peeled too, K/32 = NB + NB2 (WHOLE_ROW_TYPES)
     trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
 ):
     # The loop is triton_ops._qgemv_kernel's, through the same step helpers (_load_blocks,
@@ -434,7 +441,7 @@ def _step_gemv_kernel(
     # Before the wait: the first step's blocks (PEEL), with EARLY_DECODE also decoded there
     # (_decode_blocks; gdc_wait_after keeps ptxas from moving the decode behind the wait), and with
     # NB2 > 0 the rest of the row as a second step of NB2 blocks (its own tile and accumulator), so
-    # that the loop after the wait has nothing left to do (WHOLE_ROW_BITS).
+    # that the loop after the wait has nothing left to do (WHOLE_ROW_TYPES).
     QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
     n_blk = K // _QK
     pid = tl.program_id(0)
@@ -490,9 +497,9 @@ def _step_gemv_kernel(
         fold_b = tl.load(fold_b_ptr + n1, mask=n1 < N, other=0.0)[None, :]
     if PDL:  # x, the residual and the caches are the previous kernels'
         if PEEL and EARLY_DECODE and NB2 > 0:
-            gdc_wait_after(q0, q1, 15 if BITS == 5 else 0, q0b, q1b)  # the bit _decode_blocks leaves 0
+            gdc_wait_after(q0, q1, 0, q0b, q1b)  # the bit _decode_blocks leaves 0
         elif PEEL and EARLY_DECODE:
-            gdc_wait_after(q0, q1, 15 if BITS == 5 else 0)
+            gdc_wait_after(q0, q1, 0)
         else:
             gdc_wait()
     if TRACE:
@@ -594,7 +601,7 @@ def _raw_views(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int) -> tuple[
     return raw, raw.view(torch.int16)
 
 
-def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, int]:
+def _tile(m: int, n: int, k: int, bits: int, ln: bool, name: str = "") -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, NB, num_warps): triton_ops' GEMV tile table (F16 rows read 32 halfs a
     block, as Q8_0's 32 bytes), with LONG_STEP_NB blocks per step for long rows without LN and
     CROSS_Q_NB for one-row 5-bit cross-q; below the vocabulary's width, one-warp programs
@@ -608,18 +615,19 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool) -> tuple[int, int, int, i
     if n < 16384:
         num_warps, block_n = STEP_WARPS, 16
         if not ln and m == 1 and bits in ONE_STEP_WARPS_BITS and nb == LONG_STEP_NB:
-            num_warps = ONE_STEP_WARPS if k // QK <= nb else LONG_STEPS_WARPS
+            num_warps = ONE_STEP_WARPS if k // QK <= nb else LONG_STEPS_WARPS.get(name, STEP_WARPS)
         while block_n > 1 and (triton.cdiv(n, block_n) < STEP_MIN_PROGRAMS or nb * block_m * block_n * qb > 64 * 32 * num_warps):
             block_n //= 2
     return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
 
 
-def _whole_row(m: int, n: int, k: int, bits: int) -> tuple[int, int, int, int] | None:
-    """(BLOCK_N, NB, NB2, num_warps) of a GEMV that holds its whole row before the wait
-    (WHOLE_ROW_BITS), or None: one row, a block type, N below the vocabulary's width, at most
-    WHOLE_ROW_MAX_VALUES weights a program, K/32 the sum of two powers of 2 (NB2 0: one step)."""
+def _whole_row(m: int, n: int, k: int, name: str) -> tuple[int, int, int, int] | None:
+    """(BLOCK_N, NB, NB2, num_warps) of a GEMV of type `name` that holds its whole row before the
+    wait (WHOLE_ROW_TYPES), or None: one row, a block type, N below the vocabulary's width, at most
+    WHOLE_ROW_MAX_VALUES weights a program, K/32 >= WHOLE_ROW_MIN_BLOCKS the sum of two powers of 2
+    (NB2 0: one step)."""
     n_blk = k // QK
-    if m != 1 or n >= 16384 or bits not in WHOLE_ROW_BITS or n_blk < 1:
+    if m != 1 or n >= 16384 or name not in WHOLE_ROW_TYPES or name == "f16" or n_blk < WHOLE_ROW_MIN_BLOCKS:
         return None
     nb = 1 << (n_blk.bit_length() - 1)
     nb2 = n_blk - nb
@@ -634,13 +642,17 @@ def _whole_row(m: int, n: int, k: int, bits: int) -> tuple[int, int, int, int] |
     return block_n, nb, nb2, WHOLE_ROW_WARPS
 
 
-def _second_peel(m: int, k: int, bits: int, nb: int) -> int:
-    """NB2 of a one-row block GEMV with SECOND_PEEL_NB: a second peeled step that leaves at least
-    one step of NB blocks for the loop, and only whole steps (K/32 - NB - NB2 a multiple of NB)."""
-    rest = k // QK - nb - SECOND_PEEL_NB
-    if not SECOND_PEEL_NB or m != 1 or bits == 16 or rest < nb or rest % nb:
+def _second_peel(m: int, k: int, name: str, nb: int) -> int:
+    """NB2 of a one-row GEMV of type `name` (SECOND_PEEL_NB): the first candidate second peeled
+    step that leaves at least one step of NB blocks for the loop, and only whole steps (K/32 - NB -
+    NB2 a multiple of NB); 0 if none does."""
+    if m != 1 or name == "f16":
         return 0
-    return SECOND_PEEL_NB
+    for nb2 in SECOND_PEEL_NB.get(name, ()):
+        rest = k // QK - nb - nb2
+        if rest >= nb and rest % nb == 0:
+            return nb2
+    return 0
 
 
 def folds(ggml_type: GGMLType, k: int, nb: int, whole_row: bool = False) -> bool:
@@ -674,9 +686,9 @@ def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torc
 def _plan(m: int, n: int, k: int, ggml_type: GGMLType, ln: bool) -> tuple[int, int, int, int, int, bool, bool]:
     """How _step_gemv_kernel runs an (m, k) x (n, k) GEMV: (BLOCK_M, BLOCK_N, NB, NB2, num_warps,
     FOLD, EVEN_K), from _tile, _second_peel and _whole_row."""
-    bits = _kernel_layout(ggml_type)[4]
-    block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln)
-    nb2, whole = _second_peel(m, k, bits, nb), _whole_row(m, n, k, bits)
+    bits, name = _kernel_layout(ggml_type)[4], ggml_type.name.lower()
+    block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln, name)
+    nb2, whole = _second_peel(m, k, name, nb), _whole_row(m, n, k, name)
     if whole is not None:
         block_n, nb, nb2, num_warps = whole
     fold = ln and folds(ggml_type, k, nb, whole is not None)
@@ -708,7 +720,7 @@ def _launch_gemv(x, raw, ggml_type, n, bias, ln, out, epi, qkv=None):
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, NB2=nb2, EVEN_K=even_k,
         LN=ln is not None, FOLD=fold, CHUNK=min(_next_pow2(k), max(32, 2048 // block_m)),
         HAS_BIAS=bias is not None, EPI=epi, PF_LINES=prefetch_lines(block_n * row_bytes), PDL=pdl,
-        EARLY_DECODE=m == 1 and bits in EARLY_DECODE_BITS,
+        EARLY_DECODE=m == 1 and bits == 4 and EARLY_DECODE_4BIT,
         num_warps=num_warps, **_pdl_kw(pdl),
         **_trace_kw(triton.cdiv(n, block_n), "gemv", f"{n}x{k}", "LN" if ln is not None else "",
                     ("store", "residual", "gelu", "qkv")[epi]))

@@ -245,26 +245,13 @@ def gdc_wait_after(a, b, ZERO_BIT: tl.constexpr, c=None, d=None):
 
 @triton.jit
 def _decode_blocks(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
-    """_load_blocks' qs, qh -> what _block_fma takes with DECODED, computed from the weights alone
-    (so a GEMV can run it before its PDL wait), each with a bit that is 0 in every value
-    (gdc_wait_after's ZERO_BIT):
-    - Q8_0: (q, q) float32, exact (lowest bit 0: integers below 2^22);
-    - 4-bit: (q_lo, q_hi16) float32 as _decode_nibbles gives them (lowest bit 0);
-    - 5-bit: the fifth bits merged in, int32 (m, m): q[j] (low nibble | fifth bit) in bits 0-4,
-      _decode_nibbles' hi value before the magic (16*q[j+16], bits 4-8) moved to bits 16-20; one
-      register a byte pair, as the raw qs, and qh is not needed after it (bit 15 always 0).
-      Floats of a 5-bit pair would be two registers, and ptxas rematerialized them after the
-      wait (performance.md 15.3)."""
-    if BITS == 8:
-        q = _decode_int8(qs, magic)
-        return q, q
-    elif BITS == 5:
-        lo, hi = _nibble_ints(qs, qh, jj, 0, BITS)
-        m = lo | (hi << 12)
-        return m, m
-    else:
-        q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
-        return q_lo, q_hi16
+    """_load_blocks' qs, qh of a 4-bit type -> what _block_fma takes with DECODED, computed from the
+    weights alone (so a GEMV can run it before its PDL wait): (q_lo, q_hi16) float32 as
+    _decode_nibbles gives them, whose lowest bit is 0 in every value (gdc_wait_after's ZERO_BIT).
+    The 5- and 8-bit forms (floats, and 5-bit with only the fifth bits merged) lost on the GPU
+    (performance.md 15.2, 16) and were deleted."""
+    tl.static_assert(BITS == 4, "the early decode is for 4-bit blocks")
+    return _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
 
 
 @triton.jit
@@ -276,15 +263,13 @@ def _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B: tl.c
     rescaling); several rows: each weight is dequantized once (q*d) and then used by every row
     (one FMA per weight and row). DECODED: qs, qh are _decode_blocks' values (same results)."""
     if BITS == 8:
-        q = qs if DECODED else _decode_int8(qs, magic)
+        q = _decode_int8(qs, magic)
         if ONE_ROW:
             acc += d * (q * x_lo)
         else:
             acc += (q * d) * x_lo
     else:
-        if DECODED and BITS == 5:  # _decode_blocks' merged bits: split again, magic and subtraction left
-            q_lo, q_hi16 = _magic_floats((qs & 0x1F) | magic, ((qs >> 12) & 0x1F0) | magic, ZERO)
-        elif DECODED:
+        if DECODED:
             q_lo, q_hi16 = qs, qh
         else:
             q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
