@@ -137,11 +137,11 @@ EARLY_DECODE_4BIT = True
 # WHOLE_ROW_MAX_VALUES weights (large-v3: out, cross-out, cross-q; q|k|v, fc1 and fc2 would need
 # more registers than an SM has for one wave of their programs), on WHOLE_ROW_WARPS warps.
 # Measured in the graphed large-v3 step on an H100, two rounds (performance.md 16), ms per token
-# at positions 4..35: q5_1 1.423-1.429 -> 1.404-1.406; lost on q5_0 (1.220 -> 1.243-1.245) and
-# q4_0 (1.106 -> 1.130).
+# at positions 4..35: q5_1 1.423-1.429 -> 1.404-1.406, q4_1 1.320-1.328 -> 1.254-1.256; lost on
+# q5_0 (1.220 -> 1.243-1.245), q4_0 (1.106 -> 1.130) and q8_0 (1.417-1.424 -> 1.443-1.446).
 # Rows of fewer than WHOLE_ROW_MIN_BLOCKS blocks keep their one step: tiny q5_1 (K/32 = 12, one
 # clamped 16-block step) lost with it, 0.110-0.113 -> 0.121 ms per token (call s15d).
-WHOLE_ROW_TYPES = ("q5_1",)
+WHOLE_ROW_TYPES = ("q4_1", "q5_1")
 WHOLE_ROW_MIN_BLOCKS = 40
 WHOLE_ROW_MAX_VALUES = 1280
 WHOLE_ROW_WARPS = 2
@@ -151,9 +151,13 @@ WHOLE_ROW_WARPS = 2
 # in 16-block steps (16 + 8 before the wait, 16 after, instead of 16 before and 16 + 8 clamped to
 # 16 after), 32 for fc2's K 5120 (64 + 32, then 64). Measured in the graphed large-v3 step on an
 # H100, two rounds each (performance.md 16), ms per token at positions 4..35: q4_0 1.106 -> 1.070-
-# 1.074 with 32, 1.077-1.082 with 8; q5_1 1.423-1.429 -> 1.379-1.389 with 32 (1.451-1.460 with
-# 8), and with its whole rows 1.370-1.371; q5_0 even with 32 (1.223-1.227), 1.241 with 8.
-SECOND_PEEL_NB = {"q4_0": (8, 32), "q5_1": (32,)}
+# 1.074 with 32, 1.077-1.082 with 8, 1.045-1.054 with both; q5_1 1.423-1.429 -> 1.379-1.389 with
+# 32 (1.451-1.460 with 8); q5_0 (fc2 on two warps) 1.203-1.208 -> 1.184-1.191 with 32 (even with
+# 32 and fc2 on one warp, 1.241 with 8); q8_0 (16-block steps, fc2 160 = 16 + 16 + 8 x 16) 1.417-
+# 1.424 -> 1.383-1.392 with 8 and 16 (16 alone lost: 1.436-1.441); q4_1 1.320-1.328 -> 1.273-
+# 1.291 with 8 and 32, but its whole row (WHOLE_ROW_TYPES) gained more, and the two together
+# were not measured.
+SECOND_PEEL_NB = {"q4_0": (8, 32), "q5_0": (32,), "q5_1": (32,), "q8_0": (8, 16)}
 # The one-row step's attention kernels widen the float16 keys and values they load before the PDL
 # wait to float32 before it too (the conversions then leave the work after the wait; gdc_wait_after
 # keeps ptxas from moving them back). Same bits. Offline sm_90 SASS (32 keys, one warp), instructions
