@@ -59,6 +59,35 @@ def test_interpreter_suite():
     run_interpreter_suite(__file__)
 
 
+# large-v3's one-row GEMVs below the vocabulary: (name, N, K, LN)
+LARGE_V3_GEMVS = (("q|k|v", 3840, 1280, True), ("out", 1280, 1280, False), ("cross-q", 1280, 1280, True),
+                  ("fc1", 5120, 1280, True), ("fc2", 1280, 5120, False))
+
+
+def test_step_settings_by_type_name_block_types_and_fit():
+    """The per-type tables (SECOND_PEEL_NB, WHOLE_ROW_TYPES, LONG_STEPS_WARPS) name block types the
+    step reads (a misspelt key would silently do nothing), and what _plan makes of them at
+    large-v3's shapes covers each row exactly: peeled steps of NB + NB2 blocks, then only whole
+    NB-block steps (no clamped blocks), NB2 only for one row; tiny's 12-block rows are not split."""
+    td = _td()
+    names = {t.name.lower() for t in td.FUSED_TYPES if t != GGMLType.F16}
+    assert set(td.SECOND_PEEL_NB) <= names and set(td.WHOLE_ROW_TYPES) <= names and set(td.LONG_STEPS_WARPS) <= names
+    peeled = set()
+    for ggml_type in TYPES[1:]:
+        for what, n, k, ln in LARGE_V3_GEMVS:
+            block_m, block_n, nb, nb2, warps, fold, even_k = td._plan(1, n, k, ggml_type, ln)
+            label = f"{ggml_type.name} {what}"
+            if nb2:
+                peeled.add(ggml_type.name.lower())
+                rest = k // 32 - nb - nb2
+                assert rest >= 0 and rest % nb == 0 and even_k, label
+                assert td._plan(5, n, k, ggml_type, ln)[3] == 0, label  # beams: as before
+            if (ggml_type.name.lower() in td.WHOLE_ROW_TYPES and block_n * k <= td.WHOLE_ROW_MAX_VALUES):
+                assert nb + nb2 == k // 32 and warps == td.WHOLE_ROW_WARPS, label
+        assert td._plan(1, 384, 384, ggml_type, False)[3] == 0, f"{ggml_type.name} tiny"
+    assert peeled >= set(td.SECOND_PEEL_NB) | set(td.WHOLE_ROW_TYPES)  # every entry takes effect somewhere
+
+
 # ------------------------------------------------------------------------------------------
 # kernels, interpreted
 # ------------------------------------------------------------------------------------------
