@@ -75,7 +75,7 @@ def test_step_settings_by_type_name_block_types_and_fit():
     peeled = set()
     for ggml_type in TYPES[1:]:
         for what, n, k, ln in LARGE_V3_GEMVS:
-            block_m, block_n, nb, nb2, warps, fold, even_k = td._plan(1, n, k, ggml_type, ln)
+            _, block_n, nb, nb2, warps, _, even_k = td._plan(1, n, k, ggml_type, ln)
             label = f"{ggml_type.name} {what}"
             if nb2:
                 peeled.add(ggml_type.name.lower())
