@@ -164,8 +164,9 @@ SECOND_PEEL_NB = {"q4_0": (8, 32), "q5_0": (32,), "q5_1": (32,), "q8_0": (8, 16)
 # after the wait and registers: cross-attention 1067 -> 952, 155 -> 156; self-attention 1595 ->
 # 1461, 160 -> 166. Measured in the graphed large-v3 step on an H100 (performance.md 16), ms per
 # token at positions 4..35 / 0..255: q5_0 1.211-1.213 / 1.258-1.259 -> 1.204 / 1.249-1.250; q5_1
-# and q4_0 even at 4..35, -0.005..-0.01 at 0..255. (The unfused one-row graph, which transcription
-# does not use, lost 0.02; 5 beams unchanged.)
+# and q4_0 even at 4..35, -0.005..-0.01 at 0..255. So only the fused one-row step's calls (one
+# row, a plain q) widen early: the unfused one-row graph (q|k|v partials) lost 0.02 with it, and
+# the batched windows' step (many rows) was not measured with it.
 CROSS_EARLY_CONVERT = True
 SELF_EARLY_CONVERT = True
 # Keys per attention program: self-attention over the cache (<= 448 rows), cross over 1500.
@@ -1058,7 +1059,7 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
             q if parts is None or parts.bias is None else parts.bias,
             D=d, BS=split_s, SPLITS=sp2, QP=0 if parts is None else parts.parts.shape[0],
             QP_BM=1 if parts is None else parts.parts.shape[1], QP_BIAS=parts is not None and parts.bias is not None,
-            PDL=pdl, EARLY_CONVERT=CROSS_EARLY_CONVERT and k.element_size() == 2,
+            PDL=pdl, EARLY_CONVERT=CROSS_EARLY_CONVERT and m == 1 and parts is None and k.element_size() == 2,
             num_warps=CROSS_ONE_ROW_WARPS, **_pdl_kw(pdl),
             **_trace_kw(m * n_head * splits, "cross-attention"))
         return out
@@ -1082,7 +1083,7 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
         QKV_BIAS=parts is not None and parts.bias is not None,
         D=d, BG=bg, BS=bs, SPLIT_S=split_s, SPLITS=sp2, CAUSAL=position is not None, NEW=new,
         PRELOAD=bs == split_s and (position is None or SELF_PRELOAD),
-        EARLY_CONVERT=SELF_EARLY_CONVERT and position is not None and m == 1 and k.element_size() == 2,
+        EARLY_CONVERT=SELF_EARLY_CONVERT and position is not None and m == 1 and parts is None and k.element_size() == 2,
         PREFETCH=position is None and triton_ops.PREFETCH_L2 and d * k.element_size() <= 128, PDL=pdl,
         num_warps=warps, **_pdl_kw(pdl),
         **_trace_kw(r * n_head * splits, "self-attention" if position is not None else "cross-attention"))
