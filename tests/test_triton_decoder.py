@@ -68,7 +68,8 @@ def test_step_settings_by_type_name_block_types_and_fit():
     """The per-type tables (SECOND_PEEL_NB, WHOLE_ROW_TYPES, LONG_STEPS_WARPS) name block types the
     step reads (a misspelt key would silently do nothing), and what _plan makes of them at
     large-v3's shapes covers each row exactly: peeled steps of NB + NB2 blocks, then only whole
-    NB-block steps (no clamped blocks), NB2 only for one row; tiny's 12-block rows are not split."""
+    NB-block steps (no clamped blocks), NB2 only for one row; the smaller models' rows are not split
+    (PEEL_MIN_BLOCKS)."""
     td = _td()
     names = {t.name.lower() for t in td.FUSED_TYPES if t != GGMLType.F16}
     assert set(td.SECOND_PEEL_NB) <= names and set(td.WHOLE_ROW_TYPES) <= names and set(td.LONG_STEPS_WARPS) <= names
@@ -84,7 +85,9 @@ def test_step_settings_by_type_name_block_types_and_fit():
                 assert td._plan(5, n, k, ggml_type, ln)[3] == 0, label  # beams: as before
             if (ggml_type.name.lower() in td.WHOLE_ROW_TYPES and block_n * k <= td.WHOLE_ROW_MAX_VALUES):
                 assert nb + nb2 == k // 32 and warps == td.WHOLE_ROW_WARPS, label
-        assert td._plan(1, 384, 384, ggml_type, False)[3] == 0, f"{ggml_type.name} tiny"
+        for d in (384, 512, 768, 1024):  # tiny, base, small, medium: as before
+            for n, k, ln in ((3 * d, d, True), (d, d, False), (4 * d, d, True), (d, 4 * d, False)):
+                assert td._plan(1, n, k, ggml_type, ln)[3] == 0, f"{ggml_type.name} {n}x{k}"
     assert peeled >= set(td.SECOND_PEEL_NB) | set(td.WHOLE_ROW_TYPES)  # every entry takes effect somewhere
 
 
@@ -319,7 +322,7 @@ def test_interp_gemv_whole_row_before_the_wait(ggml_type, monkeypatch):
     monkeypatch.setattr(td, "WHOLE_ROW_TYPES", tuple(t.name.lower() for t in TYPES))
     monkeypatch.setattr(td, "WHOLE_ROW_MAX_VALUES", 1 << 20)  # K 5120 too (the GPU's limit is a tuning)
     assert td._whole_row(1, 6, 96, ggml_type.name.lower()) is None  # short rows keep their one step
-    monkeypatch.setattr(td, "WHOLE_ROW_MIN_BLOCKS", 1)  # K 96 too
+    monkeypatch.setattr(td, "PEEL_MIN_BLOCKS", 1)  # K 96 too
     rng = np.random.default_rng(int(ggml_type) + 80)
     n = 6
     for k, ln in ((96, True), (96, False), (1280, True), (5120, False), (1024, True)):

@@ -139,10 +139,7 @@ EARLY_DECODE_4BIT = True
 # Measured in the graphed large-v3 step on an H100, two rounds (performance.md 16), ms per token
 # at positions 4..35: q5_1 1.423-1.429 -> 1.404-1.406, q4_1 1.320-1.328 -> 1.254-1.256; lost on
 # q5_0 (1.220 -> 1.243-1.245), q4_0 (1.106 -> 1.130) and q8_0 (1.417-1.424 -> 1.443-1.446).
-# Rows of fewer than WHOLE_ROW_MIN_BLOCKS blocks keep their one step: tiny q5_1 (K/32 = 12, one
-# clamped 16-block step) lost with it, 0.110-0.113 -> 0.121 ms per token (call s15d).
 WHOLE_ROW_TYPES = ("q4_1", "q5_1")
-WHOLE_ROW_MIN_BLOCKS = 40
 WHOLE_ROW_MAX_VALUES = 1280
 WHOLE_ROW_WARPS = 2
 # The other one-row block GEMVs (q|k|v, fc1, fc2), whose whole rows do not fit: a second step of
@@ -158,6 +155,11 @@ WHOLE_ROW_WARPS = 2
 # 1.291 with 8 and 32, but its whole row (WHOLE_ROW_TYPES) gained more, and the two together
 # were not measured.
 SECOND_PEEL_NB = {"q4_0": (8, 32), "q5_0": (32,), "q5_1": (32,), "q8_0": (8, 16)}
+# Both tables were measured on large-v3's rows (K/32 = 40 and 160); rows of fewer blocks (tiny,
+# base, small, medium) keep their steps. Tiny q5_1 (K/32 = 12, one clamped 16-block step) lost with
+# its whole row, 0.110-0.113 -> 0.121 ms per token (call s15d), and q8_0's 16 would have split
+# fc2 on tiny, small and medium, unmeasured there.
+PEEL_MIN_BLOCKS = 40
 # The one-row step's attention kernels widen the float16 keys and values they load before the PDL
 # wait to float32 before it too (the conversions then leave the work after the wait; gdc_wait_after
 # keeps ptxas from moving them back). Same bits. Offline sm_90 SASS (32 keys, one warp), instructions
@@ -632,10 +634,10 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool, name: str = "") -> tuple[
 def _whole_row(m: int, n: int, k: int, name: str) -> tuple[int, int, int, int] | None:
     """(BLOCK_N, NB, NB2, num_warps) of a GEMV of type `name` that holds its whole row before the
     wait (WHOLE_ROW_TYPES), or None: one row, a block type, N below the vocabulary's width, at most
-    WHOLE_ROW_MAX_VALUES weights a program, K/32 >= WHOLE_ROW_MIN_BLOCKS the sum of two powers of 2
+    WHOLE_ROW_MAX_VALUES weights a program, K/32 >= PEEL_MIN_BLOCKS the sum of two powers of 2
     (NB2 0: one step)."""
     n_blk = k // QK
-    if m != 1 or n >= 16384 or name not in WHOLE_ROW_TYPES or name == "f16" or n_blk < WHOLE_ROW_MIN_BLOCKS:
+    if m != 1 or n >= 16384 or name not in WHOLE_ROW_TYPES or name == "f16" or n_blk < PEEL_MIN_BLOCKS:
         return None
     nb = 1 << (n_blk.bit_length() - 1)
     nb2 = n_blk - nb
@@ -653,8 +655,8 @@ def _whole_row(m: int, n: int, k: int, name: str) -> tuple[int, int, int, int] |
 def _second_peel(m: int, k: int, name: str, nb: int) -> int:
     """NB2 of a one-row GEMV of type `name` (SECOND_PEEL_NB): the first candidate second peeled
     step that leaves at least one step of NB blocks for the loop, and only whole steps (K/32 - NB -
-    NB2 a multiple of NB); 0 if none does."""
-    if m != 1 or name == "f16":
+    NB2 a multiple of NB); 0 if none does, or the row has fewer than PEEL_MIN_BLOCKS blocks."""
+    if m != 1 or name == "f16" or k // QK < PEEL_MIN_BLOCKS:
         return 0
     for nb2 in SECOND_PEEL_NB.get(name, ()):
         rest = k // QK - nb - nb2
