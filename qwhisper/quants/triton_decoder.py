@@ -61,8 +61,8 @@ from .triton_ops import (
     _QK,
     _as_type,
     _block_fma,
-    _decode_blocks,
     _decode_int8,
+    _decode_nibbles,
     _dequant_nibbles,
     _f16_at,
     _gemv_config,
@@ -120,7 +120,7 @@ ONE_STEP_WARPS_BITS = (5,)
 # 1.217 / 1.272 -> 1.213 / 1.259, 1.214 / 1.257; q5_1 lost (1.424 / 1.427 -> 1.442 / 1.450).
 LONG_STEPS_WARPS = {"q5_0": 2}
 # One-row GEMVs of 4-bit types decode their first step's weights (the bit operations and
-# the exact conversion to float32, _decode_blocks) before the PDL wait, so that after it only the
+# the exact conversion to float32, _decode_nibbles) before the PDL wait, so that after it only the
 # products with x are left for that step; same arithmetic, same bits. Measured in the graphed
 # step on an H100, two rounds each (docs/reports/performance.md 15), ms per token at positions
 # 4..35: large-v3 q4_0 1.171-1.174 -> 1.100 (twice); q4_1 1.337-1.341 -> 1.327-1.329. Lost for the
@@ -392,7 +392,7 @@ def _gemv_fma(acc, s1, s2, shift, mean, rstd, w0, qs, qh, x_row, lnw_lo, lnb_lo,
     """One step: acc + the products of the weights loaded by _gemv_loads (w0 = F16 w, or d) with
     x as _x_at gives it (LN weight and bias from _step_ln); FOLD: also s1 + (x - shift) and
     s2 + (x - shift)^2 over this step's x (the LN statistics, see _step_gemv_kernel). DECODED:
-    qs, qh went through _decode_blocks already. Returns (acc, s1, s2)."""
+    qs, qh went through _decode_nibbles already. Returns (acc, s1, s2)."""
     blk = _step_blocks(b0, bb, n_blk, EVEN_K)
     k_lo = blk * _QK + jj  # [NB, 1, 1, QB] x index of weight j of each block
     x_lo, xg_lo = _x_at(x_row, k_lo, mean, rstd, lnw_lo, lnb_lo, LN, FOLD)
@@ -449,7 +449,7 @@ def _step_gemv_kernel(
     # (large-v3 q5_0, K 1280 in 16-block steps: 1.45 -> 1.40 ms per token) and lost with one or
     # two (tiny q5_0 0.111 -> 0.116-0.119) and with F16 rows (large-v3 f16 1.51 -> 1.61) on an H100.
     # Before the wait: the first step's blocks (PEEL), with EARLY_DECODE also decoded there
-    # (_decode_blocks; gdc_wait_after keeps ptxas from moving the decode behind the wait), and with
+    # (_decode_nibbles; gdc_wait_after keeps ptxas from moving the decode behind the wait), and with
     # NB2 > 0 the rest of the row as a second step of NB2 blocks (its own tile and accumulator), so
     # that the loop after the wait has nothing left to do (WHOLE_ROW_TYPES).
     QB: tl.constexpr = 16 if BITS == 4 or BITS == 5 else 32
@@ -481,14 +481,14 @@ def _step_gemv_kernel(
         lnw_lo, lnb_lo, lnw_hi, lnb_hi = _step_ln(ln_w, ln_b, 0, bb, jj, n_blk, EVEN_K, LN, FOLD, BITS)
         q0, q1 = qs0, qh0
         if EARLY_DECODE:
-            q0, q1 = _decode_blocks(qs0, qh0, jj, magic, BITS, ZERO)
+            q0, q1 = _decode_nibbles(qs0, qh0, jj, magic, BITS, ZERO)
         if NB2 > 0:  # the rest of the row: blocks NB .. NB + NB2 - 1, all live
             bb2 = tl.arange(0, NB2)[:, None, None, None]
             w0b, qs0b, qh0b = _gemv_loads(w8, w16, w_row, NB, bb2, jj, n_blk, TS, QH_B, QS_B, BITS, True)
             lnw_lo_b, lnb_lo_b, lnw_hi_b, lnb_hi_b = _step_ln(ln_w, ln_b, NB, bb2, jj, n_blk, True, LN, FOLD, BITS)
             q0b, q1b = qs0b, qh0b
             if EARLY_DECODE:
-                q0b, q1b = _decode_blocks(qs0b, qh0b, jj, magic, BITS, ZERO)
+                q0b, q1b = _decode_nibbles(qs0b, qh0b, jj, magic, BITS, ZERO)
     # The epilogue's inputs are loaded early too, not after the loop: the bias and the position
     # (copied in before the step's first kernel) before the wait, the residual right after it.
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -507,9 +507,9 @@ def _step_gemv_kernel(
         fold_b = tl.load(fold_b_ptr + n1, mask=n1 < N, other=0.0)[None, :]
     if PDL:  # x, the residual and the caches are the previous kernels'
         if PEEL and EARLY_DECODE and NB2 > 0:
-            gdc_wait_after(q0, q1, 0, q0b, q1b)  # the bit _decode_blocks leaves 0
+            gdc_wait_after(q0, q1, q0b, q1b)
         elif PEEL and EARLY_DECODE:
-            gdc_wait_after(q0, q1, 0)
+            gdc_wait_after(q0, q1)
         else:
             gdc_wait()
     if TRACE:
@@ -832,7 +832,7 @@ def _attn_kernel(
         _prefetch_at(v_ptr + pf_at)
     if PDL:
         if PRELOAD and EARLY_CONVERT:
-            gdc_wait_after(kt_pre, vt_pre, 0)
+            gdc_wait_after(kt_pre, vt_pre)
         else:
             gdc_wait()
     if TRACE:
@@ -951,7 +951,7 @@ def _cross_attn_kernel(
         vt = vt.to(tl.float32)
     if PDL:
         if EARLY_CONVERT:
-            gdc_wait_after(kt, vt, 0)
+            gdc_wait_after(kt, vt)
         else:
             gdc_wait()
     if TRACE:

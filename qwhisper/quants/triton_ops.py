@@ -124,36 +124,23 @@ def _qh_at(w16, byte_off, ok, EVEN: tl.constexpr):
 
 
 @triton.jit
-def _nibble_ints(qs, qh, jj, base, BITS: tl.constexpr):
-    """4/5-bit qs bytes (int32 0..255, byte j at position jj) -> (lo, hi) int32: base | q[j] (bits
-    0-4) and base | 16*q[j+16] (bits 4-8, the high nibble left in place, see above); base is the
-    magic 2^23 pattern (_decode_nibbles) or 0. qh (same shape as qs or broadcastable, ignored
-    unless BITS == 5): bit j -> bit 4 of q[j]."""
-    lo = (qs & 0xF) | base
-    hi = (qs & 0xF0) | base
+def _decode_nibbles(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
+    """4/5-bit qs bytes (int32 0..255, byte j at position jj) -> (q_lo, q_hi16), float32, exact.
+
+    q_lo = q[j] - ZERO; q_hi16 = 16*(q[j+16] - ZERO) (the high nibble left in place, see above).
+    qh (same shape as qs or broadcastable, ignored unless BITS == 5): bit j -> bit 4 of q[j].
+    Both are integers below 2^9, so their lowest mantissa bit is 0 (gdc_wait_after relies on it).
+    """
+    lo = (qs & 0xF) | magic
+    hi = (qs & 0xF0) | magic
     if BITS == 5:
         # bit j of qh -> bit 4 of the low nibble; bit j+16 -> bit 8 (bit 4 of q scaled by 16).
         # (qh >> 8) is an arithmetic shift: its sign fill lands at bits >= 24 - j > 8, never read.
         lo = lo | (((qh << 4) >> jj) & 0x10)
         hi = hi | (((qh >> 8) >> jj) & 0x100)
-    return lo, hi
-
-
-@triton.jit
-def _magic_floats(lo, hi, ZERO: tl.constexpr):
-    """(lo, hi) ints holding the magic 2^23 pattern | q[j] and | 16*q[j+16] -> (q_lo, q_hi16) =
-    (q[j] - ZERO, 16*(q[j+16] - ZERO)), float32, exact: 2^23 (plus the offset) subtracted."""
     q_lo = lo.to(tl.float32, bitcast=True) - (8388608.0 + ZERO)
     q_hi16 = hi.to(tl.float32, bitcast=True) - (8388608.0 + 16 * ZERO)
     return q_lo, q_hi16
-
-
-@triton.jit
-def _decode_nibbles(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
-    """4/5-bit qs bytes (int32 0..255, byte j at position jj) -> (q_lo, q_hi16), float32, exact:
-    q_lo = q[j] - ZERO; q_hi16 = 16*(q[j+16] - ZERO) (_nibble_ints, then _magic_floats)."""
-    lo, hi = _nibble_ints(qs, qh, jj, magic, BITS)
-    return _magic_floats(lo, hi, ZERO)
 
 
 @triton.jit
@@ -230,28 +217,17 @@ def _or_bits(t):
 
 
 @triton.jit
-def gdc_wait_after(a, b, ZERO_BIT: tl.constexpr, c=None, d=None):
-    """gdc_wait(), but only once every value of a and b (and c, d if given: 32-bit tensors whose
-    bit ZERO_BIT is 0 in every value, such as _decode_blocks') has been computed. ptxas schedules
-    plain arithmetic across griddepcontrol.wait as it likes, and moved such a decode issued before
-    the wait to after it, so the wait is made conditional on all of them: on that bit of the OR of
-    their bits, which is always 0, so it always waits."""
+def gdc_wait_after(a, b, c=None, d=None):
+    """gdc_wait(), but only once every value of a and b (and c, d if given) has been computed:
+    32-bit tensors whose lowest bit is 0 in every value (_decode_nibbles' floats, float16 widened
+    to float32). ptxas schedules plain arithmetic across griddepcontrol.wait as it likes, and moved
+    such a decode issued before the wait to after it, so the wait is made conditional on all of
+    them: on the lowest bit of the OR of their bits, which is always 0, so it always waits."""
     bits = _or_bits(a) | _or_bits(b)
     if c is not None:
         bits = bits | _or_bits(c) | _or_bits(d)
-    if (bits & (1 << ZERO_BIT)) == 0:
+    if (bits & 1) == 0:
         gdc_wait()
-
-
-@triton.jit
-def _decode_blocks(qs, qh, jj, magic, BITS: tl.constexpr, ZERO: tl.constexpr):
-    """_load_blocks' qs, qh of a 4-bit type -> what _block_fma takes with DECODED, computed from the
-    weights alone (so a GEMV can run it before its PDL wait): (q_lo, q_hi16) float32 as
-    _decode_nibbles gives them, whose lowest bit is 0 in every value (gdc_wait_after's ZERO_BIT).
-    The 5- and 8-bit forms (floats, and 5-bit with only the fifth bits merged) lost on the GPU
-    (performance.md 15.2, 16) and were deleted."""
-    tl.static_assert(BITS == 4, "the early decode is for 4-bit blocks")
-    return _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
 
 
 @triton.jit
@@ -261,7 +237,7 @@ def _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B: tl.c
     read here). x_lo = x[32b + j] (Q8_0: all 32), x_hi = x[32b + 16 + j] (4/5-bit). One x row: d
     is applied once per block and byte (d*(q.x), q_hi*x_hi = q_hi16*(x_hi/16), an exact
     rescaling); several rows: each weight is dequantized once (q*d) and then used by every row
-    (one FMA per weight and row). DECODED: qs, qh are _decode_blocks' values (same results)."""
+    (one FMA per weight and row). DECODED: qs, qh are _decode_nibbles' values (same results)."""
     if BITS == 8:
         q = _decode_int8(qs, magic)
         if ONE_ROW:
