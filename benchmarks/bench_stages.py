@@ -7,8 +7,7 @@ waits for the one before), so their profiler durations (profile_model.py) do not
 step. Here the graphed step (bench_model's decode measure, random weights) is timed whole, then
 once with each stage's kernels not launched (the numbers go wrong, the timing of the rest does
 not): the difference is what that stage costs the step. Stages: the eight kernels of a layer
-(quants/triton_decoder.py) and the vocabulary projection; the self-attention and out projection
-run as two kernels here (triton_decoder.SELF_OUT_FUSED is turned off, base run included). Needs CUDA. Session 4 measured this way
+(quants/triton_decoder.py) and the vocabulary projection. Needs CUDA. Session 4 measured this way
 with a prototype script (docs/reports/performance.md 5.4b).
 """
 
@@ -95,7 +94,6 @@ def main(argv=None) -> int:
         return 2
     n_layer = ARCHITECTURES[args.arch].n_text_layer
     path = str(bm.fast_random_model(args.dir, args.arch, args.type))
-    td.SELF_OUT_FUSED = False  # the eight stages a layer that the skipper names
     bm.ABLATIONS = {f"no_{s}": StageSkipper(td, s).settings() for s in STAGES}
     print(torch.cuda.get_device_name(0), torch.__version__, args.arch, args.type, flush=True)
     try:

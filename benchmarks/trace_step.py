@@ -63,20 +63,12 @@ def kernel_rows(records: np.ndarray, n_slots: int) -> list[dict]:
     return rows
 
 
-# The layer's kernels with the self-attention and out projection in one (triton_decoder.SELF_OUT_FUSED)
-FUSED_STAGES = ("qkv", "self_attn+out") + STAGES[3:]
-
-
 def stage_table(rows: list[dict], names: list[str], n_layer: int) -> str:
-    """Markdown table of kernel_rows averaged per stage of the layer (slot i -> STAGES[i % 8], or
-    FUSED_STAGES[i % 7] for a step of 7 kernels a layer), and the vocabulary projection (the last
-    slot)."""
-    per = {8 * n_layer + 1: STAGES, 7 * n_layer + 1: FUSED_STAGES}.get(len(rows))
-    if per is None:
-        raise ValueError(f"{len(rows)} kernels recorded, a {n_layer}-layer step has {8 * n_layer + 1} "
-                         f"(or {7 * n_layer + 1} with the self-attention and out projection fused)")
-    k = len(per)
-    groups = [(f"{stage} ({names[i]})", rows[i:k * n_layer:k]) for i, stage in enumerate(per)]
+    """Markdown table of kernel_rows averaged per stage of the layer (slot i -> STAGES[i % 8]), and
+    the vocabulary projection (the last slot)."""
+    if len(rows) != 8 * n_layer + 1:
+        raise ValueError(f"{len(rows)} kernels recorded, a {n_layer}-layer step has {8 * n_layer + 1}")
+    groups = [(f"{stage} ({names[i]})", rows[i:8 * n_layer:8]) for i, stage in enumerate(STAGES)]
     groups.append((f"head ({names[-1]})", rows[-1:]))
     lines = ["| stage | " + " | ".join(COLUMNS) + " |", "|" + " --- |" * (len(COLUMNS) + 1)]
     for label, rs in groups:

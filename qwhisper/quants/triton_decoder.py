@@ -201,15 +201,6 @@ ONE_ROW_SELF_SPLIT_S = 32
 # step, large-v3 q5_0 on an H100, two rounds: positions 4..35 1.297-1.300 -> 1.272-1.273 ms per
 # token, 0..255 1.367-1.372 -> 1.329-1.335 (session 4 tried it at 4..35 only, within noise then).
 SELF_PRELOAD = True
-# The one-row step's self-attention and out projection as one kernel (_self_attn_out_kernel):
-# one stage fewer a layer (performance.md 16.4). Programs (head, SELF_OUT_ROWS rows of out); each
-# attends with its head over keys 0..pos in steps of SELF_OUT_KEYS (the first step loaded before
-# the PDL wait), so the chunks of a head repeat its attention (its keys are L2 hits after the
-# first); off: the split-key attention kernel and a GEMV with the residual epilogue.
-SELF_OUT_FUSED = True
-SELF_OUT_ROWS = 128  # a power of 2
-SELF_OUT_KEYS = 64  # a power of 2
-SELF_OUT_WARPS = 4
 
 # Programmatic dependent launch (sm_90+): every kernel of the step lets the next one start as
 # soon as all its programs run (griddepcontrol.launch_dependents) and the next one waits
@@ -1102,208 +1093,6 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
 
 
 # ------------------------------------------------------------------------------------------
-# One-row self-attention and its out projection in one kernel
-# ------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _attn_scores(q_lo, q_hi, k_lo, k_hi, HI: tl.constexpr):
-    """[BS] q . k of [BS, NBH, QB] key tiles (HI: columns 32b + j and 32b + 16 + j in two)."""
-    sc = tl.sum(tl.sum(q_lo * k_lo.to(tl.float32), axis=2), axis=1)
-    if HI:
-        sc += tl.sum(tl.sum(q_hi * k_hi.to(tl.float32), axis=2), axis=1)
-    return sc
-
-
-@triton.jit
-def _self_attn_out_kernel(
-    q_ptr,  # (1, C) this step's query (the q|k|v kernel's)
-    k_ptr, v_ptr, stride_ks,  # (1, S_max, C) caches, row pos this step's (written by the q|k|v kernel)
-    pos_ptr,  # keys 0..pos attended
-    w8, w16,  # raw (C, C) W_out: uint8 and int16 views of the same bytes
-    bias_ptr,  # (C,) when HAS_BIAS
-    x_ptr,  # (1, C) float32 residual stream, updated in place
-    part_ptr,  # float32 (H, C) scratch: each head's products
-    counters,  # int32 (>= C / BN), zero on entry, left zero
-    C, H, qk_scale, magic,  # width; heads; log2(e)/sqrt(D); _MAGIC_BITS
-    TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
-    BITS: tl.constexpr, ZERO: tl.constexpr,  # W_out's block layout (triton_ops._LAYOUT); BITS 16: F16 rows
-    D: tl.constexpr, QB: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, HP: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PREFETCH: tl.constexpr, EARLY_CONVERT: tl.constexpr, PDL: tl.constexpr,
-    trace_ptr=None, trace_slot=0, TRACE: tl.constexpr = False,  # StepTrace records
-):
-    """x[n] += bias[n] + sum over heads h of (softmax(q_h K_h^T) V_h) . W_out[n, h*D:(h+1)*D] for
-    one query row: program (head h, chunk c of BN rows n). Tiles are [keys or rows, D/32 blocks,
-    QB] in W_out's block layout (QB 16: weights j and j + 16 of a 4/5-bit block in two tiles, lo and
-    hi), so the head's output multiplies the blocks without leaving its registers. Before the PDL
-    wait: the first BS keys of the head (rows before pos: earlier steps'), the slice of W_out and the
-    bias; with PREFETCH the head's later keys are asked into L2. After it: q, key pos, the other
-    keys in steps of BS, the products. Each program stores its head's BN products; the chunk's last
-    program adds the H of them in head order (the same bits whatever order they arrive in), then the
-    bias, then the residual, as the GEMV's residual epilogue does."""
-    h = tl.program_id(0)
-    chunk = tl.program_id(1)
-    program = h * tl.num_programs(1) + chunk
-    if TRACE:
-        _trace_mark(trace_ptr, trace_slot, program, 0)
-    if PDL:
-        gdc_launch_dependents()
-    NBH: tl.constexpr = D // _QK
-    HI: tl.constexpr = QB == 16
-    ss = tl.arange(0, BS)[:, None, None]
-    bb = tl.arange(0, NBH)[None, :, None]
-    jj = tl.arange(0, QB)[None, None, :]
-    col = h * D + bb * _QK + jj  # [1, NBH, QB] this head's columns (lo)
-    n_keys = tl.load(pos_ptr).to(tl.int32) + 1  # copied in before the step's first kernel
-    at0 = ss.to(tl.int64) * stride_ks + col
-    ok0 = ss < n_keys - 1
-    k_lo = tl.load(k_ptr + at0, mask=ok0, other=0.0)
-    v_lo = tl.load(v_ptr + at0, mask=ok0, other=0.0)
-    k_hi, v_hi = k_lo, v_lo
-    if HI:
-        k_hi = tl.load(k_ptr + at0 + 16, mask=ok0, other=0.0)
-        v_hi = tl.load(v_ptr + at0 + 16, mask=ok0, other=0.0)
-    if EARLY_CONVERT:  # float16 widened before the wait (their low 13 bits are 0: gdc_wait_after)
-        k_lo, v_lo, k_hi, v_hi = k_lo.to(tl.float32), v_lo.to(tl.float32), k_hi.to(tl.float32), v_hi.to(tl.float32)
-    if PREFETCH:  # the head's keys past the first step: one 128-byte line a key row (D float16)
-        for s0 in range(BS, n_keys - 1, BS):
-            sp = tl.minimum(s0 + tl.arange(0, BS), n_keys - 2).to(tl.int64) * stride_ks + h * D
-            _prefetch_at(k_ptr + sp)
-            _prefetch_at(v_ptr + sp)
-    n_blk = C // _QK
-    nn = chunk * BN + tl.arange(0, BN)[:, None, None]  # [BN, 1, 1]
-    if BITS == 16:
-        w_row = tl.minimum(nn, C - 1).to(tl.int64) * C  # element offsets
-    else:
-        w_row = tl.minimum(nn, C - 1).to(tl.int64) * (n_blk * TS)  # byte offsets
-    w0, qs, qh = _gemv_loads(w8, w16, w_row, h * NBH, bb, jj, n_blk, TS, QH_B, QS_B, BITS, True)
-    n1 = chunk * BN + tl.arange(0, BN)
-    nok = n1 < C
-    bias = tl.zeros([BN], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + n1, mask=nok, other=0.0).to(tl.float32)
-    if PDL:  # q, row pos of the caches and the residual are the previous kernels'
-        if EARLY_CONVERT and HI:
-            gdc_wait_after(k_lo, v_lo, k_hi, v_hi)
-        elif EARLY_CONVERT:
-            gdc_wait_after(k_lo, v_lo)
-        else:
-            gdc_wait()
-    if TRACE:
-        _trace_mark(trace_ptr, trace_slot, program, 1)
-    q_lo = tl.load(q_ptr + col).to(tl.float32) * qk_scale  # [1, NBH, QB], log2 units
-    q_hi = q_lo
-    if HI:
-        q_hi = tl.load(q_ptr + col + 16).to(tl.float32) * qk_scale
-    # key pos into the first step, where it falls there (rows past it are masked below)
-    new_at = (n_keys - 1).to(tl.int64) * stride_ks + col
-    is_new = ss == n_keys - 1
-    k_lo = tl.where(is_new, tl.load(k_ptr + new_at).to(k_lo.dtype), k_lo)
-    v_lo = tl.where(is_new, tl.load(v_ptr + new_at).to(v_lo.dtype), v_lo)
-    if HI:
-        k_hi = tl.where(is_new, tl.load(k_ptr + new_at + 16).to(k_hi.dtype), k_hi)
-        v_hi = tl.where(is_new, tl.load(v_ptr + new_at + 16).to(v_hi.dtype), v_hi)
-    s1 = tl.arange(0, BS)
-    sc = tl.where(s1 < n_keys, _attn_scores(q_lo, q_hi, k_lo, k_hi, HI), float("-inf"))
-    m_i = tl.max(sc, axis=0)  # finite: key 0 is always there
-    p = tl.exp2(sc - m_i)[:, None, None]
-    l_i = tl.sum(tl.sum(tl.sum(p, axis=2), axis=1), axis=0)
-    acc_lo = tl.sum(p * v_lo.to(tl.float32), axis=0)  # [NBH, QB]
-    acc_hi = acc_lo
-    if HI:
-        acc_hi = tl.sum(p * v_hi.to(tl.float32), axis=0)
-    for s0 in range(BS, n_keys, BS):  # rows s0.. from the cache (row pos is there by now)
-        ok = s0 + ss < n_keys
-        at = (s0 + ss).to(tl.int64) * stride_ks + col
-        kt_lo = tl.load(k_ptr + at, mask=ok, other=0.0)
-        vt_lo = tl.load(v_ptr + at, mask=ok, other=0.0)
-        kt_hi, vt_hi = kt_lo, vt_lo
-        if HI:
-            kt_hi = tl.load(k_ptr + at + 16, mask=ok, other=0.0)
-            vt_hi = tl.load(v_ptr + at + 16, mask=ok, other=0.0)
-        sc = tl.where(s0 + s1 < n_keys, _attn_scores(q_lo, q_hi, kt_lo, kt_hi, HI), float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(sc, axis=0))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(sc - m_new)[:, None, None]
-        l_i = l_i * alpha + tl.sum(tl.sum(tl.sum(p, axis=2), axis=1), axis=0)
-        acc_lo = acc_lo * alpha + tl.sum(p * vt_lo.to(tl.float32), axis=0)
-        if HI:
-            acc_hi = acc_hi * alpha + tl.sum(p * vt_hi.to(tl.float32), axis=0)
-        m_i = m_new
-    o_lo = (acc_lo / l_i)[None, :, :]  # [1, NBH, QB]: the head's output, as x of the product
-    o_hi = (acc_hi / l_i)[None, :, :]
-    acc = tl.zeros([BN, NBH, QB], dtype=tl.float32)
-    if BITS == 16:
-        acc += w0 * o_lo
-    else:
-        acc = _block_fma(acc, w0, qs, qh, o_lo, o_hi, w16, w_row + (h * NBH + bb) * TS, True, jj, magic, M_B, BITS,
-                         ZERO, True, True)
-    y = tl.sum(tl.sum(acc, axis=2), axis=1)  # [BN]
-    tl.store(part_ptr + h * C + n1, y, mask=nok)
-    tl.debug_barrier()  # every thread's stores precede the counter's release
-    done = tl.atomic_add(counters + chunk, 1, sem="acq_rel")
-    if done == H - 1:  # the chunk's last program: the heads' products in head order
-        hh = tl.arange(0, HP)[:, None]
-        parts = tl.load(part_ptr + hh * C + n1[None, :], mask=(hh < H) & nok[None, :], other=0.0,
-                        cache_modifier=".cg")
-        res = tl.load(x_ptr + n1, mask=nok, other=0.0)
-        y = tl.sum(parts, axis=0)
-        if HAS_BIAS:
-            y += bias
-        y += res
-        tl.store(x_ptr + n1, y, mask=nok)
-        tl.atomic_xchg(counters + chunk, 0)
-    if TRACE:
-        _trace_mark(trace_ptr, trace_slot, program, 2)
-
-
-def self_out_chunks(c: int) -> tuple[int, int]:
-    """(BN, chunks) of _self_attn_out_kernel for width c: SELF_OUT_ROWS rows a program at most."""
-    bn = min(SELF_OUT_ROWS, _next_pow2(c))
-    return bn, triton.cdiv(c, bn)
-
-
-def self_attention_out(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor,
-                       n_head: int, raw: torch.Tensor, ggml_type: GGMLType, bias: torch.Tensor | None,
-                       x: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
-    """x += softmax(q k^T / sqrt(D)) v @ W.T + bias for one query row: the one-row step's
-    self-attention over cache rows 0..position[0] and its out projection with the residual, one
-    kernel (_self_attn_out_kernel).
-
-    q (1, C); k_cache, v_cache (>= 1, n_ctx, C) alike, row pos already written (gemv_qkv);
-    raw: W (C, C) in ggml_type; bias (C,) or None; x (1, C) float32, updated in place and
-    returned; counters int32 zeros (>= self_out_chunks(C)[1]), left zero. D = C / n_head must
-    be a multiple of 32 (a head's columns whole blocks).
-    """
-    ggml_type = _as_type(ggml_type)
-    _, c = q.shape
-    d = c // n_head
-    if q.shape[0] != 1 or q.stride(1) != 1 or d * n_head != c or d % QK or d & (d - 1):
-        raise ValueError(f"one query row of {n_head} heads of a power-of-2 multiple of {QK} values, got {tuple(q.shape)}")
-    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if cache.dim() != 3 or cache.shape[2] != c or cache.stride(2) != 1 or cache.stride() != k_cache.stride():
-            raise ValueError(f"{name} must be (rows, n_ctx, {c}) like k_cache, got {tuple(cache.shape)}")
-    if tuple(x.shape) != (1, c) or x.dtype != torch.float32 or x.stride(1) != 1:
-        raise ValueError(f"x must be a float32 (1, {c}) residual, got {tuple(x.shape)} {x.dtype}")
-    bn, chunks = self_out_chunks(c)
-    if counters.dtype != torch.int32 or counters.numel() < chunks:
-        raise ValueError(f"counters must be int32 with >= {chunks} elements")
-    w8, w16 = _raw_views(raw, ggml_type, c, c)
-    ts, m_b, qh_b, qs_b, bits, zero = _kernel_layout(ggml_type)
-    pdl = _pdl(q.device)
-    part = torch.empty((n_head * c,), dtype=torch.float32, device=q.device)
-    _self_attn_out_kernel[(n_head, chunks)](
-        q, k_cache, v_cache, k_cache.stride(1), position, w8, w16, bias if bias is not None else x, x, part,
-        counters, c, n_head, math.log2(math.e) / math.sqrt(d), _MAGIC_BITS,
-        TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
-        D=d, QB=16 if bits in (4, 5) else 32, BS=SELF_OUT_KEYS, BN=bn, HP=_next_pow2(n_head),
-        HAS_BIAS=bias is not None, PREFETCH=triton_ops.PREFETCH_L2 and d * k_cache.element_size() == 128,
-        EARLY_CONVERT=SELF_EARLY_CONVERT and k_cache.element_size() == 2, PDL=pdl,
-        num_warps=SELF_OUT_WARPS, **_pdl_kw(pdl), **_trace_kw(n_head * chunks, "self-attention+out"))
-    return x
-
-
-# ------------------------------------------------------------------------------------------
 # Token + positional embedding
 # ------------------------------------------------------------------------------------------
 
@@ -1401,8 +1190,6 @@ class DecoderStep:
                                       _folded(block.mlp_ln, block.mlp[0])))
         self.head_ln = _folded(decoder.ln, decoder.token_embedding)
         self.counters = torch.zeros(MAX_ROWS * self.n_head, dtype=torch.int32, device=self.device)
-        self.out_counters = torch.zeros(self.n_state, dtype=torch.int32, device=self.device)  # >= any chunk count
-        self.self_out = (self.n_state // self.n_head) % QK == 0  # a head's columns whole blocks
         self.signature = _signature(decoder)
 
     def __call__(self, decoder, tokens: torch.Tensor, position: torch.Tensor, cache) -> torch.Tensor:
@@ -1422,13 +1209,9 @@ class DecoderStep:
             att, xatt = block.attn, block.cross_attn
             gemv_qkv(x, lay.qkv, lay.qkv_type, lay.qkv_bias, lay.qkv_ln, q,
                      cache.self_k[i], cache.self_v[i], position)
-            if m == 1 and SELF_OUT_FUSED and self.self_out:
-                self_attention_out(q, cache.self_k[i], cache.self_v[i], position, h, att.out.weight,
-                                   att.out.ggml_type, att.out.bias, x, self.out_counters)
-            else:
-                attention(q, cache.self_k[i], cache.self_v[i], h, a, self.counters, position,
-                          split_s=ONE_ROW_SELF_SPLIT_S if m == 1 else SELF_SPLIT_S)
-                _linear(a, att.out, out=x, epilogue="residual")
+            attention(q, cache.self_k[i], cache.self_v[i], h, a, self.counters, position,
+                      split_s=ONE_ROW_SELF_SPLIT_S if m == 1 else SELF_SPLIT_S)
+            _linear(a, att.out, out=x, epilogue="residual")
             _linear(x, xatt.query, out=q, ln=lay.cross_q_ln)
             attention(q, cache.cross_k[i], cache.cross_v[i], h, a, self.counters, split_s=CROSS_SPLIT_S)
             _linear(a, xatt.out, out=x, epilogue="residual")
@@ -1513,6 +1296,5 @@ __all__ = [
     "gemv",
     "gemv_qkv",
     "prepare",
-    "self_attention_out",
     "unsupported",
 ]
