@@ -64,15 +64,29 @@ LARGE_V3_GEMVS = (("q|k|v", 3840, 1280, True), ("out", 1280, 1280, False), ("cro
                   ("fc1", 5120, 1280, True), ("fc2", 1280, 5120, False))
 
 
-def test_step_settings_by_type_name_block_types_and_fit():
-    """The per-type tables (SECOND_PEEL_NB, WHOLE_ROW_TYPES, LONG_STEPS_WARPS) name block types the
-    step reads (a misspelt key would silently do nothing), and what _plan makes of them at
+def test_step_settings_by_type_name_block_types_and_fit(monkeypatch):
+    """The per-type tables (SECOND_PEEL_NB, WHOLE_ROW_TYPES, LONG_STEPS_WARPS, FC1_ROWS) name block
+    types the step reads (a misspelt key would silently do nothing; FC1_ROWS must narrow large-v3's
+    fc1 and nothing else), and what _plan makes of them at
     large-v3's shapes covers each row exactly: peeled steps of NB + NB2 blocks, then only whole
     NB-block steps (no clamped blocks), NB2 only for one row; the smaller models' rows are not split
     (PEEL_MIN_BLOCKS)."""
     td = _td()
     names = {t.name.lower() for t in td.FUSED_TYPES if t != GGMLType.F16}
     assert set(td.SECOND_PEEL_NB) <= names and set(td.WHOLE_ROW_TYPES) <= names and set(td.LONG_STEPS_WARPS) <= names
+    assert set(td.FC1_ROWS) <= names
+    fc1_rows = dict(td.FC1_ROWS)
+    for name, rows in fc1_rows.items():
+        ggml_type = GGMLType[name.upper()]
+        plans = [td._plan(1, n, k, ggml_type, ln) for _, n, k, ln in LARGE_V3_GEMVS]
+        monkeypatch.setattr(td, "FC1_ROWS", {})
+        before = [td._plan(1, n, k, ggml_type, ln) for _, n, k, ln in LARGE_V3_GEMVS]
+        monkeypatch.setattr(td, "FC1_ROWS", fc1_rows)
+        for (what, *_), plan, old in zip(LARGE_V3_GEMVS, plans, before):
+            if what == "fc1":
+                assert plan[1] == rows < old[1] and plan[2:] == old[2:], f"{name} fc1: {old} -> {plan}"
+            else:
+                assert plan == old, f"{name} {what}"
     peeled = set()
     for ggml_type in TYPES[1:]:
         for what, n, k, ln in LARGE_V3_GEMVS:

@@ -119,6 +119,14 @@ ONE_STEP_WARPS_BITS = (5,)
 # (performance.md 16), 1 -> 2 warps, ms per token at positions 4..35 / 0..255: q5_0 1.220 / 1.271,
 # 1.217 / 1.272 -> 1.213 / 1.259, 1.214 / 1.257; q5_1 lost (1.424 / 1.427 -> 1.442 / 1.450).
 LONG_STEPS_WARPS = {"q5_0": 2}
+# One-row LN GEMVs of at least 4x as many rows as columns (fc1), by type: rows a program, where
+# fewer than _tile's (large-v3: 4 rows, 1280 programs; q5_0's are 201 registers, 9 an SM, and
+# 666-691 of them start only after the kernel before has ended: trace_step, performance.md 17).
+# Measured in the graphed large-v3 step on an H100, two rounds (call s16e), ms per token at
+# positions 4..35 / 0..255, 4 -> 2 / 1 rows: q8_0 1.383-1.385 / 1.425-1.426 -> 1.307 / 1.351-1.352
+# / 1.353-1.361 / 1.400; q5_0 1.183-1.185 -> 1.229 / 1.279-1.280 and q4_0 1.038 -> 1.107-1.113 /
+# 1.149-1.153 lost. The smaller models' fc1 already has <= 2 rows a program.
+FC1_ROWS = {"q8_0": 2}
 # One-row GEMVs of 4-bit types decode their first step's weights (the bit operations and
 # the exact conversion to float32, _decode_nibbles) before the PDL wait, so that after it only the
 # products with x are left for that step; same arithmetic, same bits. Measured in the graphed
@@ -628,6 +636,8 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool, name: str = "") -> tuple[
             num_warps = ONE_STEP_WARPS if k // QK <= nb else LONG_STEPS_WARPS.get(name, STEP_WARPS)
         while block_n > 1 and (triton.cdiv(n, block_n) < STEP_MIN_PROGRAMS or nb * block_m * block_n * qb > 64 * 32 * num_warps):
             block_n //= 2
+        if ln and m == 1 and n >= 4 * k:
+            block_n = min(block_n, FC1_ROWS.get(name, block_n))
     return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
 
 
