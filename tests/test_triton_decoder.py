@@ -261,6 +261,26 @@ def _check_one_row_gemv(td, ggml_type, n, k, ln, rng, label):
 
 
 @interp
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q8_0, GGMLType.Q5_0], ids=lambda t: t.name)
+def test_interp_gemv_fc1_rows(ggml_type, monkeypatch):
+    """fc1's tile with FC1_ROWS rows a program (one row, LN, 4x as many rows as columns: the
+    programs of 4-16 rows that STEP_MIN_PROGRAMS = 16 gives narrowed to 2) at K 64 and 128, and an
+    LN GEMV of fewer rows left as it was, against the golden."""
+    td = _td()
+    monkeypatch.setattr(td, "STEP_MIN_PROGRAMS", 16)
+    name = ggml_type.name.lower()
+    monkeypatch.setattr(td, "FC1_ROWS", {name: 2})
+    rng = np.random.default_rng(int(ggml_type) + 120)
+    for n, k in ((256, 64), (512, 128), (256, 128)):
+        block_n = td._plan(1, n, k, ggml_type, True)[1]
+        monkeypatch.setattr(td, "FC1_ROWS", {})
+        before = td._plan(1, n, k, ggml_type, True)[1]
+        monkeypatch.setattr(td, "FC1_ROWS", {name: 2})
+        assert block_n == 2 < before if n >= 4 * k else block_n == before > 2, (n, k, block_n, before)
+        _check_one_row_gemv(td, ggml_type, n, k, True, rng, f"{ggml_type.name} {n}x{k}")
+
+
+@interp
 @pytest.mark.parametrize("ggml_type", [GGMLType.F16, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q8_0], ids=lambda t: t.name)
 def test_interp_gemv_steps_after_the_first(ggml_type, monkeypatch):
     """Rows long enough for the block loop to run after its first step (the one loaded before the
