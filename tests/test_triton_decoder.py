@@ -355,12 +355,13 @@ def test_interp_gemv_whole_row_before_the_wait(ggml_type, monkeypatch):
     td = _td()
     monkeypatch.setattr(td, "WHOLE_ROW_TYPES", tuple(t.name.lower() for t in TYPES))
     monkeypatch.setattr(td, "WHOLE_ROW_MAX_VALUES", 1 << 20)  # K 5120 too (the GPU's limit is a tuning)
-    assert td._whole_row(1, 6, 96, ggml_type.name.lower()) is None  # short rows keep their one step
+    assert td._whole_row(1, 6, 96, ggml_type.name.lower(), 1) is None  # short rows keep their one step
     monkeypatch.setattr(td, "PEEL_MIN_BLOCKS", 1)  # K 96 too
     rng = np.random.default_rng(int(ggml_type) + 80)
     n = 6
     for k, ln in ((96, True), (96, False), (1280, True), (5120, False), (1024, True)):
-        nb, nb2 = td._whole_row(1, n, k, ggml_type.name.lower())[1:3]
+        block_n, nb, nb2 = td._plan(1, n, k, ggml_type, ln)[1:4]  # _tile's one row a program, then _whole_row
+        assert block_n == 1
         assert nb + nb2 == k // 32 and (nb2 > 0) == (k != 1024)
         _assert_early_decode_same_bits(td, ggml_type, n, k, ln, "gelu" if ln else "residual", rng, monkeypatch)
 

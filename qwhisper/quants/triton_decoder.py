@@ -641,25 +641,19 @@ def _tile(m: int, n: int, k: int, bits: int, ln: bool, name: str = "") -> tuple[
     return block_m, max(block_n, MIN_BLOCK_N), nb, num_warps
 
 
-def _whole_row(m: int, n: int, k: int, name: str) -> tuple[int, int, int, int] | None:
-    """(BLOCK_N, NB, NB2, num_warps) of a GEMV of type `name` that holds its whole row before the
-    wait (WHOLE_ROW_TYPES), or None: one row, a block type, N below the vocabulary's width, at most
-    WHOLE_ROW_MAX_VALUES weights a program, K/32 >= PEEL_MIN_BLOCKS the sum of two powers of 2
-    (NB2 0: one step)."""
+def _whole_row(m: int, n: int, k: int, name: str, block_n: int) -> tuple[int, int, int] | None:
+    """(NB, NB2, num_warps) of a GEMV of type `name` with _tile's BLOCK_N rows a program that holds
+    its whole row before the wait (WHOLE_ROW_TYPES), or None: one row, a block type, N below the
+    vocabulary's width, at most WHOLE_ROW_MAX_VALUES weights a program, K/32 >= PEEL_MIN_BLOCKS the
+    sum of two powers of 2 (NB2 0: one step)."""
     n_blk = k // QK
     if m != 1 or n >= 16384 or name not in WHOLE_ROW_TYPES or name == "f16" or n_blk < PEEL_MIN_BLOCKS:
         return None
     nb = 1 << (n_blk.bit_length() - 1)
     nb2 = n_blk - nb
-    if nb2 & (nb2 - 1):
+    if nb2 & (nb2 - 1) or block_n * k > WHOLE_ROW_MAX_VALUES:
         return None
-    block_n = 16
-    while block_n > 1 and triton.cdiv(n, block_n) < STEP_MIN_PROGRAMS:
-        block_n //= 2
-    block_n = max(block_n, MIN_BLOCK_N)
-    if block_n * k > WHOLE_ROW_MAX_VALUES:
-        return None
-    return block_n, nb, nb2, WHOLE_ROW_WARPS
+    return nb, nb2, WHOLE_ROW_WARPS
 
 
 def _second_peel(m: int, k: int, name: str, nb: int) -> int:
@@ -708,9 +702,9 @@ def _plan(m: int, n: int, k: int, ggml_type: GGMLType, ln: bool) -> tuple[int, i
     FOLD, EVEN_K), from _tile, _second_peel and _whole_row."""
     bits, name = _kernel_layout(ggml_type)[4], ggml_type.name.lower()
     block_m, block_n, nb, num_warps = _tile(m, n, k, bits, ln, name)
-    nb2, whole = _second_peel(m, k, name, nb), _whole_row(m, n, k, name)
+    nb2, whole = _second_peel(m, k, name, nb), _whole_row(m, n, k, name, block_n)
     if whole is not None:
-        block_n, nb, nb2, num_warps = whole
+        nb, nb2, num_warps = whole
     fold = ln and folds(ggml_type, k, nb, whole is not None)
     even_k = whole is not None or (k // QK - nb2) % nb == 0
     return block_m, block_n, nb, nb2, num_warps, fold, even_k
