@@ -223,6 +223,7 @@ def test_interp_gemv_long_steps(ggml_type):
     n, k = 6, 1280
     assert td._tile(1, n, k, 16 if ggml_type == GGMLType.F16 else 5, False)[2] == td.LONG_STEP_NB == 64
     assert td._tile(1, n, k, 5, False)[3] == td.ONE_STEP_WARPS  # 5-bit rows in one step (no effect here)
+    assert td._tile(1, n, k, 8, False)[3] == td.ONE_STEP_WARPS  # and 8-bit (ONE_STEP_WARPS_BITS)
     assert td._tile(1, n, k, 4, False)[3] == td.STEP_WARPS
     raw, w = weights(ggml_type, n, k, rng)
     bias = rng.standard_normal(n).astype(np.float32)

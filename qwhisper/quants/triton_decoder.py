@@ -112,8 +112,13 @@ CROSS_Q_BITS = (5,)
 # thread. Measured in the graphed step on an H100 (docs/reports/performance.md 14), 1 -> 2 warps:
 # large-v3 q5_0 1.232 -> 1.222 / 1.216 ms/token at positions 4..35, 1.284 -> 1.274 / 1.273 at
 # 0..255; q4_0 1.168 / 1.205 -> 1.171-1.172 / 1.210-1.211 (so 4-bit keeps 1); tiny unchanged.
+# Q8_0 too (session 17, performance.md 18: its out and cross-out had 227-231 of 1280 programs
+# starting only after the kernel before had ended): large-v3 q8_0 1.311-1.315 / 1.353-1.354 ->
+# 1.294-1.300 / 1.338 on an H100 (1.270-1.275 / 1.312-1.313 -> 1.257-1.258 / 1.295 on an H200);
+# the rule also reaches tiny's and base's fc2 (48 and 64 blocks): tiny q8_0 0.097 / 0.102 -> 0.095
+# / 0.099-0.100, base 0.141-0.142 / 0.148 -> 0.140-0.141 / 0.146-0.147 (H100, two rounds each).
 ONE_STEP_WARPS = 2
-ONE_STEP_WARPS_BITS = (5,)
+ONE_STEP_WARPS_BITS = (5, 8)
 # The same GEMVs over more than one LONG_STEP_NB step (fc2, K 5120): warps a program, by type
 # (the others: STEP_WARPS). Measured in the graphed large-v3 step on an H100, two rounds each
 # (performance.md 16), 1 -> 2 warps, ms per token at positions 4..35 / 0..255: q5_0 1.220 / 1.271,
