@@ -1,0 +1,194 @@
+"""Cross-attention of a batched step read from the encoder output instead of the cross K/V.
+
+A prototype (performance.md 18.7), not wired into the model yet: `benchmarks/bench_enc_attn.py`
+sets it beside today's cross-attention (`triton_decoder.attention` over K and V) at the batched
+step's shapes, and tests/test_enc_attn.py checks its arithmetic under the interpreter.
+
+Why: a window's cross keys and values are both projections of its encoder output E (S x C),
+K = E W_k^T + b_k and V = E W_v^T + b_v, and with D-wide heads (rows hD .. hD+D-1 of W_k, W_v):
+
+    q_h . K_h^T = (W_k,h^T q_h) . E^T + q_h . b_k,h    the last term is the same for every key,
+                                                        so the softmax drops it
+    P_h . V_h   = W_v,h (P_h . E) + b_v,h              P_h (a softmax row) sums to 1
+
+So one pass over E per layer and row (S x C float16) does what K and V (2 x S x C) do now, at the
+price of two small grouped products on weights the step reads anyway (Q' = W_k,h^T q_h before,
+W_v,h U_h after) and [heads, C] accumulators a row instead of [heads, D]. At a batched large-v3
+step of 25 windows that is 96 MB a layer instead of 192 (the cross-attention is ~40 % of the
+batched run, at ~90 % of copy bandwidth), and 25 x 3.8 MB of E in VRAM instead of 6.1 GB of K/V.
+The one-row step keeps K and V: it would pay two more dependent kernels a layer to save bytes
+that its cross-attention already loads before its PDL wait.
+
+The kernel: programs (row, group of HG heads) x key split. Each holds its heads' Q' [HG, C] and
+U [HG, C] (float32), and for every BS keys loads E's rows once for both products on tensor cores:
+scores = Q' . E_t^T, online softmax in log2 units (Q' comes scaled by log2(e)/sqrt(D)), U = U *
+alpha + P . E_t (P rounded to float16, as flash attention does). C = C1 + C2 with both powers of 2
+(384 = 256 + 128, 1280 = 1024 + 256, ...): no masked columns. The splits' (U, max, sum) are
+combined in split order by `_enc_attn_combine_kernel`, so the result is the same bits every time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from qwhisper.quants import triton_ops  # noqa: F401  (the interpreter's fix for run-time loop bounds)
+
+HEAD_GROUP = 16  # heads a program (the tensor-core M side; Whisper's 6..20 heads padded to 16 / 32)
+KEYS_STEP = 16  # keys a loop step (E rows loaded once for the scores and for P . E)
+# Programs to aim at (keys_split=None): large-v3's tile needs 164 registers on 8 warps and Triton
+# stages three E steps in 123 KB of shared memory (offline sm_90 compile), so one program an SM:
+# two waves of an H100's 132 SMs. 25 rows x 2 head groups -> 5 splits of 304 keys, 250 programs.
+TARGET_PROGRAMS = 264
+WARPS = 8  # 4 warps: 255 registers a thread (offline sm_90 compile), no spills either
+
+
+def split_width(c: int) -> tuple[int, int]:
+    """C = C1 + C2, C1 the largest power of 2 <= C and C2 a power of 2 or 0; ValueError otherwise."""
+    c1 = 1 << (c.bit_length() - 1)
+    c2 = c - c1
+    if c2 & (c2 - 1) or c < 16 or (c2 and c2 < 16):
+        raise ValueError(f"the encoder-output attention needs C = two powers of 2 >= 16, got {c}")
+    return c1, c2
+
+
+@triton.jit
+def _enc_attn_kernel(
+    qp_ptr, stride_qr,  # (R, H, C) float16 Q', head-major rows of C
+    e_ptr, stride_ew, stride_es,  # (W, S, C) float16 encoder outputs, last axis contiguous
+    win_ptr,  # (R,) int32: the window of each row
+    part_u, part_ml,  # (R * NG * SPLITS, HG, C) float32 U; (R * NG * SPLITS, HG, 2) max, sum
+    S, H, KEYS,  # keys; heads; keys a split (a multiple of BS)
+    C1: tl.constexpr, C2: tl.constexpr, HG: tl.constexpr, BS: tl.constexpr,
+):
+    pid = tl.program_id(0)  # row * NG + head group
+    split = tl.program_id(1)
+    n_split = tl.num_programs(1)
+    ng = tl.cdiv(H, HG)
+    r = pid // ng
+    hh = (pid % ng) * HG + tl.arange(0, HG)
+    hok = (hh < H)[:, None]
+    C: tl.constexpr = C1 + C2
+    q_rows = qp_ptr + r.to(tl.int64) * stride_qr + hh[:, None] * C  # [HG, 1]
+    e_rows = e_ptr + tl.load(win_ptr + r).to(tl.int64) * stride_ew
+    c1 = tl.arange(0, C1)[None, :]
+    q1 = tl.load(q_rows + c1, mask=hok, other=0.0)  # [HG, C1]; padded heads 0: finite scores, not stored
+    u1 = tl.zeros([HG, C1], dtype=tl.float32)
+    if C2 > 0:
+        c2 = C1 + tl.arange(0, C2)[None, :]
+        q2 = tl.load(q_rows + c2, mask=hok, other=0.0)
+        u2 = tl.zeros([HG, C2], dtype=tl.float32)
+    m_i = tl.full([HG], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([HG], dtype=tl.float32)
+    t_first = split * KEYS
+    for t0 in range(t_first, tl.minimum(t_first + KEYS, S), BS):
+        tt = t0 + tl.arange(0, BS)
+        tok = tt < S
+        at = e_rows + tt.to(tl.int64)[:, None] * stride_es  # [BS, 1]
+        # (no evict-first hint, unlike the K/V kernel: the row's other head groups read these lines too)
+        e1 = tl.load(at + c1, mask=tok[:, None], other=0.0)  # [BS, C1]
+        sc = tl.dot(q1, tl.trans(e1))  # [HG, BS] float32, log2 units
+        if C2 > 0:
+            e2 = tl.load(at + c2, mask=tok[:, None], other=0.0)
+            sc = tl.dot(q2, tl.trans(e2), sc)
+        sc = tl.where(tok[None, :], sc, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1))  # finite: every step has a key
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(sc - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        pf = p.to(e1.dtype)
+        u1 = tl.dot(pf, e1, u1 * alpha[:, None])
+        if C2 > 0:
+            u2 = tl.dot(pf, e2, u2 * alpha[:, None])
+        m_i = m_new
+    part = (pid * n_split + split).to(tl.int64)
+    hg = tl.arange(0, HG)[:, None]
+    tl.store(part_u + (part * HG + hg) * C + c1, u1, mask=hok)  # the real heads only
+    if C2 > 0:
+        tl.store(part_u + (part * HG + hg) * C + c2, u2, mask=hok)
+    tl.store(part_ml + (part * HG + tl.arange(0, HG)) * 2, m_i)
+    tl.store(part_ml + (part * HG + tl.arange(0, HG)) * 2 + 1, l_i)
+
+
+@triton.jit
+def _enc_attn_combine_kernel(part_u, part_ml, out_ptr, H, C,
+                             HG: tl.constexpr, SPLITS: tl.constexpr, SP2: tl.constexpr, BLOCK_C: tl.constexpr):
+    """out[r, h, cols] = sum_s 2^(m_s - m) u_s / sum_s 2^(m_s - m) l_s over the splits, in split order."""
+    rh = tl.program_id(0)  # row * H + head
+    r = rh // H
+    h = rh % H
+    ng = tl.cdiv(H, HG)
+    sp = tl.arange(0, SP2)
+    sok = sp < SPLITS
+    part = ((r * ng + h // HG) * SPLITS + sp).to(tl.int64) * HG + h % HG  # [SP2] (part, head) slots
+    mp = tl.load(part_ml + part * 2, mask=sok, other=float("-inf"))
+    lp = tl.load(part_ml + part * 2 + 1, mask=sok, other=0.0)
+    wgt = tl.exp2(mp - tl.max(mp, axis=0))  # 0 for missing splits
+    cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    ok = cc < C
+    up = tl.load(part_u + part[:, None] * C + cc[None, :], mask=sok[:, None] & ok[None, :], other=0.0)
+    u = tl.sum(up * wgt[:, None], axis=0) / tl.sum(lp * wgt, axis=0)
+    tl.store(out_ptr + rh.to(tl.int64) * C + cc, u.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def keys_split_for(rows: int, n_head: int, s: int) -> int:
+    """Keys a program: the splits that bring rows x head groups x splits nearest TARGET_PROGRAMS
+    (at least one), as a multiple of KEYS_STEP."""
+    splits = max(1, round(TARGET_PROGRAMS / (rows * triton.cdiv(n_head, HEAD_GROUP))))
+    return triton.cdiv(triton.cdiv(s, splits), KEYS_STEP) * KEYS_STEP
+
+
+def enc_attention(qp: torch.Tensor, enc: torch.Tensor, windows: torch.Tensor, out: torch.Tensor | None = None,
+                  keys_split: int | None = None) -> torch.Tensor:
+    """U[r, h] = softmax_t(ln 2 * Q'[r, h] . E[w_r, t]) . E[w_r] for every row r and head h.
+
+    qp (R, H, C) float16: W_k,h^T q_h of each row, scaled by log2(e)/sqrt(D) (`query_product`).
+    enc (W, S, C) float16: the encoder output of each window; windows (R,) int32: row r's window.
+    Returns (R, H, C) float32 (or into `out`, any float dtype). keys_split: keys a program, a
+    multiple of KEYS_STEP (None: keys_split_for)."""
+    r, h, c = qp.shape
+    _, s, ce = enc.shape
+    if keys_split is None:
+        keys_split = keys_split_for(r, h, s)
+    if ce != c or qp.dtype != enc.dtype or enc.dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"Q' (R, H, C) and E (W, S, C) must share C and a 16-bit dtype, got {tuple(qp.shape)} "
+                         f"{qp.dtype}, {tuple(enc.shape)} {enc.dtype}")
+    if windows.shape != (r,) or windows.dtype != torch.int32:
+        raise ValueError(f"windows must be ({r},) int32, got {tuple(windows.shape)} {windows.dtype}")
+    if qp.stride(2) != 1 or qp.stride(1) != c or enc.stride(2) != 1:
+        raise ValueError("Q' rows and E rows need a contiguous last axis (Q' contiguous per row)")
+    if keys_split % KEYS_STEP or keys_split <= 0:
+        raise ValueError(f"keys_split must be a multiple of {KEYS_STEP}, got {keys_split}")
+    c1, c2 = split_width(c)
+    hg = HEAD_GROUP
+    ng, splits = triton.cdiv(h, hg), triton.cdiv(s, keys_split)
+    part_u = torch.empty((r * ng * splits, hg, c), dtype=torch.float32, device=qp.device)
+    part_ml = torch.empty((r * ng * splits, hg, 2), dtype=torch.float32, device=qp.device)
+    _enc_attn_kernel[(r * ng, splits)](qp, qp.stride(0), enc, enc.stride(0), enc.stride(1), windows, part_u, part_ml,
+                                       s, h, keys_split, C1=c1, C2=c2, HG=hg, BS=KEYS_STEP, num_warps=WARPS)
+    if out is None:
+        out = torch.empty((r, h, c), dtype=torch.float32, device=qp.device)
+    block_c = min(1024, triton.next_power_of_2(c))
+    _enc_attn_combine_kernel[(r * h, triton.cdiv(c, block_c))](part_u, part_ml, out, h, c, HG=hg, SPLITS=splits,
+                                                                 SP2=triton.next_power_of_2(splits), BLOCK_C=block_c)
+    return out
+
+
+def query_product(q: torch.Tensor, w_k: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Q'[r, h] = log2(e)/sqrt(D) * W_k,h^T q_h: q (R, C), w_k (C, C) the key projection's weight
+    (float). Float32 products, rounded to float16 for the kernel. (A grouped product of R x D by
+    D x C per head; the model would read W_k's blocks in a kernel of its own.)"""
+    r, c = q.shape
+    d = c // n_head
+    qp = torch.einsum("rhd,hdc->rhc", q.float().reshape(r, n_head, d), w_k.float().reshape(n_head, d, c))
+    return (qp * (math.log2(math.e) / math.sqrt(d))).to(torch.float16).contiguous()
+
+
+def value_product(u: torch.Tensor, w_v: torch.Tensor, b_v: torch.Tensor | None) -> torch.Tensor:
+    """o[r, hD + i] = W_v[hD + i] . U[r, h] + b_v: u (R, H, C), w_v (C, C) float. Float32."""
+    r, h, c = u.shape
+    o = torch.einsum("rhc,hdc->rhd", u.float(), w_v.float().reshape(h, c // h, c)).reshape(r, c)
+    return o if b_v is None else o + b_v.float()

@@ -1,0 +1,123 @@
+"""The cross-attention read from the encoder output (quants/triton_enc_attn.py), against float64.
+
+* `test_interp_*` (in a child process under TRITON_INTERPRET=1, as in test_triton.py): the kernel's
+  U = softmax(Q'E^T) E for rows that share windows, head groups padded (3 and 20 heads), key splits
+  with a short last one, both C = C1 + C2 forms; and the whole rewrite (Q' = W_k^T q, U, W_v U + b_v)
+  against attention over K = E W_k^T + b_k and V = E W_v^T + b_v computed in float64.
+* The width rule, on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_interpreter_suite
+
+pytest.importorskip("triton")
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+interp = pytest.mark.skipif(not INTERPRETING, reason="runs in the interpreter child process (test_interpreter_suite)")
+
+
+def _ea():
+    from qwhisper.quants import triton_enc_attn
+
+    return triton_enc_attn
+
+
+def test_interpreter_suite():
+    """Run this file's interpreter tests in a child process with TRITON_INTERPRET=1."""
+    if INTERPRETING:
+        pytest.skip("already in the interpreter process")
+    run_interpreter_suite(__file__)
+
+
+def test_split_width():
+    ea = _ea()
+    assert [ea.split_width(c) for c in (384, 512, 768, 1024, 1280, 48)] == [
+        (256, 128), (512, 0), (512, 256), (1024, 0), (1024, 256), (32, 16)]
+    for bad in (1500, 40, 8):
+        with pytest.raises(ValueError, match="two powers of 2"):
+            ea.split_width(bad)
+
+
+def _softmax_rows(s: np.ndarray) -> np.ndarray:
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@interp
+@pytest.mark.parametrize("n_head,d", [(3, 16), (20, 4)], ids=["3x16", "20x4"])
+def test_interp_enc_attention(n_head, d):
+    """U against float64 softmax(ln 2 * Q' E^T) E of the same float16 inputs: rows 0..3 on windows
+    [1, 0, 1, 2], S = 50 keys in splits of 32 (16 + 2 in the last one... 50 = 32 + 18)."""
+    ea = _ea()
+    rng = np.random.default_rng(n_head)
+    c, s, rows = n_head * d, 50, 4
+    enc = torch.from_numpy(rng.standard_normal((3, s, c)).astype(np.float32)).half()
+    qp = torch.from_numpy(rng.standard_normal((rows, n_head, c)).astype(np.float32) / np.sqrt(c)).half()
+    windows = torch.tensor([1, 0, 1, 2], dtype=torch.int32)
+    u = ea.enc_attention(qp, enc, windows, keys_split=32)
+    assert u.shape == (rows, n_head, c) and u.dtype == torch.float32
+    e64, q64 = enc.double().numpy(), qp.double().numpy()
+    for r in range(rows):
+        e = e64[windows[r]]
+        p = _softmax_rows(math.log(2) * q64[r] @ e.T)  # [H, S]
+        want = p @ e
+        # P is rounded to float16 before P . E (as flash attention does): <= 2^-11 of |P| . |E|
+        bound = 2.0**-10 * (p @ np.abs(e)) + 1e-6
+        err = np.abs(u[r].double().numpy() - want)
+        assert (err <= bound).all(), f"row {r}: err {err.max():.3g}"
+    with pytest.raises(ValueError, match="multiple of"):
+        ea.enc_attention(qp, enc, windows, keys_split=24)
+    with pytest.raises(ValueError, match="int32"):
+        ea.enc_attention(qp, enc, windows.long())
+
+
+@interp
+def test_interp_rewrite_equals_kv_attention():
+    """Q' = W_k^T q, U, W_v U + b_v (the module's three parts) against attention over K = E W_k^T + b_k,
+    V = E W_v^T + b_v in float64: the identity the module rests on (b_k drops out of the softmax)."""
+    ea = _ea()
+    rng = np.random.default_rng(7)
+    n_head, d, s, rows = 4, 8, 40, 3
+    c = n_head * d
+    enc = torch.from_numpy(rng.standard_normal((2, s, c)).astype(np.float32)).half()
+    w_k, w_v = (rng.standard_normal((2, c, c)) / np.sqrt(c)).astype(np.float32)
+    b_k, b_v = rng.standard_normal((2, c)).astype(np.float32)
+    q = rng.standard_normal((rows, c)).astype(np.float32)
+    windows = torch.tensor([0, 1, 1], dtype=torch.int32)
+    qp = ea.query_product(torch.from_numpy(q), torch.from_numpy(w_k), n_head)
+    u = ea.enc_attention(qp, enc, windows, keys_split=16)
+    o = ea.value_product(u, torch.from_numpy(w_v), torch.from_numpy(b_v)).double().numpy()
+    e64 = enc.double().numpy()
+    for r in range(rows):
+        k = e64[windows[r]] @ w_k.T.astype(np.float64) + b_k
+        v = e64[windows[r]] @ w_v.T.astype(np.float64) + b_v
+        want = np.concatenate([
+            _softmax_rows(q[r, h * d:(h + 1) * d] @ k[:, h * d:(h + 1) * d].T / math.sqrt(d))
+            @ v[:, h * d:(h + 1) * d] for h in range(n_head)])
+        scale = np.abs(v).max(axis=0)
+        assert (np.abs(o[r] - want) <= 4e-3 * scale).all(), f"row {r}: {np.abs(o[r] - want).max():.3g}"
+
+
+@pytest.mark.cuda
+def test_enc_attention_on_cuda_large_v3_shape():
+    """The compiled kernel at large-v3's width (C = 1024 + 256, 20 heads in two groups of 16) over
+    1500 keys in the module's splits, rows sharing a window, against float64 on the GPU."""
+    ea = _ea()
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    rows, n_head, c, s = 5, 20, 1280, 1500
+    enc = torch.randn(3, s, c, device="cuda", generator=gen).half()
+    qp = (torch.randn(rows, n_head, c, device="cuda", generator=gen) / 8).half()
+    windows = torch.tensor([2, 0, 2, 1, 0], dtype=torch.int32, device="cuda")
+    u = ea.enc_attention(qp, enc, windows)
+    e = enc.double()[windows.long()]  # (R, S, C)
+    p = torch.softmax(math.log(2) * torch.einsum("rhc,rsc->rhs", qp.double(), e), dim=-1)
+    want = torch.einsum("rhs,rsc->rhc", p, e)
+    bound = 2.0**-10 * torch.einsum("rhs,rsc->rhc", p, e.abs()) + 1e-6
+    assert ((u.double() - want).abs() <= bound).all(), f"max err {(u.double() - want).abs().max().item():.3g}"
