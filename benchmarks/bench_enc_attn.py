@@ -9,8 +9,9 @@ For each number of rows (one window each, as in a batched long-form step): us pe
   enc       triton_enc_attn.enc_attention over the windows' encoder output E (R x S x C, the same
             for every layer, as in the model) + its split combine, at each --keys (keys a program;
             0: the module's rule), and the programs it launched;
-  products  the two grouped products the rewrite adds (Q' = W_k,h^T q_h and W_v,h U_h) as torch
-            einsums over float16 weights: a stand-in for the block-weight kernels it would need;
+  products  the two grouped products the rewrite adds (Q' = W_k,h^T q_h and W_v,h U_h) as batched
+            cuBLAS GEMMs over float16 weights (query_product, value_product): a stand-in for the
+            block-weight kernels it would need;
 and the relative difference of the rewrite's output (Q', U, W_v U + b_v) from attention over
 K = E W_k^T + b_k, V = E W_v^T + b_v (both from float16 inputs). Bytes a layer: K + V 2RSC x 2,
 E RSC x 2. Times from CUDA graph replays (graph_timing.graph_us), median of 9.
@@ -34,6 +35,15 @@ from qwhisper.architectures import ARCHITECTURES
 from qwhisper.quants import triton_decoder, triton_enc_attn
 
 
+def rewrite(q: torch.Tensor, enc: torch.Tensor, windows: torch.Tensor, w_k: torch.Tensor, w_v: torch.Tensor,
+            b_v: torch.Tensor | None, keys_split: int | None = None) -> torch.Tensor:
+    """The cross-attention output (R, C) float16 through Q', enc_attention and W_v U + b_v."""
+    qp = triton_enc_attn.query_product(q, w_k)  # (H, R, C)
+    u = torch.empty_like(qp)
+    triton_enc_attn.enc_attention(qp.transpose(0, 1), enc, windows, out=u.transpose(0, 1), keys_split=keys_split)
+    return triton_enc_attn.value_product(u, w_v, b_v)
+
+
 def rel_diff(rows: int, c: int, n_head: int, s: int, gen: torch.Generator) -> float:
     """max |rewrite - attention over K, V| / max |attention over K, V| for one layer of random weights."""
     enc = torch.randn(rows, s, c, device="cuda", generator=gen).half()
@@ -46,8 +56,8 @@ def rel_diff(rows: int, c: int, n_head: int, s: int, gen: torch.Generator) -> fl
     counters = torch.zeros(rows * n_head, dtype=torch.int32, device="cuda")
     triton_decoder.attention(q, k, v, n_head, want, counters, split_s=triton_decoder.CROSS_SPLIT_S)
     windows = torch.arange(rows, dtype=torch.int32, device="cuda")
-    u = triton_enc_attn.enc_attention(triton_enc_attn.query_product(q, w_k, n_head), enc, windows)
-    got = triton_enc_attn.value_product(u, w_v, b_v)
+    got = rewrite(q, enc, windows, triton_enc_attn.head_weights(w_k, n_head, triton_enc_attn.key_scale(c // n_head)),
+                  triton_enc_attn.head_weights(w_v, n_head), b_v).float()
     return ((got - want).abs().max() / want.abs().max()).item()
 
 
@@ -80,10 +90,9 @@ def measure(rows: int, c: int, n_head: int, s: int, layers: int, keys: list[int]
         rule_us = us if not k else rule_us
         progs = rows * -(-n_head // triton_enc_attn.HEAD_GROUP) * -(-s // ks)
         cells.append(f"{us:.1f}: {ks}{'*' if not k else ''} ({progs})")
-    ws = [(torch.randn(c, c, device="cuda", generator=gen) / c**0.5).half() for _ in range(2 * layers)]
-    whole = graph_us(lambda: [triton_enc_attn.value_product(triton_enc_attn.enc_attention(
-        triton_enc_attn.query_product(q, ws[2 * i], n_head), enc, windows), ws[2 * i + 1], None)
-        for i in range(layers)], layers)
+    ws = [triton_enc_attn.head_weights(torch.randn(c, c, device="cuda", generator=gen) / c**0.5, n_head)
+          for _ in range(2 * layers)]
+    whole = graph_us(lambda: [rewrite(q, enc, windows, ws[2 * i], ws[2 * i + 1], None) for i in range(layers)], layers)
     mb_kv = 2 * rows * s * c * 2 / 1e6
     products = f"{whole - rule_us:.1f}" if rule_us is not None else "-"
     return (f"| {rows} | {kv:.1f} ({mb_kv:.0f}) | " + "; ".join(cells) + f" ({mb_kv / 2:.0f} MB) | {products} | "

@@ -91,9 +91,12 @@ def test_interp_rewrite_equals_kv_attention():
     b_k, b_v = rng.standard_normal((2, c)).astype(np.float32)
     q = rng.standard_normal((rows, c)).astype(np.float32)
     windows = torch.tensor([0, 1, 1], dtype=torch.int32)
-    qp = ea.query_product(torch.from_numpy(q), torch.from_numpy(w_k), n_head)
-    u = ea.enc_attention(qp, enc, windows, keys_split=16)
-    o = ea.value_product(u, torch.from_numpy(w_v), torch.from_numpy(b_v)).double().numpy()
+    wk = ea.head_weights(torch.from_numpy(w_k), n_head, ea.key_scale(d))
+    wv = ea.head_weights(torch.from_numpy(w_v), n_head)
+    qp = ea.query_product(torch.from_numpy(q).half(), wk)  # (H, R, C)
+    u = torch.empty(n_head, rows, c, dtype=torch.float16)
+    ea.enc_attention(qp.transpose(0, 1), enc, windows, out=u.transpose(0, 1), keys_split=16)
+    o = ea.value_product(u, wv, torch.from_numpy(b_v)).double().numpy()
     e64 = enc.double().numpy()
     for r in range(rows):
         k = e64[windows[r]] @ w_k.T.astype(np.float64) + b_k
@@ -102,7 +105,7 @@ def test_interp_rewrite_equals_kv_attention():
             _softmax_rows(q[r, h * d:(h + 1) * d] @ k[:, h * d:(h + 1) * d].T / math.sqrt(d))
             @ v[:, h * d:(h + 1) * d] for h in range(n_head)])
         scale = np.abs(v).max(axis=0)
-        assert (np.abs(o[r] - want) <= 4e-3 * scale).all(), f"row {r}: {np.abs(o[r] - want).max():.3g}"
+        assert (np.abs(o[r] - want) <= 2e-3 * scale).all(), f"row {r}: {np.abs(o[r] - want).max():.3g}"
 
 
 @pytest.mark.cuda
@@ -121,3 +124,37 @@ def test_enc_attention_on_cuda_large_v3_shape():
     want = torch.einsum("rhs,rsc->rhc", p, e)
     bound = 2.0**-10 * torch.einsum("rhs,rsc->rhc", p, e.abs()) + 1e-6
     assert ((u.double() - want).abs() <= bound).all(), f"max err {(u.double() - want).abs().max().item():.3g}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "graphed"])
+def test_step_from_encoder_output_on_cuda(shared_q5_1, monkeypatch, graphs):
+    """model.CROSS_FROM_ENCODER on the real tiny.en q5_1, three windows (float16, eager and graphed
+    steps): after the same prompt pass (which keeps the K/V), four one-token steps' logits are
+    those of the K/V path within 1 % of their range, with the same argmax where its margin is clear."""
+    from qwhisper import model as m
+    from qwhisper.loader import load_model
+
+    model = load_model(shared_q5_1, "cuda")
+    model.decoder.cuda_graphs = graphs
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    features = model.embed_audio(torch.randn(3, model.dims.n_mels, 3000, device="cuda", generator=gen))
+    prompt = torch.randint(0, 50000, (3, 3), device="cuda", generator=gen)
+    steps = torch.randint(0, 50000, (4, 3, 1), device="cuda", generator=gen)
+
+    def run(on: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(m, "CROSS_FROM_ENCODER", on)
+        model.decoder._graphed.clear()  # a fresh buffer set, so a graph of the other setting is not replayed
+        cache = model.new_kv_cache(features)
+        assert (cache.enc is not None) == on
+        out = [model.logits(prompt, cache)[:, -1]]
+        out += [model.logits(t, cache)[:, -1] for t in steps]
+        return [o.float() for o in out]
+
+    off, on = run(False), run(True)
+    for i, (a, b) in enumerate(zip(off, on)):
+        span = (a.max(dim=-1).values - a.min(dim=-1).values)[:, None]
+        assert ((a - b).abs() <= 1e-2 * span).all(), f"step {i}: {((a - b).abs() / span).max().item():.3g}"
+        top2 = a.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1]) > 2e-2 * span[:, 0]
+        assert torch.equal(a.argmax(-1)[clear], b.argmax(-1)[clear]), f"step {i}"

@@ -57,7 +57,7 @@ def split_width(c: int) -> tuple[int, int]:
 
 @triton.jit
 def _enc_attn_kernel(
-    qp_ptr, stride_qr,  # (R, H, C) float16 Q', head-major rows of C
+    qp_ptr, stride_qr, stride_qh,  # (R, H, C) float16 Q' (any row and head strides), last axis contiguous
     e_ptr, stride_ew, stride_es,  # (W, S, C) float16 encoder outputs, last axis contiguous
     win_ptr,  # (R,) int32: the window of each row
     part_u, part_ml,  # (R * NG * SPLITS, HG, C) float32 U; (R * NG * SPLITS, HG, 2) max, sum
@@ -72,7 +72,7 @@ def _enc_attn_kernel(
     hh = (pid % ng) * HG + tl.arange(0, HG)
     hok = (hh < H)[:, None]
     C: tl.constexpr = C1 + C2
-    q_rows = qp_ptr + r.to(tl.int64) * stride_qr + hh[:, None] * C  # [HG, 1]
+    q_rows = qp_ptr + r.to(tl.int64) * stride_qr + hh.to(tl.int64)[:, None] * stride_qh  # [HG, 1]
     e_rows = e_ptr + tl.load(win_ptr + r).to(tl.int64) * stride_ew
     c1 = tl.arange(0, C1)[None, :]
     q1 = tl.load(q_rows + c1, mask=hok, other=0.0)  # [HG, C1]; padded heads 0: finite scores, not stored
@@ -114,7 +114,7 @@ def _enc_attn_kernel(
 
 
 @triton.jit
-def _enc_attn_combine_kernel(part_u, part_ml, out_ptr, H, C,
+def _enc_attn_combine_kernel(part_u, part_ml, out_ptr, stride_or, stride_oh, H, C,
                              HG: tl.constexpr, SPLITS: tl.constexpr, SP2: tl.constexpr, BLOCK_C: tl.constexpr):
     """out[r, h, cols] = sum_s 2^(m_s - m) u_s / sum_s 2^(m_s - m) l_s over the splits, in split order."""
     rh = tl.program_id(0)  # row * H + head
@@ -131,7 +131,8 @@ def _enc_attn_combine_kernel(part_u, part_ml, out_ptr, H, C,
     ok = cc < C
     up = tl.load(part_u + part[:, None] * C + cc[None, :], mask=sok[:, None] & ok[None, :], other=0.0)
     u = tl.sum(up * wgt[:, None], axis=0) / tl.sum(lp * wgt, axis=0)
-    tl.store(out_ptr + rh.to(tl.int64) * C + cc, u.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(out_ptr + r.to(tl.int64) * stride_or + h.to(tl.int64) * stride_oh + cc, u.to(out_ptr.dtype.element_ty),
+             mask=ok)
 
 
 def keys_split_for(rows: int, n_head: int, s: int) -> int:
@@ -145,10 +146,11 @@ def enc_attention(qp: torch.Tensor, enc: torch.Tensor, windows: torch.Tensor, ou
                   keys_split: int | None = None) -> torch.Tensor:
     """U[r, h] = softmax_t(ln 2 * Q'[r, h] . E[w_r, t]) . E[w_r] for every row r and head h.
 
-    qp (R, H, C) float16: W_k,h^T q_h of each row, scaled by log2(e)/sqrt(D) (`query_product`).
+    qp (R, H, C) float16: W_k,h^T q_h of each row, scaled by log2(e)/sqrt(D) (`query_product`);
+    any row and head strides (a (H, R, C) tensor's transpose, say), the last axis contiguous.
     enc (W, S, C) float16: the encoder output of each window; windows (R,) int32: row r's window.
-    Returns (R, H, C) float32 (or into `out`, any float dtype). keys_split: keys a program, a
-    multiple of KEYS_STEP (None: keys_split_for)."""
+    Returns (R, H, C) float32, or writes `out` (R, H, C) of any float dtype and strides with a
+    contiguous last axis. keys_split: keys a program, a multiple of KEYS_STEP (None: keys_split_for)."""
     r, h, c = qp.shape
     _, s, ce = enc.shape
     if keys_split is None:
@@ -158,8 +160,8 @@ def enc_attention(qp: torch.Tensor, enc: torch.Tensor, windows: torch.Tensor, ou
                          f"{qp.dtype}, {tuple(enc.shape)} {enc.dtype}")
     if windows.shape != (r,) or windows.dtype != torch.int32:
         raise ValueError(f"windows must be ({r},) int32, got {tuple(windows.shape)} {windows.dtype}")
-    if qp.stride(2) != 1 or qp.stride(1) != c or enc.stride(2) != 1:
-        raise ValueError("Q' rows and E rows need a contiguous last axis (Q' contiguous per row)")
+    if qp.stride(2) != 1 or enc.stride(2) != 1 or (out is not None and (out.shape != qp.shape or out.stride(2) != 1)):
+        raise ValueError("Q', E and out need a contiguous last axis, and out Q''s shape")
     if keys_split % KEYS_STEP or keys_split <= 0:
         raise ValueError(f"keys_split must be a multiple of {KEYS_STEP}, got {keys_split}")
     c1, c2 = split_width(c)
@@ -167,28 +169,43 @@ def enc_attention(qp: torch.Tensor, enc: torch.Tensor, windows: torch.Tensor, ou
     ng, splits = triton.cdiv(h, hg), triton.cdiv(s, keys_split)
     part_u = torch.empty((r * ng * splits, hg, c), dtype=torch.float32, device=qp.device)
     part_ml = torch.empty((r * ng * splits, hg, 2), dtype=torch.float32, device=qp.device)
-    _enc_attn_kernel[(r * ng, splits)](qp, qp.stride(0), enc, enc.stride(0), enc.stride(1), windows, part_u, part_ml,
-                                       s, h, keys_split, C1=c1, C2=c2, HG=hg, BS=KEYS_STEP, num_warps=WARPS)
+    _enc_attn_kernel[(r * ng, splits)](qp, qp.stride(0), qp.stride(1), enc, enc.stride(0), enc.stride(1), windows,
+                                       part_u, part_ml, s, h, keys_split, C1=c1, C2=c2, HG=hg, BS=KEYS_STEP,
+                                       num_warps=WARPS)
     if out is None:
         out = torch.empty((r, h, c), dtype=torch.float32, device=qp.device)
     block_c = min(1024, triton.next_power_of_2(c))
-    _enc_attn_combine_kernel[(r * h, triton.cdiv(c, block_c))](part_u, part_ml, out, h, c, HG=hg, SPLITS=splits,
-                                                                 SP2=triton.next_power_of_2(splits), BLOCK_C=block_c)
+    _enc_attn_combine_kernel[(r * h, triton.cdiv(c, block_c))](part_u, part_ml, out, out.stride(0), out.stride(1), h, c,
+                                                                 HG=hg, SPLITS=splits, SP2=triton.next_power_of_2(splits),
+                                                                 BLOCK_C=block_c)
     return out
 
 
-def query_product(q: torch.Tensor, w_k: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Q'[r, h] = log2(e)/sqrt(D) * W_k,h^T q_h: q (R, C), w_k (C, C) the key projection's weight
-    (float). Float32 products, rounded to float16 for the kernel. (A grouped product of R x D by
-    D x C per head; the model would read W_k's blocks in a kernel of its own.)"""
+def key_scale(d: int) -> float:
+    """What Q' is multiplied by: the softmax's 1/sqrt(D), in log2 units (the kernel uses exp2)."""
+    return math.log2(math.e) / math.sqrt(d)
+
+
+def head_weights(w: torch.Tensor, n_head: int, scale: float = 1.0) -> torch.Tensor:
+    """(C, C) projection weight -> (H, D, C) float16, rows hD .. hD+D-1 of head h, times `scale`
+    (the key's log2(e)/sqrt(D), so that Q' comes scaled). Float32 multiply, one rounding."""
+    c = w.shape[0]
+    return (w.float() * scale).to(torch.float16).reshape(n_head, c // n_head, w.shape[1]).contiguous()
+
+
+def query_product(q: torch.Tensor, w_k: torch.Tensor) -> torch.Tensor:
+    """Q' (H, R, C) float16 = W_k,h^T q_h for every head: q (R, C) float16, w_k (H, D, C) from
+    head_weights (scaled). One batched GEMM over the heads; enc_attention takes its transpose.
+    (A stand-in: the model would read W_k's blocks in a kernel of its own.)"""
     r, c = q.shape
-    d = c // n_head
-    qp = torch.einsum("rhd,hdc->rhc", q.float().reshape(r, n_head, d), w_k.float().reshape(n_head, d, c))
-    return (qp * (math.log2(math.e) / math.sqrt(d))).to(torch.float16).contiguous()
+    h, d, _ = w_k.shape
+    return torch.bmm(q.reshape(r, h, d).transpose(0, 1), w_k)
 
 
 def value_product(u: torch.Tensor, w_v: torch.Tensor, b_v: torch.Tensor | None) -> torch.Tensor:
-    """o[r, hD + i] = W_v[hD + i] . U[r, h] + b_v: u (R, H, C), w_v (C, C) float. Float32."""
-    r, h, c = u.shape
-    o = torch.einsum("rhc,hdc->rhd", u.float(), w_v.float().reshape(h, c // h, c)).reshape(r, c)
-    return o if b_v is None else o + b_v.float()
+    """o (R, C) = W_v,h U_h (+ b_v) for every head: u (H, R, C) float16 (enc_attention's out,
+    transposed), w_v (H, D, C) from head_weights. One batched GEMM and one copy."""
+    h, r, c = u.shape
+    bias = None if b_v is None else b_v.to(u.dtype).reshape(h, 1, c // h)
+    o = torch.bmm(u, w_v.transpose(1, 2)) if bias is None else torch.baddbmm(bias, u, w_v.transpose(1, 2))
+    return o.transpose(0, 1).reshape(r, c)  # (H, R, D) -> (R, H * D)
