@@ -51,11 +51,13 @@ def _softmax_rows(s: np.ndarray) -> np.ndarray:
 
 
 @interp
+@pytest.mark.parametrize("hg", [16, 32])
 @pytest.mark.parametrize("n_head,d", [(3, 16), (20, 4)], ids=["3x16", "20x4"])
-def test_interp_enc_attention(n_head, d):
+def test_interp_enc_attention(n_head, d, hg, monkeypatch):
     """U against float64 softmax(ln 2 * Q' E^T) E of the same float16 inputs: rows 0..3 on windows
-    [1, 0, 1, 2], S = 50 keys in splits of 32 (16 + 2 in the last one... 50 = 32 + 18)."""
+    [1, 0, 1, 2], S = 50 keys in splits of 32 (the last one 18), 16 or 32 heads a program."""
     ea = _ea()
+    monkeypatch.setattr(ea, "HEAD_GROUP", hg)
     rng = np.random.default_rng(n_head)
     c, s, rows = n_head * d, 50, 4
     enc = torch.from_numpy(rng.standard_normal((3, s, c)).astype(np.float32)).half()
