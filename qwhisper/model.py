@@ -294,8 +294,19 @@ class MultiHeadAttention(nn.Module):
         b, t, c = p.shape
         if t != 1 or enc.shape[0] != b or enc.dtype not in (torch.float16, torch.bfloat16) or p.dtype != enc.dtype:
             return None
-        from .quants import triton_enc_attn
+        from .quants import triton_enc_attn, triton_ops
 
+        windows = _enc_windows.get((enc.device, b))
+        if windows is None:
+            windows = _enc_windows[(enc.device, b)] = torch.arange(b, dtype=torch.int32, device=enc.device)
+        if self.key.ggml_type in triton_ops._LAYOUT and self.value.ggml_type in triton_ops._LAYOUT:
+            # block weights: the two products read the blocks (the query partials summed there too)
+            q = p if isinstance(p, triton_ops.Partials) else p.reshape(b, c)
+            qp = triton_enc_attn.query_product_blocks(q, self.key.weight, self.key.ggml_type, self.n_head, enc.dtype)
+            u = torch.empty_like(qp)
+            triton_enc_attn.enc_attention(qp.transpose(0, 1), enc, windows, out=u.transpose(0, 1))
+            return triton_enc_attn.value_product_blocks(u, self.value.weight, self.value.ggml_type,
+                                                        self.value.bias).view(b, 1, c)
         got = self.__dict__.get("_enc_weights")
         if got is None or got[0] != (self.key.weight.data_ptr(), self.value.weight.data_ptr(), enc.device, enc.dtype):
             d = c // self.n_head
@@ -304,9 +315,6 @@ class MultiHeadAttention(nn.Module):
             wv = triton_enc_attn.head_weights(self.value.dequantized(torch.float32), self.n_head).to(enc.dtype)
             got = self.__dict__["_enc_weights"] = ((self.key.weight.data_ptr(), self.value.weight.data_ptr(),
                                                     enc.device, enc.dtype), wk, wv)
-        windows = _enc_windows.get((enc.device, b))
-        if windows is None:
-            windows = _enc_windows[(enc.device, b)] = torch.arange(b, dtype=torch.int32, device=enc.device)
         qp = triton_enc_attn.query_product(_tensor(p).reshape(b, c), got[1])  # (H, B, C)
         u = torch.empty_like(qp)
         triton_enc_attn.enc_attention(qp.transpose(0, 1), enc, windows, out=u.transpose(0, 1))
@@ -371,9 +379,9 @@ _attention_counters: dict = {}  # (device, size) -> int32 zeros the kernel leave
 # The one-token cross-attention of a step over 2+ windows from each window's encoder output E
 # instead of its cross K/V (quants/triton_enc_attn.py; docs/reports/performance.md 18.8): one pass
 # over E a layer instead of K and V. A prototype, off: its two grouped products (W_k,h^T q_h and
-# W_v,h U_h) run through cuBLAS on float16 copies of W_k and W_v made on first use (large-v3:
-# 210 MB), standing in for kernels on the blocks, and the K/V are still made (for the prompt
-# pass, word timestamps and the fallback), so it saves no memory yet.
+# W_v,h U_h) read the weights' blocks (float16 and float32 weights: cuBLAS on float16 copies made
+# on first use), and the K/V are still made (for the prompt pass, word timestamps and the
+# fallback), so it saves no memory yet.
 CROSS_FROM_ENCODER = False
 _enc_windows: dict = {}  # (device, rows) -> arange(rows) int32: row r reads window r's E
 

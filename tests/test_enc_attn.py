@@ -160,3 +160,47 @@ def test_step_from_encoder_output_on_cuda(shared_q5_1, monkeypatch, graphs):
         top2 = a.topk(2, dim=-1).values
         clear = (top2[:, 0] - top2[:, 1]) > 2e-2 * span[:, 0]
         assert torch.equal(a.argmax(-1)[clear], b.argmax(-1)[clear]), f"step {i}"
+
+
+BLOCK_TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0"]
+
+
+@interp
+@pytest.mark.parametrize("type_name", BLOCK_TYPES)
+def test_interp_products_on_blocks(type_name):
+    """query_product_blocks and value_product_blocks against float64 products of the golden's
+    dequantized weights rounded to float16 (as the kernels round them): q given as a tensor and as
+    the query product's split-K Partials (summed in the kernel as Partials.tensor() sums them)."""
+    from qwhisper.quants import GGMLType, quantize, ref, triton_ops
+
+    ea = _ea()
+    ggml_type = GGMLType[type_name]
+    rng = np.random.default_rng(int(ggml_type))
+    n_head, d, rows = 4, 64, 5  # C 256: 4 splits of the query product; 5 rows in a 16-row tile
+    c = n_head * d
+    raws, ws = [], []
+    for _ in range(3):
+        w = (rng.standard_normal((c, c)) / np.sqrt(c)).astype(np.float32)
+        raw = np.ascontiguousarray(quantize(w, ggml_type)).reshape(-1)
+        raws.append(torch.from_numpy(raw.copy()))
+        ws.append(ref.dequantize(raw, ggml_type, (c, c)).astype(np.float16).astype(np.float64))
+    w_q, w_k, w_v = ws
+    x = torch.from_numpy(rng.standard_normal((rows, c)).astype(np.float32)).half()
+    b_q, b_v = (torch.from_numpy(rng.standard_normal(c).astype(np.float32)) for _ in range(2))
+    parts = triton_ops.splitk_linear(x, raws[0], ggml_type, (c, c), b_q)
+    assert parts.parts.shape[0] == 4
+    q = parts.tensor()  # (rows, C) float16
+    want_qp = np.stack([ea.key_scale(d) * q.double().numpy()[:, h * d:(h + 1) * d] @ w_k[h * d:(h + 1) * d]
+                        for h in range(n_head)])  # (H, rows, C)
+    for given in (q, parts):
+        qp = ea.query_product_blocks(given, raws[1], ggml_type, n_head, torch.float16)
+        assert qp.shape == (n_head, rows, c) and qp.dtype == torch.float16
+        err = np.abs(qp.double().numpy() - want_qp)
+        assert (err <= 2.0**-10 * np.abs(want_qp) + 1e-3).all(), f"{type_name} Q': {err.max():.3g}"
+    u = torch.from_numpy(rng.standard_normal((n_head, rows, c)).astype(np.float32)).half()
+    o = ea.value_product_blocks(u, raws[2], ggml_type, b_v)
+    want = np.concatenate([u.double().numpy()[h] @ w_v[h * d:(h + 1) * d].T for h in range(n_head)], axis=1)
+    want += b_v.double().numpy()
+    scale = np.concatenate([np.abs(u.double().numpy()[h]) @ np.abs(w_v[h * d:(h + 1) * d]).T for h in range(n_head)], axis=1)
+    err = np.abs(o.double().numpy() - want)
+    assert o.shape == (rows, c) and (err <= 2.0**-9 * (scale + np.abs(want)) + 1e-3).all(), f"{type_name} o: {err.max():.3g}"

@@ -35,7 +35,8 @@ import torch
 import triton
 import triton.language as tl
 
-from qwhisper.quants import triton_ops  # noqa: F401  (the interpreter's fix for run-time loop bounds)
+from qwhisper.quants import triton_ops  # (also: the interpreter's fix for run-time loop bounds)
+from qwhisper.quants.triton_ops import _dequant_tile
 
 # Heads a program (the tensor-core M side; Whisper's 6..20 heads padded). Offline sm_90 compiles of
 # large-v3's tile (C 1024 + 256, 16 keys a step, 8 warps, 3 stages): 16 heads 163 registers and
@@ -201,9 +202,8 @@ def query_product(q: torch.Tensor, w_k: torch.Tensor) -> torch.Tensor:
     """Q' (H, R, C) float16 = W_k,h^T q_h for every head: q (R, C) float16, w_k (H, D, C) from
     head_weights (scaled). One batched GEMM over the heads; enc_attention takes its transpose.
     (A stand-in: the model would read W_k's blocks in a kernel of its own.)"""
-    r, c = q.shape
     h, d, _ = w_k.shape
-    return torch.bmm(q.reshape(r, h, d).transpose(0, 1), w_k)
+    return torch.bmm(q.reshape(q.shape[0], h, d).transpose(0, 1), w_k)
 
 
 def value_product(u: torch.Tensor, w_v: torch.Tensor, b_v: torch.Tensor | None) -> torch.Tensor:
@@ -213,3 +213,129 @@ def value_product(u: torch.Tensor, w_v: torch.Tensor, b_v: torch.Tensor | None) 
     bias = None if b_v is None else b_v.to(u.dtype).reshape(h, 1, c // h)
     o = torch.bmm(u, w_v.transpose(1, 2)) if bias is None else torch.baddbmm(bias, u, w_v.transpose(1, 2))
     return o.transpose(0, 1).reshape(r, c)  # (H, R, D) -> (R, H * D)
+
+
+# ------------------------------------------------------------------------------------------
+# The two grouped products on the weights' blocks (instead of float16 copies and cuBLAS)
+# ------------------------------------------------------------------------------------------
+
+PRODUCT_COLS = 256  # Q' columns a program (8 blocks of each of the head's D rows of W_k)
+PRODUCT_STEP = 256  # C a step of the W_v product
+
+
+@triton.jit
+def _q_rows(q_ptr, stride_qm, q_bias, rows, h, M, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
+            HAS_BIAS: tl.constexpr, D: tl.constexpr, C: tl.constexpr, dt: tl.constexpr):
+    """q[r, hD .. hD+D-1] for rows `rows` [RB, 1] (past M: row M-1) as [RB, D] of dt: SPLIT > 0, the
+    query product's split-K partials (split, BLOCK_M, C) summed in split order + bias and rounded as
+    Partials.tensor() rounds them; SPLIT 0, a (M, C) tensor's rows."""
+    dd = h * D + tl.arange(0, D)[None, :]
+    rr = tl.minimum(rows, M - 1).to(tl.int64)
+    if SPLIT > 0:
+        y = tl.load(q_ptr + rr * C + dd)
+        for s in tl.static_range(1, SPLIT):
+            y += tl.load(q_ptr + (s * BLOCK_M + rr) * C + dd)
+        if HAS_BIAS:
+            y += tl.load(q_bias + dd).to(tl.float32)
+        return y.to(dt)
+    else:
+        return tl.load(q_ptr + rr * stride_qm + dd).to(dt)
+
+
+@triton.jit
+def _query_product_kernel(
+    q_ptr, stride_qm, q_bias,  # (M, C) q, or (SPLIT > 0) its split-K partials (SPLIT, BLOCK_M, C) + bias
+    w8, w16, qp_ptr,  # W_k's raw (C, C) blocks; Q' out (H, M, C) float16
+    M, scale, magic,
+    TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr, BITS: tl.constexpr,
+    ZERO: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, HAS_BIAS: tl.constexpr,
+    D: tl.constexpr, C: tl.constexpr, RB: tl.constexpr, NB: tl.constexpr,
+):
+    """Q'[h, r, cols] = scale * q_h[r] . W_k[hD .. hD+D-1, cols]: program (head, NB*32 columns)."""
+    h = tl.program_id(0)
+    cb = tl.program_id(1)
+    rows = tl.arange(0, RB)[:, None]
+    dt = qp_ptr.dtype.element_ty
+    q = _q_rows(q_ptr, stride_qm, q_bias, rows, h, M, SPLIT, BLOCK_M, HAS_BIAS, D, C, dt)  # [RB, D]
+    wr = (h * D + tl.arange(0, D)).to(tl.int64)[:, None, None] * (C // 32 * TS)  # [D, 1, 1] row bytes
+    base = wr + (cb * NB + tl.arange(0, NB))[None, :, None] * TS  # [D, NB, 1]
+    w = _dequant_tile(w8, w16, base, base >= 0, magic, dt, M_B, QH_B, QS_B, BITS, ZERO, D, NB, True)  # [D, NB*32]
+    y = tl.dot(q, w) * scale  # [RB, NB*32] float32
+    cols = cb * NB * 32 + tl.arange(0, NB * 32)[None, :]
+    tl.store(qp_ptr + (h * M + rows).to(tl.int64) * C + cols, y.to(dt), mask=rows < M)
+
+
+@triton.jit
+def _value_product_kernel(
+    u_ptr,  # (H, M, C) U, float16
+    w8, w16, bias_ptr, out_ptr,  # W_v's raw (C, C) blocks; b_v (C,); o out (M, C)
+    M, magic,
+    TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr, BITS: tl.constexpr,
+    ZERO: tl.constexpr, HAS_BIAS: tl.constexpr, D: tl.constexpr, C: tl.constexpr, RB: tl.constexpr,
+    NR: tl.constexpr, NB: tl.constexpr,
+):
+    """o[r, hD + j] = W_v[hD + j] . U[h, r] (+ b_v) for NR of the head's rows j: program (head, NR rows)."""
+    h = tl.program_id(0)
+    j0 = tl.program_id(1) * NR
+    rows = tl.arange(0, RB)[:, None]
+    rr = tl.minimum(rows, M - 1).to(tl.int64)
+    dt = u_ptr.dtype.element_ty
+    wr = (h * D + j0 + tl.arange(0, NR)).to(tl.int64)[:, None, None] * (C // 32 * TS)  # [NR, 1, 1]
+    acc = tl.zeros([RB, NR], dtype=tl.float32)
+    for c0 in tl.static_range(0, C, NB * 32):
+        u = tl.load(u_ptr + (h * M + rr) * C + c0 + tl.arange(0, NB * 32)[None, :])  # [RB, NB*32]
+        base = wr + (c0 // 32 + tl.arange(0, NB))[None, :, None] * TS
+        w = _dequant_tile(w8, w16, base, base >= 0, magic, dt, M_B, QH_B, QS_B, BITS, ZERO, NR, NB, True)
+        acc = tl.dot(u, tl.trans(w), acc)  # [RB, NR]
+    cols = h * D + j0 + tl.arange(0, NR)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + cols).to(tl.float32)
+    tl.store(out_ptr + rows.to(tl.int64) * C + cols, acc.to(out_ptr.dtype.element_ty), mask=rows < M)
+
+
+def _block_layout(raw: torch.Tensor, ggml_type, c: int):
+    w8, w16 = triton_ops._checked_bytes(raw, ggml_type, (c, c))
+    return w8, w16, triton_ops._LAYOUT[ggml_type]
+
+
+def query_product_blocks(q, w_k_raw: torch.Tensor, ggml_type, n_head: int, dtype: torch.dtype) -> torch.Tensor:
+    """Q' (H, M, C) of `dtype` = key_scale(D) * W_k,h^T q_h from W_k's raw blocks (C, C): q a (M, C)
+    tensor or the query product's triton_ops.Partials (summed here, as Partials.tensor() would).
+    Columns a program: the largest power of 2 <= PRODUCT_COLS that divides C."""
+    parts = q if isinstance(q, triton_ops.Partials) else None
+    m, c = (parts.rows, parts.shape[-1]) if parts is not None else q.shape
+    d = c // n_head
+    w8, w16, (ts, m_b, qh_b, qs_b, bits, zero) = _block_layout(w_k_raw, ggml_type, c)
+    cols = PRODUCT_COLS
+    while c % cols:
+        cols //= 2
+    qp = torch.empty((n_head, m, c), dtype=dtype, device=w_k_raw.device)
+    src = parts.parts if parts is not None else q
+    bias = parts.bias if parts is not None and parts.bias is not None else src
+    _query_product_kernel[(n_head, c // cols)](
+        src, 0 if parts is not None else q.stride(0), bias, w8, w16, qp, m, key_scale(d), triton_ops._MAGIC_BITS,
+        TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
+        SPLIT=parts.parts.shape[0] if parts is not None else 0, BLOCK_M=parts.parts.shape[1] if parts is not None else 1,
+        HAS_BIAS=parts is not None and parts.bias is not None, D=d, C=c, RB=max(16, triton.next_power_of_2(m)),
+        NB=cols // 32, num_warps=4)
+    return qp
+
+
+def value_product_blocks(u: torch.Tensor, w_v_raw: torch.Tensor, ggml_type, b_v: torch.Tensor | None,
+                         out: torch.Tensor | None = None) -> torch.Tensor:
+    """o (M, C) = W_v,h U_h + b_v from W_v's raw blocks: u (H, M, C) 16-bit (enc_attention's out,
+    transposed), contiguous. Into `out` (M, C) if given, else a new tensor of u's dtype."""
+    h, m, c = u.shape
+    d = c // h
+    w8, w16, (ts, m_b, qh_b, qs_b, bits, zero) = _block_layout(w_v_raw, ggml_type, c)
+    step = PRODUCT_STEP
+    while c % step:
+        step //= 2
+    if out is None:
+        out = torch.empty((m, c), dtype=u.dtype, device=u.device)
+    nr = 16
+    _value_product_kernel[(h, d // nr)](
+        u.contiguous(), w8, w16, b_v if b_v is not None else u, out, m, triton_ops._MAGIC_BITS,
+        TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero, HAS_BIAS=b_v is not None, D=d, C=c,
+        RB=max(16, triton.next_power_of_2(m)), NR=nr, NB=step // 32, num_warps=4)
+    return out
