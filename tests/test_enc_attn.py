@@ -184,7 +184,7 @@ def test_interp_products_on_blocks(type_name):
         raw = np.ascontiguousarray(quantize(w, ggml_type)).reshape(-1)
         raws.append(torch.from_numpy(raw.copy()))
         ws.append(ref.dequantize(raw, ggml_type, (c, c)).astype(np.float16).astype(np.float64))
-    _, w_k, w_v = ws  # (the query weight is checked through the partials it gives)
+    _, w_k, w_v = ws  # (the query weight only makes the partials of q)
     x = torch.from_numpy(rng.standard_normal((rows, c)).astype(np.float32)).half()
     b_q, b_v = (torch.from_numpy(rng.standard_normal(c).astype(np.float32)) for _ in range(2))
     parts = triton_ops.splitk_linear(x, raws[0], ggml_type, (c, c), b_q)
