@@ -221,7 +221,7 @@ class MultiHeadAttention(nn.Module):
                 # one query a window: the query product's split-K partials go to the kernel (which
                 # declines other shapes; the partials are then summed as query(x) would sum them)
                 p = self.query.forward_parts(x)
-                o = self._cross_from_encoder(p, kv[2]) if len(kv) > 2 else None
+                o = _cross_from_encoder_ran(self, p, kv[2]) if len(kv) > 2 else None
                 if o is None:
                     o = _cross_attention(p, k, v, self.n_head)
                 if o is not None:
@@ -425,6 +425,23 @@ def _cross_attention(q: Tensor | Partials, k: Tensor, v: Tensor, n_head: int) ->
         CROSS_ATTENTION_TRITON = False
         return None
     return out.view(b, 1, c)
+
+
+def _cross_from_encoder_ran(attn: MultiHeadAttention, p: Tensor | Partials, enc: Tensor) -> Tensor | None:
+    """attn._cross_from_encoder(p, enc); None, with a warning and CROSS_FROM_ENCODER turned off,
+    where its kernels failed to compile or run (the caller then uses the K/V). Out of memory is raised."""
+    global CROSS_FROM_ENCODER
+    if not CROSS_FROM_ENCODER:
+        return None
+    try:
+        return attn._cross_from_encoder(p, enc)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except (ImportError, RuntimeError, triton_errors()) as e:
+        warnings.warn(f"cross-attention from the encoder output failed ({type(e).__name__}: {str(e)[:300]}); "
+                      "using the cross K/V")
+        CROSS_FROM_ENCODER = False
+        return None
 
 
 def _attention_ran(triton_decoder, what: str, **args) -> bool:

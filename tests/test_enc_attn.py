@@ -204,3 +204,22 @@ def test_interp_products_on_blocks(type_name):
     scale = np.concatenate([np.abs(u.double().numpy()[h]) @ np.abs(w_v[h * d:(h + 1) * d]).T for h in range(n_head)], axis=1)
     err = np.abs(o.double().numpy() - want)
     assert o.shape == (rows, c) and (err <= 2.0**-9 * (scale + np.abs(want)) + 1e-3).all(), f"{type_name} o: {err.max():.3g}"
+
+
+def test_cross_from_encoder_failure_falls_back_to_kv(monkeypatch):
+    """A kernel failure (here a RuntimeError) warns, turns model.CROSS_FROM_ENCODER off and gives
+    None, so the step uses the K/V; with the switch off nothing is tried."""
+    from qwhisper import model as m
+
+    class Failing:
+        calls = 0
+
+        def _cross_from_encoder(self, p, enc):
+            Failing.calls += 1
+            raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr(m, "CROSS_FROM_ENCODER", True)
+    with pytest.warns(UserWarning, match="using the cross K/V"):
+        assert m._cross_from_encoder_ran(Failing(), None, None) is None
+    assert m.CROSS_FROM_ENCODER is False and Failing.calls == 1
+    assert m._cross_from_encoder_ran(Failing(), None, None) is None and Failing.calls == 1
