@@ -1,8 +1,9 @@
 """Cross-attention of a batched step read from the encoder output instead of the cross K/V.
 
-A prototype (performance.md 18.7), not wired into the model yet: `benchmarks/bench_enc_attn.py`
-sets it beside today's cross-attention (`triton_decoder.attention` over K and V) at the batched
-step's shapes, and tests/test_enc_attn.py checks its arithmetic under the interpreter.
+A prototype (performance.md 18.7-18.8), not yet run on a GPU: the model takes it behind
+`model.CROSS_FROM_ENCODER` (off); `benchmarks/bench_enc_attn.py` sets it beside today's
+cross-attention (`triton_decoder.attention` over K and V) at the batched step's shapes, and
+tests/test_enc_attn.py checks its arithmetic under the interpreter and on the GPU.
 
 Why: a window's cross keys and values are both projections of its encoder output E (S x C),
 K = E W_k^T + b_k and V = E W_v^T + b_v, and with D-wide heads (rows hD .. hD+D-1 of W_k, W_v):
@@ -25,6 +26,9 @@ scores = Q' . E_t^T, online softmax in log2 units (Q' comes scaled by log2(e)/sq
 alpha + P . E_t (P rounded to float16, as flash attention does). C = C1 + C2 with both powers of 2
 (384 = 256 + 128, 1280 = 1024 + 256, ...): no masked columns. The splits' (U, max, sum) are
 combined in split order by `_enc_attn_combine_kernel`, so the result is the same bits every time.
+The two products read the weights' blocks (`query_product_blocks`, which also sums the query
+product's split-K partials, and `value_product_blocks`); `query_product` / `value_product` do
+the same through cuBLAS on float16 copies (the model's way for float16 weights, and the tests').
 """
 
 from __future__ import annotations
