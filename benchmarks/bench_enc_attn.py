@@ -41,9 +41,7 @@ def rewrite(q: torch.Tensor, enc: torch.Tensor, windows: torch.Tensor, w_k: torc
     """The cross-attention output (R, C) float16 through Q', enc_attention and W_v U + b_v, the two
     products on the raw blocks w_k, w_v, as model.CROSS_FROM_ENCODER runs it."""
     qp = triton_enc_attn.query_product_blocks(q, w_k, ggml_type, n_head, torch.float16)  # (H, R, C)
-    u = torch.empty_like(qp)
-    triton_enc_attn.enc_attention(qp.transpose(0, 1), enc, windows, out=u.transpose(0, 1), keys_split=keys_split)
-    return triton_enc_attn.value_product_blocks(u, w_v, ggml_type, b_v)
+    return triton_enc_attn.value_product_blocks(triton_enc_attn.attend(qp, enc, windows, keys_split), w_v, ggml_type, b_v)
 
 
 def rel_diff(rows: int, c: int, n_head: int, s: int, ggml_type: GGMLType, gen: torch.Generator) -> float:

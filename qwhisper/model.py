@@ -299,26 +299,28 @@ class MultiHeadAttention(nn.Module):
         windows = _enc_windows.get((enc.device, b))
         if windows is None:
             windows = _enc_windows[(enc.device, b)] = torch.arange(b, dtype=torch.int32, device=enc.device)
-        if self.key.ggml_type in triton_ops._LAYOUT and self.value.ggml_type in triton_ops._LAYOUT:
-            # block weights: the two products read the blocks (the query partials summed there too)
+        # block weights: the two products read the blocks (the query partials summed there too);
+        # float16 weights: cuBLAS on per-head copies made on first use
+        blocks = self.key.ggml_type in triton_ops._LAYOUT and self.value.ggml_type in triton_ops._LAYOUT
+        if blocks:
             q = p if isinstance(p, triton_ops.Partials) else p.reshape(b, c)
             qp = triton_enc_attn.query_product_blocks(q, self.key.weight, self.key.ggml_type, self.n_head, enc.dtype)
-            u = torch.empty_like(qp)
-            triton_enc_attn.enc_attention(qp.transpose(0, 1), enc, windows, out=u.transpose(0, 1))
-            return triton_enc_attn.value_product_blocks(u, self.value.weight, self.value.ggml_type,
-                                                        self.value.bias).view(b, 1, c)
-        got = self.__dict__.get("_enc_weights")
-        if got is None or got[0] != (self.key.weight.data_ptr(), self.value.weight.data_ptr(), enc.device, enc.dtype):
-            d = c // self.n_head
-            wk = triton_enc_attn.head_weights(self.key.dequantized(torch.float32), self.n_head,
-                                              triton_enc_attn.key_scale(d)).to(enc.dtype)
-            wv = triton_enc_attn.head_weights(self.value.dequantized(torch.float32), self.n_head).to(enc.dtype)
-            got = self.__dict__["_enc_weights"] = ((self.key.weight.data_ptr(), self.value.weight.data_ptr(),
-                                                    enc.device, enc.dtype), wk, wv)
-        qp = triton_enc_attn.query_product(_tensor(p).reshape(b, c), got[1])  # (H, B, C)
-        u = torch.empty_like(qp)
-        triton_enc_attn.enc_attention(qp.transpose(0, 1), enc, windows, out=u.transpose(0, 1))
-        return triton_enc_attn.value_product(u, got[2], self.value.bias).view(b, 1, c)
+        else:
+            got = self.__dict__.get("_enc_weights")
+            if got is None or got[0] != (self.key.weight.data_ptr(), self.value.weight.data_ptr(), enc.device, enc.dtype):
+                d = c // self.n_head
+                wk = triton_enc_attn.head_weights(self.key.dequantized(torch.float32), self.n_head,
+                                                  triton_enc_attn.key_scale(d)).to(enc.dtype)
+                wv = triton_enc_attn.head_weights(self.value.dequantized(torch.float32), self.n_head).to(enc.dtype)
+                got = self.__dict__["_enc_weights"] = ((self.key.weight.data_ptr(), self.value.weight.data_ptr(),
+                                                        enc.device, enc.dtype), wk, wv)
+            qp = triton_enc_attn.query_product(_tensor(p).reshape(b, c), got[1])
+        u = triton_enc_attn.attend(qp, enc, windows)  # (H, B, C)
+        if blocks:
+            o = triton_enc_attn.value_product_blocks(u, self.value.weight, self.value.ggml_type, self.value.bias)
+        else:
+            o = triton_enc_attn.value_product(u, got[2], self.value.bias)
+        return o.view(b, 1, c)
 
     def kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys and values of audio features xa (B, S, C): each (B, S, C)."""
@@ -867,6 +869,7 @@ class TextDecoder(nn.Module):
         On CUDA (cuda_graphs on, B * n_group <= GRAPH_MAX_ROWS) the buffers are the model's
         persistent ones for this shape, so that one-token steps can replay a CUDA graph."""
         b, _, c = xa.shape
+        keep_enc = CROSS_FROM_ENCODER and xa.is_cuda and n_group == 1 and b >= 2
         if xa.is_cuda and self.cuda_graphs and b * n_group <= GRAPH_MAX_ROWS:
             sets = self._graphed.setdefault((b, n_group, xa.dtype, xa.device), [])
             st = next((s for s in sets if not s.in_use()), None)
@@ -879,7 +882,7 @@ class TextDecoder(nn.Module):
                 sets.append(st)
             if st is not None:  # one layer's K/V at a time: copied in, then freed (not B x 2 x layers of them)
                 cache = st.take((block.cross_attn.kv(xa) for block in self.blocks), n_group)
-                if CROSS_FROM_ENCODER and n_group == 1 and b >= 2:  # the graph holds the buffer's address
+                if keep_enc:  # into the set's own buffer: the graph holds its address
                     if st.enc is None:
                         st.enc = torch.empty_like(xa)
                     cache.enc = st.enc.copy_(xa)
@@ -888,7 +891,7 @@ class TextDecoder(nn.Module):
         self_v = [xa.new_zeros(b * n_group, self.n_ctx, c) for _ in self.blocks]
         cross = [block.cross_attn.kv(xa) for block in self.blocks]
         cache = KVCache(self_k, self_v, [k for k, _ in cross], [v for _, v in cross], n_group)
-        if CROSS_FROM_ENCODER and xa.is_cuda and n_group == 1 and b >= 2:
+        if keep_enc:
             cache.enc = xa
         return cache
 

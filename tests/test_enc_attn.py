@@ -96,9 +96,7 @@ def test_interp_rewrite_equals_kv_attention():
     wk = ea.head_weights(torch.from_numpy(w_k), n_head, ea.key_scale(d))
     wv = ea.head_weights(torch.from_numpy(w_v), n_head)
     qp = ea.query_product(torch.from_numpy(q).half(), wk)  # (H, R, C)
-    u = torch.empty(n_head, rows, c, dtype=torch.float16)
-    ea.enc_attention(qp.transpose(0, 1), enc, windows, out=u.transpose(0, 1), keys_split=16)
-    o = ea.value_product(u, wv, torch.from_numpy(b_v)).double().numpy()
+    o = ea.value_product(ea.attend(qp, enc, windows, keys_split=16), wv, torch.from_numpy(b_v)).double().numpy()
     e64 = enc.double().numpy()
     for r in range(rows):
         k = e64[windows[r]] @ w_k.T.astype(np.float64) + b_k

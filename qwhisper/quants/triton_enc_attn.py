@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from qwhisper.quants import triton_ops  # (also: the interpreter's fix for run-time loop bounds)
-from qwhisper.quants.triton_ops import _dequant_tile
+from qwhisper.quants.triton_ops import _dequant_tile, _partials_at
 
 # Heads a program (the tensor-core M side; Whisper's 6..20 heads padded). Offline sm_90 compiles of
 # large-v3's tile (C 1024 + 256, 16 keys a step, 8 warps, 3 stages): 16 heads 163 registers and
@@ -190,6 +190,14 @@ def enc_attention(qp: torch.Tensor, enc: torch.Tensor, windows: torch.Tensor, ou
     return out
 
 
+def attend(qp: torch.Tensor, enc: torch.Tensor, windows: torch.Tensor, keys_split: int | None = None) -> torch.Tensor:
+    """U (H, R, C) of Q''s dtype from Q' (H, R, C), heads first as query_product(_blocks) give it
+    and value_product(_blocks) take it: enc_attention on the transposed views."""
+    u = torch.empty_like(qp)
+    enc_attention(qp.transpose(0, 1), enc, windows, out=u.transpose(0, 1), keys_split=keys_split)
+    return u
+
+
 def key_scale(d: int) -> float:
     """What Q' is multiplied by: the softmax's 1/sqrt(D), in log2 units (the kernel uses exp2)."""
     return math.log2(math.e) / math.sqrt(d)
@@ -204,8 +212,8 @@ def head_weights(w: torch.Tensor, n_head: int, scale: float = 1.0) -> torch.Tens
 
 def query_product(q: torch.Tensor, w_k: torch.Tensor) -> torch.Tensor:
     """Q' (H, R, C) float16 = W_k,h^T q_h for every head: q (R, C) float16, w_k (H, D, C) from
-    head_weights (scaled). One batched GEMM over the heads; enc_attention takes its transpose.
-    (A stand-in: the model would read W_k's blocks in a kernel of its own.)"""
+    head_weights (scaled). One batched GEMM over the heads (the model's way for float16 weights;
+    block weights: query_product_blocks)."""
     h, d, _ = w_k.shape
     return torch.bmm(q.reshape(q.shape[0], h, d).transpose(0, 1), w_k)
 
@@ -236,12 +244,7 @@ def _q_rows(q_ptr, stride_qm, q_bias, rows, h, M, SPLIT: tl.constexpr, BLOCK_M: 
     dd = h * D + tl.arange(0, D)[None, :]
     rr = tl.minimum(rows, M - 1).to(tl.int64)
     if SPLIT > 0:
-        y = tl.load(q_ptr + rr * C + dd)
-        for s in tl.static_range(1, SPLIT):
-            y += tl.load(q_ptr + (s * BLOCK_M + rr) * C + dd)
-        if HAS_BIAS:
-            y += tl.load(q_bias + dd).to(tl.float32)
-        return y.to(dt)
+        return _partials_at(q_ptr, q_bias, rr, dd, dd >= 0, C, SPLIT, BLOCK_M, HAS_BIAS, dt).to(dt)
     else:
         return tl.load(q_ptr + rr * stride_qm + dd).to(dt)
 
