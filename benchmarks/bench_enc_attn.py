@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="large-v3")
     ap.add_argument("--rows", default="1,8,25")
     ap.add_argument("--type", default="q5_0", help="block type of W_k and W_v (the two products)")
-    ap.add_argument("--keys", default="0,144,208,304,400,752", help="keys a program to try (0: the module's rule)")
+    ap.add_argument("--keys", default="0,160,320,480,768", help="keys a program to try, multiples of KEYS_STEP (0: the module's rule)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench_enc_attn: needs a CUDA GPU", file=sys.stderr)

@@ -52,7 +52,7 @@ def _softmax_rows(s: np.ndarray) -> np.ndarray:
 
 @interp
 @pytest.mark.parametrize("hg", [16, 32])
-@pytest.mark.parametrize("n_head,d", [(3, 16), (20, 4)], ids=["3x16", "20x4"])
+@pytest.mark.parametrize("n_head,d", [(3, 16), (20, 4), (6, 64)], ids=["3x16", "20x4", "6x64"])
 def test_interp_enc_attention(n_head, d, hg, monkeypatch):
     """U against float64 softmax(ln 2 * Q' E^T) E of the same float16 inputs: rows 0..3 on windows
     [1, 0, 1, 2], S = 50 keys in splits of 32 (the last one 18), 16 or 32 heads a program."""
@@ -96,7 +96,7 @@ def test_interp_rewrite_equals_kv_attention():
     wk = ea.head_weights(torch.from_numpy(w_k), n_head, ea.key_scale(d))
     wv = ea.head_weights(torch.from_numpy(w_v), n_head)
     qp = ea.query_product(torch.from_numpy(q).half(), wk)  # (H, R, C)
-    o = ea.value_product(ea.attend(qp, enc, windows, keys_split=16), wv, torch.from_numpy(b_v)).double().numpy()
+    o = ea.value_product(ea.attend(qp, enc, windows, keys_split=32), wv, torch.from_numpy(b_v)).double().numpy()
     e64 = enc.double().numpy()
     for r in range(rows):
         k = e64[windows[r]] @ w_k.T.astype(np.float64) + b_k

@@ -20,11 +20,13 @@ batched run, at ~90 % of copy bandwidth), and 25 x 3.8 MB of E in VRAM instead o
 The one-row step keeps K and V: it would pay two more dependent kernels a layer to save bytes
 that its cross-attention already loads before its PDL wait.
 
-The kernel: programs (row, group of HG heads) x key split. Each holds its heads' Q' [HG, C] and
-U [HG, C] (float32), and for every BS keys loads E's rows once for both products on tensor cores:
-scores = Q' . E_t^T, online softmax in log2 units (Q' comes scaled by log2(e)/sqrt(D)), U = U *
-alpha + P . E_t (P rounded to float16, as flash attention does). C = C1 + C2 with both powers of 2
-(384 = 256 + 128, 1280 = 1024 + 256, ...): no masked columns. The splits' (U, max, sum) are
+The kernel: programs (row, group of HG heads) x key split. Each holds its heads' Q'^T [C, HG] and
+U^T [C, HG] (float32) cut into NCH column chunks on a batch axis (a warp each), and for every BS
+keys loads E's rows once for both products on tensor cores: each chunk's share of the scores^T
+E_t,chunk . Q'^T_chunk, summed over the chunks, online softmax in log2 units (Q' comes scaled by
+log2(e)/sqrt(D)), U^T_chunk = U^T_chunk * alpha + E_t,chunk^T . P^T (P rounded to float16, as
+flash attention does). C = C1 + C2 with both powers of 2 (384 = 256 + 128, 1280 = 1024 + 256, ...):
+no masked columns. The splits' (U, max, sum) are
 combined in split order by `_enc_attn_combine_kernel`, so the result is the same bits every time.
 The two products read the weights' blocks (`query_product_blocks`, which also sums the query
 product's split-K partials, and `value_product_blocks`); `query_product` / `value_product` do
@@ -42,17 +44,18 @@ import triton.language as tl
 from qwhisper.quants import triton_ops  # (also: the interpreter's fix for run-time loop bounds)
 from qwhisper.quants.triton_ops import _dequant_tile, _partials_at
 
-# Heads a program (the tensor-core M side; Whisper's 6..20 heads padded). Offline sm_90 compiles of
-# large-v3's tile (C 1024 + 256, 16 keys a step, 8 warps, 3 stages): 16 heads 163 registers and
-# 123 KB of shared memory; 32 heads (all 20 in one program, so E is read once a row) 253 registers
-# and 165 KB, no spills; 32 heads on 16 warps spills (24 bytes of stack).
+# Heads a program (the tensor-core N side; Whisper's 6..20 heads padded). The first form (heads on
+# M, keys on N, 16 keys a step) measured 100-130 us a layer at 25 rows on an H100 (call s18a):
+# its [16, C] Q' operand was read from shared memory by all 8 warps every step. Now C is cut into
+# NCH chunks on a 3-d dot's batch axis, a warp each. Offline sm_90 compiles of large-v3's tile
+# (C 1024 + 256, 8 chunks, 8 warps): 16 heads x 32 keys 252 registers, no spills, 120 KB of
+# shared memory; 32 heads x 16 keys spills 184 bytes; 16 warps spill in every form tried.
 HEAD_GROUP = 16
-KEYS_STEP = 16  # keys a loop step (E rows loaded once for the scores and for P . E)
-# Programs to aim at (keys_split=None): large-v3's tile needs 164 registers on 8 warps and Triton
-# stages three E steps in 123 KB of shared memory (offline sm_90 compile), so one program an SM:
-# two waves of an H100's 132 SMs. 25 rows x 2 head groups -> 5 splits of 304 keys, 250 programs.
+KEYS_STEP = 32  # keys a loop step (E rows loaded once for the scores and for P . E)
+# Programs to aim at (keys_split=None): 252 registers a thread on 8 warps, so one program an SM:
+# two waves of an H100's 132 SMs. 25 rows x 2 head groups -> 5 splits of 320 keys, 250 programs.
 TARGET_PROGRAMS = 264
-WARPS = 8  # 4 warps: 255 registers a thread (offline sm_90 compile), no spills either
+WARPS = 8  # and up to 8 chunks of C (chunks_for)
 
 
 def split_width(c: int) -> tuple[int, int]:
@@ -71,7 +74,7 @@ def _enc_attn_kernel(
     win_ptr,  # (R,) int32: the window of each row
     part_u, part_ml,  # (R * NG * SPLITS, HG, C) float32 U; (R * NG * SPLITS, HG, 2) max, sum
     S, H, KEYS,  # keys; heads; keys a split (a multiple of BS)
-    C1: tl.constexpr, C2: tl.constexpr, HG: tl.constexpr, BS: tl.constexpr,
+    C1: tl.constexpr, C2: tl.constexpr, HG: tl.constexpr, BS: tl.constexpr, NCH: tl.constexpr,
 ):
     pid = tl.program_id(0)  # row * NG + head group
     split = tl.program_id(1)
@@ -79,47 +82,62 @@ def _enc_attn_kernel(
     ng = tl.cdiv(H, HG)
     r = pid // ng
     hh = (pid % ng) * HG + tl.arange(0, HG)
-    hok = (hh < H)[:, None]
+    hok = (hh < H)[None, None, :]
     C: tl.constexpr = C1 + C2
-    q_rows = qp_ptr + r.to(tl.int64) * stride_qr + hh.to(tl.int64)[:, None] * stride_qh  # [HG, 1]
+    W1: tl.constexpr = C1 // NCH
+    W2: tl.constexpr = C2 // NCH
+    # C in NCH chunks on a batch axis (a warp each): no operand is read by more than one warp
+    q_cols = qp_ptr + r.to(tl.int64) * stride_qr + hh.to(tl.int64)[None, None, :] * stride_qh  # [1, 1, HG]
     e_rows = e_ptr + tl.load(win_ptr + r).to(tl.int64) * stride_ew
-    c1 = tl.arange(0, C1)[None, :]
-    q1 = tl.load(q_rows + c1, mask=hok, other=0.0)  # [HG, C1]; padded heads 0: finite scores, not stored
-    u1 = tl.zeros([HG, C1], dtype=tl.float32)
+    ch = tl.arange(0, NCH)[:, None, None]
+    c1 = ch * W1 + tl.arange(0, W1)[None, :, None]  # [NCH, W1, 1]
+    e1c = ch * W1 + tl.arange(0, W1)[None, None, :]  # [NCH, 1, W1]
+    q1 = tl.load(q_cols + c1, mask=hok, other=0.0)  # [NCH, W1, HG] Q'^T; padded heads 0: finite, not stored
+    u1 = tl.zeros([NCH, W1, HG], dtype=tl.float32)  # U^T
     if C2 > 0:
-        c2 = C1 + tl.arange(0, C2)[None, :]
-        q2 = tl.load(q_rows + c2, mask=hok, other=0.0)
-        u2 = tl.zeros([HG, C2], dtype=tl.float32)
+        c2 = C1 + ch * W2 + tl.arange(0, W2)[None, :, None]
+        e2c = C1 + ch * W2 + tl.arange(0, W2)[None, None, :]
+        q2 = tl.load(q_cols + c2, mask=hok, other=0.0)
+        u2 = tl.zeros([NCH, W2, HG], dtype=tl.float32)
     m_i = tl.full([HG], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([HG], dtype=tl.float32)
     t_first = split * KEYS
     for t0 in range(t_first, tl.minimum(t_first + KEYS, S), BS):
         tt = t0 + tl.arange(0, BS)
         tok = tt < S
-        at = e_rows + tt.to(tl.int64)[:, None] * stride_es  # [BS, 1]
+        at = e_rows + tt.to(tl.int64)[None, :, None] * stride_es  # [1, BS, 1]
         # (no evict-first hint, unlike the K/V kernel: the row's other head groups read these lines too)
-        e1 = tl.load(at + c1, mask=tok[:, None], other=0.0)  # [BS, C1]
-        sc = tl.dot(q1, tl.trans(e1))  # [HG, BS] float32, log2 units
+        e1 = tl.load(at + e1c, mask=tok[None, :, None], other=0.0)  # [NCH, BS, W1]
+        sc = tl.dot(e1, q1)  # [NCH, BS, HG] float32: each chunk's share of the scores, log2 units
         if C2 > 0:
-            e2 = tl.load(at + c2, mask=tok[:, None], other=0.0)
-            sc = tl.dot(q2, tl.trans(e2), sc)
-        sc = tl.where(tok[None, :], sc, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(sc, axis=1))  # finite: every step has a key
+            e2 = tl.load(at + e2c, mask=tok[None, :, None], other=0.0)
+            sc = tl.dot(e2, q2, sc)
+        st = tl.where(tok[:, None], tl.sum(sc, axis=0), float("-inf"))  # [BS, HG] scores^T
+        m_new = tl.maximum(m_i, tl.max(st, axis=0))  # finite: every step has a key
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(sc - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        pf = p.to(e1.dtype)
-        u1 = tl.dot(pf, e1, u1 * alpha[:, None])
+        p = tl.exp2(st - m_new[None, :])
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        pf = tl.broadcast_to(p.to(e1.dtype)[None, :, :], (NCH, BS, HG))
+        u1 = tl.dot(tl.trans(e1, (0, 2, 1)), pf, u1 * alpha[None, None, :])  # [NCH, W1, HG]
         if C2 > 0:
-            u2 = tl.dot(pf, e2, u2 * alpha[:, None])
+            u2 = tl.dot(tl.trans(e2, (0, 2, 1)), pf, u2 * alpha[None, None, :])
         m_i = m_new
     part = (pid * n_split + split).to(tl.int64)
-    hg = tl.arange(0, HG)[:, None]
+    hg = tl.arange(0, HG)[None, None, :]
     tl.store(part_u + (part * HG + hg) * C + c1, u1, mask=hok)  # the real heads only
     if C2 > 0:
         tl.store(part_u + (part * HG + hg) * C + c2, u2, mask=hok)
     tl.store(part_ml + (part * HG + tl.arange(0, HG)) * 2, m_i)
     tl.store(part_ml + (part * HG + tl.arange(0, HG)) * 2 + 1, l_i)
+
+
+def chunks_for(c1: int, c2: int) -> int:
+    """C chunks a program (the kernel's batch axis): the most, up to WARPS, that leave every chunk
+    of C1 and of C2 (if any) >= 16 columns (the tensor cores' K and M)."""
+    n = WARPS
+    while n > 1 and (c1 // n < 16 or (c2 and c2 // n < 16)):
+        n //= 2
+    return n
 
 
 @triton.jit
@@ -180,7 +198,7 @@ def enc_attention(qp: torch.Tensor, enc: torch.Tensor, windows: torch.Tensor, ou
     part_ml = torch.empty((r * ng * splits, hg, 2), dtype=torch.float32, device=qp.device)
     _enc_attn_kernel[(r * ng, splits)](qp, qp.stride(0), qp.stride(1), enc, enc.stride(0), enc.stride(1), windows,
                                        part_u, part_ml, s, h, keys_split, C1=c1, C2=c2, HG=hg, BS=KEYS_STEP,
-                                       num_warps=WARPS)
+                                       NCH=chunks_for(c1, c2), num_warps=WARPS)
     if out is None:
         out = torch.empty((r, h, c), dtype=torch.float32, device=qp.device)
     block_c = min(1024, triton.next_power_of_2(c))
