@@ -206,8 +206,7 @@ class MultiHeadAttention(nn.Module):
         split-K Partials instead (QLinear.forward_parts), for the residual add to sum.
 
         kv: precomputed (k, v), each (B / G, S, C): cross-attention over the audio features,
-        shared by the G consecutive rows (beams) of each window (see qkv_attention); or (k, v, enc)
-        with the windows' encoder output (B, S, C) for the one-token step (CROSS_FROM_ENCODER).
+        shared by the G consecutive rows (beams) of each window (see qkv_attention).
         cache: static self-attention buffers (k_cache, v_cache), each (B, n_ctx, C); this call's
         k, v are written at `positions` (T,) and the queries attend over the whole buffer
         under `mask` (T, n_ctx) bool, True = may attend.
@@ -216,14 +215,12 @@ class MultiHeadAttention(nn.Module):
         (B, len(qk_heads), T, S) float32 before softmax (word timestamps; SDPA returns no weights).
         """
         if kv is not None:
-            k, v = kv[0], kv[1]
+            k, v = kv
             if x.is_cuda and not qk_heads:
                 # one query a window: the query product's split-K partials go to the kernel (which
                 # declines other shapes; the partials are then summed as query(x) would sum them)
                 p = self.query.forward_parts(x)
-                o = _cross_from_encoder_ran(self, p, kv[2]) if len(kv) > 2 else None
-                if o is None:
-                    o = _cross_attention(p, k, v, self.n_head)
+                o = _cross_attention(p, k, v, self.n_head)
                 if o is not None:
                     return self.out.forward_parts(o)
                 q = _tensor(p)
@@ -287,41 +284,6 @@ class MultiHeadAttention(nn.Module):
         return (q.weight.data_ptr(), k.weight.data_ptr(), v.weight.data_ptr(), q.bias.data_ptr(), v.bias.data_ptr(),
                 q.bias.dtype, q.weight.device)
 
-    def _cross_from_encoder(self, p: Tensor | Partials, enc: Tensor) -> Tensor | None:
-        """The cross-attention (B, 1, C) of one query a window over the windows' encoder output
-        enc (B, S, C) (CROSS_FROM_ENCODER), or None where it does not apply (other shapes, a dtype
-        the kernel does not take): the caller then uses the K/V."""
-        b, t, c = p.shape
-        if t != 1 or enc.shape[0] != b or enc.dtype not in (torch.float16, torch.bfloat16) or p.dtype != enc.dtype:
-            return None
-        from .quants import triton_enc_attn, triton_ops
-
-        windows = _enc_windows.get((enc.device, b))
-        if windows is None:
-            windows = _enc_windows[(enc.device, b)] = torch.arange(b, dtype=torch.int32, device=enc.device)
-        # block weights: the two products read the blocks (the query partials summed there too);
-        # float16 weights: cuBLAS on per-head copies made on first use
-        blocks = self.key.ggml_type in triton_ops._LAYOUT and self.value.ggml_type in triton_ops._LAYOUT
-        if blocks:
-            q = p if isinstance(p, triton_ops.Partials) else p.reshape(b, c)
-            qp = triton_enc_attn.query_product_blocks(q, self.key.weight, self.key.ggml_type, self.n_head, enc.dtype)
-        else:
-            got = self.__dict__.get("_enc_weights")
-            if got is None or got[0] != (self.key.weight.data_ptr(), self.value.weight.data_ptr(), enc.device, enc.dtype):
-                d = c // self.n_head
-                wk = triton_enc_attn.head_weights(self.key.dequantized(torch.float32), self.n_head,
-                                                  triton_enc_attn.key_scale(d)).to(enc.dtype)
-                wv = triton_enc_attn.head_weights(self.value.dequantized(torch.float32), self.n_head).to(enc.dtype)
-                got = self.__dict__["_enc_weights"] = ((self.key.weight.data_ptr(), self.value.weight.data_ptr(),
-                                                        enc.device, enc.dtype), wk, wv)
-            qp = triton_enc_attn.query_product(_tensor(p).reshape(b, c), got[1])
-        u = triton_enc_attn.attend(qp, enc, windows)  # (H, B, C)
-        if blocks:
-            o = triton_enc_attn.value_product_blocks(u, self.value.weight, self.value.ggml_type, self.value.bias)
-        else:
-            o = triton_enc_attn.value_product(u, got[2], self.value.bias)
-        return o.view(b, 1, c)
-
     def kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys and values of audio features xa (B, S, C): each (B, S, C)."""
         return self.key(xa), self.value(xa)
@@ -378,14 +340,6 @@ _FEW_QUERY_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTIO
 # Module switch for benchmarks; off -> SDPA.
 CACHED_ATTENTION_TRITON = True
 _attention_counters: dict = {}  # (device, size) -> int32 zeros the kernel leaves zero
-# The one-token cross-attention of a step over 2+ windows from each window's encoder output E
-# instead of its cross K/V (quants/triton_enc_attn.py; docs/reports/performance.md 18.8): one pass
-# over E a layer instead of K and V. A prototype, off: its two grouped products (W_k,h^T q_h and
-# W_v,h U_h) read the weights' blocks (float16 and float32 weights: cuBLAS on float16 copies made
-# on first use), and the K/V are still made (for the prompt pass, word timestamps and the
-# fallback), so it saves no memory yet.
-CROSS_FROM_ENCODER = False
-_enc_windows: dict = {}  # (device, rows) -> arange(rows) int32: row r reads window r's E
 
 # Cross-attention of one query a window on CUDA (a batched step of windows): the split-key
 # kernel over the window's 1500 audio keys, given the query product's split-K partials.
@@ -427,23 +381,6 @@ def _cross_attention(q: Tensor | Partials, k: Tensor, v: Tensor, n_head: int) ->
         CROSS_ATTENTION_TRITON = False
         return None
     return out.view(b, 1, c)
-
-
-def _cross_from_encoder_ran(attn: MultiHeadAttention, p: Tensor | Partials, enc: Tensor) -> Tensor | None:
-    """attn._cross_from_encoder(p, enc); None, with a warning and CROSS_FROM_ENCODER turned off,
-    where its kernels failed to compile or run (the caller then uses the K/V). Out of memory is raised."""
-    global CROSS_FROM_ENCODER
-    if not CROSS_FROM_ENCODER:
-        return None
-    try:
-        return attn._cross_from_encoder(p, enc)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except (ImportError, RuntimeError, triton_errors()) as e:
-        warnings.warn(f"cross-attention from the encoder output failed ({type(e).__name__}: {str(e)[:300]}); "
-                      "using the cross K/V")
-        CROSS_FROM_ENCODER = False
-        return None
 
 
 def _attention_ran(triton_decoder, what: str, **args) -> bool:
@@ -507,7 +444,7 @@ class ResidualAttentionBlock(nn.Module):
                                  QLinear(n_mlp, n_state, True, _weight_type(types, f"{name}.mlp.2")))
         self.mlp_ln = LayerNorm(n_state)
 
-    def forward(self, x: Tensor, cross_kv: tuple[Tensor, ...] | None = None, mask: Tensor | None = None,
+    def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None,
                 positions: Tensor | None = None, cache: tuple[Tensor, Tensor] | None = None,
                 qk_heads: list[int] | None = None, qk_out: list[Tensor] | None = None,
                 add: Tensor | None = None, defer: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -642,7 +579,6 @@ class KVCache:
         self.self_k, self.self_v, self.cross_k, self.cross_v = self_k, self_v, cross_k, cross_v
         self.n_group = n_group
         self.offset = 0  # tokens already in the cache
-        self.enc: Tensor | None = None  # the windows' encoder output (B, n_audio_ctx, C): CROSS_FROM_ENCODER
 
     @property
     def batch_size(self) -> int:
@@ -664,8 +600,6 @@ class KVCache:
         for bufs in buffers:
             for buf in bufs:
                 buf.copy_(buf.index_select(0, indices))
-        if self.enc is not None:  # (only with n_group 1: one row a window)
-            self.enc.copy_(self.enc.index_select(0, indices))
 
 
 # A decoder step of at most this many rows is replayed from a CUDA graph (beams, and the batched
@@ -698,7 +632,6 @@ class _GraphedStep:
 
     def __init__(self, self_k: list[Tensor], self_v: list[Tensor], cross_k: list[Tensor], cross_v: list[Tensor]):
         self.self_k, self.self_v, self.cross_k, self.cross_v = self_k, self_v, cross_k, cross_v
-        self.enc: Tensor | None = None  # the windows' encoder output, with CROSS_FROM_ENCODER
         rows = self_k[0].shape[0]
         self.tokens = torch.zeros((rows, 1), dtype=torch.long, device=self_k[0].device)
         self.positions = torch.zeros((1,), dtype=torch.long, device=self_k[0].device)
@@ -869,7 +802,6 @@ class TextDecoder(nn.Module):
         On CUDA (cuda_graphs on, B * n_group <= GRAPH_MAX_ROWS) the buffers are the model's
         persistent ones for this shape, so that one-token steps can replay a CUDA graph."""
         b, _, c = xa.shape
-        keep_enc = CROSS_FROM_ENCODER and xa.is_cuda and n_group == 1 and b >= 2
         if xa.is_cuda and self.cuda_graphs and b * n_group <= GRAPH_MAX_ROWS:
             sets = self._graphed.setdefault((b, n_group, xa.dtype, xa.device), [])
             st = next((s for s in sets if not s.in_use()), None)
@@ -881,19 +813,11 @@ class TextDecoder(nn.Module):
                                   zeros(b, xa.shape[1]), zeros(b, xa.shape[1]))
                 sets.append(st)
             if st is not None:  # one layer's K/V at a time: copied in, then freed (not B x 2 x layers of them)
-                cache = st.take((block.cross_attn.kv(xa) for block in self.blocks), n_group)
-                if keep_enc:  # into the set's own buffer: the graph holds its address
-                    if st.enc is None:
-                        st.enc = torch.empty_like(xa)
-                    cache.enc = st.enc.copy_(xa)
-                return cache
+                return st.take((block.cross_attn.kv(xa) for block in self.blocks), n_group)
         self_k = [xa.new_zeros(b * n_group, self.n_ctx, c) for _ in self.blocks]
         self_v = [xa.new_zeros(b * n_group, self.n_ctx, c) for _ in self.blocks]
         cross = [block.cross_attn.kv(xa) for block in self.blocks]
-        cache = KVCache(self_k, self_v, [k for k, _ in cross], [v for _, v in cross], n_group)
-        if keep_enc:
-            cache.enc = xa
-        return cache
+        return KVCache(self_k, self_v, [k for k, _ in cross], [v for _, v in cross], n_group)
 
     def forward(self, tokens: Tensor, cache: KVCache, alignment_heads: Sequence[tuple[int, int]] | None = None,
                 logit_positions: Sequence[int] | None = None) -> Tensor | tuple[Tensor, Tensor]:
@@ -966,8 +890,7 @@ class TextDecoder(nn.Module):
         y = None  # each block's MLP output, added with the next LayerNorm
         for i, block in enumerate(self.blocks):
             heads = [h for layer, h in alignment_heads if layer == i] if alignment_heads else None
-            kv = (cache.cross_k[i], cache.cross_v[i]) if cache.enc is None else (cache.cross_k[i], cache.cross_v[i], cache.enc)
-            x, y = block(x, cross_kv=kv, mask=mask, positions=positions,
+            x, y = block(x, cross_kv=(cache.cross_k[i], cache.cross_v[i]), mask=mask, positions=positions,
                          cache=(cache.self_k[i], cache.self_v[i]), qk_heads=heads, qk_out=qk_out, add=y, defer=True)
         if logit_positions is not None:  # only these positions' logits: (B, len(logit_positions), C)
             pick = ((lambda t: t.index_select(1, logit_positions)) if isinstance(logit_positions, Tensor)
