@@ -623,6 +623,7 @@ SPLITK_MAX_M = 32
 SPLITK_PROGRAMS = 800
 SPLITK_MAX_SPLIT = 10
 SPLITK_STAGES = 3  # Triton's software pipelining of the K loop (a module switch for experiments)
+SPLITK_BLOCK_N, SPLITK_WARPS = 64, 4  # rows of W a program and its warps (H100 sweep, session 8)
 
 
 @triton.jit
@@ -698,8 +699,8 @@ def _splitk_pdl(device: torch.device) -> dict:
 def _splitk_config(n: int, k: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, NB, SPLIT, num_warps): the most K splits (a divisor of K/32 leaving an even number
     of blocks a split, at most SPLITK_MAX_SPLIT) that keep tiles x splits <= SPLITK_PROGRAMS;
-    64 rows of W a program on 4 warps (H100 sweep)."""
-    block_n, warps = 64, 4
+    SPLITK_BLOCK_N rows of W a program on SPLITK_WARPS warps."""
+    block_n, warps = SPLITK_BLOCK_N, SPLITK_WARPS
     n_blk, tiles = k // QK, triton.cdiv(n, block_n)
     split = 1
     for s in range(2, SPLITK_MAX_SPLIT + 1):
