@@ -624,10 +624,6 @@ SPLITK_PROGRAMS = 800
 SPLITK_MAX_SPLIT = 10
 SPLITK_STAGES = 3  # Triton's software pipelining of the K loop (a module switch for experiments)
 SPLITK_BLOCK_N, SPLITK_WARPS = 64, 4  # rows of W a program and its warps (H100 sweep, session 8)
-# The cap for products with K >= 4 N (fc2: 20 tiles of 64 rows over 160 blocks): at 10 splits its
-# 200 programs run four dependent K steps each, and fc2 took 13.3 us at 25 rows against fc1's 8.1
-# for the same bytes in 800 one-step programs (bench_rows_gemm, H200, session 17).
-SPLITK_LONG_K_MAX_SPLIT = 10
 
 
 @triton.jit
@@ -702,12 +698,12 @@ def _splitk_pdl(device: torch.device) -> dict:
 
 def _splitk_config(n: int, k: int) -> tuple[int, int, int, int]:
     """(BLOCK_N, NB, SPLIT, num_warps): the most K splits (a divisor of K/32 leaving an even number
-    of blocks a split, at most SPLITK_MAX_SPLIT, or SPLITK_LONG_K_MAX_SPLIT where K >= 4 N) that
-    keep tiles x splits <= SPLITK_PROGRAMS; SPLITK_BLOCK_N rows of W a program on SPLITK_WARPS warps."""
+    of blocks a split, at most SPLITK_MAX_SPLIT) that keep tiles x splits <= SPLITK_PROGRAMS;
+    SPLITK_BLOCK_N rows of W a program on SPLITK_WARPS warps."""
     block_n, warps = SPLITK_BLOCK_N, SPLITK_WARPS
     n_blk, tiles = k // QK, triton.cdiv(n, block_n)
     split = 1
-    for s in range(2, (SPLITK_LONG_K_MAX_SPLIT if k >= 4 * n else SPLITK_MAX_SPLIT) + 1):
+    for s in range(2, SPLITK_MAX_SPLIT + 1):
         if n_blk % s == 0 and (n_blk // s) % 2 == 0 and tiles * s <= SPLITK_PROGRAMS:
             split = s
     per = n_blk // split
