@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -27,15 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, os.environ.get("QWHISPER_SRC", str(REPO)))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from with_settings import apply
-
-
-def _current(setting: str):
-    """(module, name, value now) of a MODULE.NAME=VALUE setting, to put it back."""
-    target = setting.partition("=")[0]
-    module_name, _, name = target.rpartition(".")
-    module = importlib.import_module(f"qwhisper.{module_name}")
-    return module, name, getattr(module, name)
+from with_settings import apply, resolve
 
 
 def step_ms(model, features, steps: int, reps: int) -> float:
@@ -89,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for _ in range(args.rounds):
             for name, settings in variants:
-                saved = [_current(s) for s in settings]
+                saved = [(module, name, getattr(module, name)) for module, name, _ in map(resolve, settings)]
                 try:
                     for s in settings:
                         apply(s)

@@ -21,7 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def apply(setting: str) -> str:
+def resolve(setting: str):
+    """(module, NAME, VALUE text) of a MODULE.NAME=VALUE setting; NAME must exist in qwhisper.MODULE."""
     target, sep, text = setting.partition("=")
     module_name, _, name = target.rpartition(".")
     if not sep or not module_name or not name:
@@ -29,6 +30,12 @@ def apply(setting: str) -> str:
     module = importlib.import_module(f"qwhisper.{module_name}")
     if not hasattr(module, name):
         raise SystemExit(f"with_settings: qwhisper.{module_name} has no {name}")
+    return module, name, text
+
+
+def apply(setting: str) -> str:
+    module, name, text = resolve(setting)
+    target = setting.partition("=")[0]
     try:
         value = ast.literal_eval(text) if text.strip() else None
     except (ValueError, SyntaxError):
