@@ -19,9 +19,10 @@ One step (`_advance`) = suppress mask + timestamp rules + argmax + logprob + sta
 tensor ops only, no host reads: with the model's one-token step (TextDecoder.forward_at at
 device position n - 1) it is captured as ONE CUDA graph per KV buffer set (model._GraphedStep,
 stored in its `loop_graphs`) and replayed; "all rows finished" is read back every SYNC_EVERY
-steps. Extra steps after every row finished only append EOT and add nothing to sum_lp, so the
-result equals the reference loop's. On CPU there is no graph and the check is every step (an
-extra step would cost a whole model step).
+steps, with the next step already queued while the host waits for the read (SPECULATE). Extra
+steps after every row finished only append EOT and add nothing to sum_lp, so the result equals
+the reference loop's. On CPU there is no graph and the check is every step (an extra step would
+cost a whole model step).
 
 The first sampled step (SuppressBlank, the first-timestamp limit, the prompt pass that also
 gives no_speech_prob) runs through the task's own logit filters; steps after it use `_advance`.
@@ -43,6 +44,13 @@ NEG_INF = float("-inf")
 # CUDA: replayed steps between two reads of "all rows finished" (one host sync per this many
 # tokens; at most this many - 1 wasted steps of ~0.2 ms per window).
 SYNC_EVERY = 8
+# After the steps before a read, launch one more step before the host waits for the read, so
+# that the GPU is busy while the host checks and launches the next steps. Without it each read
+# left the GPU idle 0.65-2.4 ms (large-v3 q5_0, 25 windows, H100: 14 reads, ~16 ms of a 0.63-s
+# long form; docs/reports/performance.md 20). The extra step is one of the steps that would
+# follow anyway, or, once every row has finished, one more EOT that adds nothing to sum_lp.
+# None: on for CUDA; True / False force it (True also on the CPU: the tests run its logic there).
+SPECULATE: bool | None = None
 # CUDA: a step's rules, argmax and state update in two Triton kernels (quants/triton_greedy.py)
 # instead of ~20 torch kernels; None once Triton turned out to be missing. Module switch for
 # benchmarks and tests.
@@ -273,11 +281,35 @@ def main_loop(task, inference, tokens: torch.Tensor, graphs: bool = True
     # "all rows finished" is read back every `check` steps: each read is a host sync on CUDA; on
     # the CPU it is free and a step past the end is a whole model step
     check = SYNC_EVERY if lg is not None or device.type == "cuda" else 1
-    while done < n_steps and not bool(st.finished.all()):
-        for _ in range(min(check, n_steps - done)):
+    speculate = SPECULATE if SPECULATE is not None else device.type == "cuda"
+    if not speculate:
+        while done < n_steps and not bool(st.finished.all()):
+            for _ in range(min(check, n_steps - done)):
+                one_step(done)
+                done += 1
+    elif not bool(st.finished.all()):
+        # the read is copied into `flag` in stream order, then one more step is queued before
+        # the host waits for the copy (`ready`): check - 1 steps follow each read's extra step
+        flag = torch.empty((), dtype=torch.bool, pin_memory=device.type == "cuda")
+        ready = torch.cuda.Event() if device.type == "cuda" else None
+        steps = check
+        while done < n_steps:
+            for _ in range(min(steps, n_steps - done)):
+                one_step(done)
+                done += 1
+            if done >= n_steps:
+                break
+            flag.copy_(st.finished.all(), non_blocking=True)
+            if ready is not None:
+                ready.record()
             one_step(done)
             done += 1
+            if ready is not None:
+                ready.synchronize()
+            if bool(flag):
+                break
+            steps = check - 1
     return st.buf[:, :t0 + done].clone(), st.sum_lp.clone(), no_speech_probs
 
 
-__all__ = ["SYNC_EVERY", "applies", "main_loop"]
+__all__ = ["SPECULATE", "SYNC_EVERY", "applies", "main_loop"]

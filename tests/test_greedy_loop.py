@@ -116,6 +116,8 @@ def test_scripted_logits_every_timestamp_rule(tok, seed, monkeypatch):
     assert CountForced.forced > 0  # the forced-timestamp rule changed some step
     new = _run(model, tok, features, options, fast=True)
     _same(ref, new)
+    monkeypatch.setattr(greedy_loop, "SPECULATE", True)  # a read every step, one step queued after it
+    _same(ref, _run(model, tok, features, options, fast=True))
     # the reference's output does exercise the grammar
     tb = tok.timestamp_begin
     lengths = {len(r.tokens) for r in ref}
@@ -128,9 +130,12 @@ def test_scripted_logits_every_timestamp_rule(tok, seed, monkeypatch):
     assert pairs > 0
 
 
-def test_scripted_without_timestamps_prompt_and_context_limit(tok):
+@pytest.mark.parametrize("speculate", [None, True])
+def test_scripted_without_timestamps_prompt_and_context_limit(tok, speculate, monkeypatch):
     """n_ctx 64: 32 steps at most; a 31-token prompt and a 10-token prefix leave fewer (the
-    reference stops once the history would exceed n_ctx)."""
+    reference stops once the history would exceed n_ctx), with and without the step queued
+    after each read of "all finished" (SPECULATE)."""
+    monkeypatch.setattr(greedy_loop, "SPECULATE", speculate)
     model = Scripted(tok, n_ctx=64, seed=7)
     features = torch.zeros(4, 1500, 2)
     prompt, prefix = list(range(100, 131)), list(range(200, 210))
@@ -232,13 +237,16 @@ def test_graph_step_body_on_cpu(tiny_en, speech_features, monkeypatch):
         return made[-1]
 
     # sample_len 24: two of the four rows (26 and 28 tokens) are cut, two finish (8, 23); at the
-    # default all finish, the loop runs past the last EOT to its next check
+    # default all finish, the loop runs past the last EOT to its next check (SPECULATE: one more
+    # step, queued before each read of "all finished" as on CUDA)
     for options in (DecodingOptions(sample_len=24), DecodingOptions()):
         monkeypatch.setattr(greedy_loop, "_loop_graph", greedy_loop._loop_graph)
         ref = _run(m, tok, speech_features, options, fast=False)
         monkeypatch.setattr(greedy_loop, "_loop_graph", loop_graph)
-        new = _run(m, tok, speech_features, options, fast=True)
-        _same(ref, new)
+        for speculate in (None, True):
+            monkeypatch.setattr(greedy_loop, "SPECULATE", speculate)
+            new = _run(m, tok, speech_features, options, fast=True)
+            _same(ref, new)
         assert made and len({len(r.tokens) for r in ref}) > 1
 
 
