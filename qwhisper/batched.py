@@ -35,7 +35,7 @@ hallucination_silence_threshold moves `seek`, which fixed chunks do not have: re
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,11 +83,6 @@ _POWER_FRAMES = 4096  # frames a pass of frame_power on the CPU: a 5-MB float64 
 
 
 def frame_power(samples: np.ndarray | torch.Tensor) -> np.ndarray:
-    """frame_power_later(samples)(): see there."""
-    return frame_power_later(samples)()
-
-
-def frame_power_later(samples: np.ndarray | torch.Tensor) -> Callable[[], np.ndarray]:
     """Mean square of each 10-ms frame: samples (n,) float -> (ceil(n / 160),) float64; frame i
     covers samples [160 i, 160 i + 160), mel frame i's hop (the last one zero-padded).
 
@@ -98,32 +93,14 @@ def frame_power_later(samples: np.ndarray | torch.Tensor) -> Callable[[], np.nda
     (without the 240 MB of temporaries, whose page faults made it 0.3 s on a first call).
     Both sum the float64 squares of a frame; for 16-bit PCM samples (k / 32768, load_audio)
     every such sum is exact, so the two agree bit for bit (other samples: to the last bit).
-
-    Returns a function that gives the powers: on a GPU the reduction and the copy of its sums
-    to pinned host memory are only queued, and the function waits for them. BatchedPipeline.open
-    queues the log-mel behind them, so the GPU computes it while the host finds the chunks
-    (before, the GPU sat idle those ~4 ms of the large-v3 long form on an H100; performance.md 20).
     """
     if isinstance(samples, torch.Tensor) and samples.device.type != "cpu":
         x = samples.to(torch.float64)
         n = -(-x.shape[0] // HOP_LENGTH)
         x = torch.nn.functional.pad(x, (0, n * HOP_LENGTH - x.shape[0]))
-        sums = x.view(n, HOP_LENGTH).square().sum(dim=1)
-        cuda = samples.device.type == "cuda"
-        host = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=cuda)
-        host.copy_(sums, non_blocking=cuda)
-        copied = torch.cuda.Event() if cuda else None
-        if copied is not None:
-            copied.record()
-
-        def wait() -> np.ndarray:
-            if copied is not None:
-                copied.synchronize()
-            # divided here, as numpy's mean does: on a GPU torch's mean, and its division by a
-            # Python number, multiply by 1/160 instead (a second rounding)
-            return host.numpy() / HOP_LENGTH
-
-        return wait
+        # the sums come back and are divided here, as numpy's mean does: on a GPU torch's mean, and
+        # its division by a Python number, multiply by 1/160 instead (a second rounding)
+        return x.view(n, HOP_LENGTH).square().sum(dim=1).cpu().numpy() / HOP_LENGTH
     x = samples.numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples)
     n = -(-len(x) // HOP_LENGTH)
     out = np.empty(n, np.float64)
@@ -136,7 +113,7 @@ def frame_power_later(samples: np.ndarray | torch.Tensor) -> Callable[[], np.nda
         rows.reshape(-1)[:part.size] = part
         np.square(rows, out=rows)
         out[f0:f0 + len(rows)] = rows.mean(axis=1)
-    return lambda: out
+    return out
 
 
 def _moving_mean(x: np.ndarray, width: int) -> np.ndarray:
@@ -207,17 +184,14 @@ def split_region(start: int, end: int, quiet: np.ndarray, max_frames: int, searc
 
 
 def chunk_audio(samples: np.ndarray | torch.Tensor, vad: VadOptions = VadOptions(),
-                clips: Sequence[tuple[int, int]] | None = None, power: np.ndarray | None = None
-                ) -> list[tuple[int, int]]:
+                clips: Sequence[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
     """The chunks of a file: [(start, end), ...] in mel frames (10 ms), in order, each at most
     vad.max_chunk_s long, non-overlapping, together covering every frame of speech.
 
     clips: (start, end) frame ranges to transcribe (TranscribeOptions.clip_timestamps); frames
     outside them are treated as silence. samples may be a torch tensor on a GPU (frame_power).
-    power: frame_power(samples), if the caller has it already.
     """
-    if power is None:
-        power = frame_power(samples)
+    power = frame_power(samples)
     mask = speech_mask(power, vad)
     if clips is not None:
         inside = np.zeros(len(mask), bool)
@@ -355,7 +329,6 @@ class BatchedPipeline:
         duration = samples.shape[0] / SAMPLE_RATE
         device = self.model.device
         samples = samples.to(device)
-        power = frame_power_later(samples)  # queued before the log-mel: see frame_power_later
         mel = log_mel_spectrogram_torch(samples, self.filters.to(device), padding=N_SAMPLES)
         language, probability, all_probs = _choose_language(self.model, self.tokenizer, mel, self.options,
                                                             self.verbose)
@@ -363,7 +336,7 @@ class BatchedPipeline:
                                    options=self.options, all_language_probs=all_probs)
         f.state = _Transcription(self.model, self.tokenizer, mel, duration, self.options, language,
                                  self.verbose, self.heads)
-        f.chunks = chunk_audio(samples, self.vad, f.state.clips(), power())
+        f.chunks = chunk_audio(samples, self.vad, f.state.clips())
         return f
 
     def run(self, files: Iterable[_File]) -> Iterator[tuple[_File, list]]:
@@ -528,7 +501,6 @@ __all__ = [
     "chunk_mel",
     "decode_batch",
     "frame_power",
-    "frame_power_later",
     "speech_mask",
     "split_chunk",
     "split_region",
