@@ -285,33 +285,40 @@ def _tuning(whisper, args: argparse.Namespace) -> None:
         qm.CACHED_ATTENTION_TRITON = False
 
 
-def synthetic(args: argparse.Namespace) -> dict:
-    """Random weights of a named architecture, exactly --tokens decoder steps per window."""
-    _threads(args)
+def synthetic_model(folder: str, arch: str, ftype: str, tokens: int, device: str):
+    """(WhisperModel, TranscribeOptions, VadOptions) of the synthetic run: random weights of a named
+    architecture (folder/random-{arch}-{ftype}.bin, written once) and options under which every
+    window decodes exactly `tokens` tokens. longform_idle.py profiles the same run."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_model import write_fast_random_model
 
     from qwhisper.batched import VadOptions
     from qwhisper.transcribe import TranscribeOptions, WhisperModel
 
-    path = Path(args.dir) / f"random-{args.arch}-{args.type}.bin"
+    path = Path(folder) / f"random-{arch}-{ftype}.bin"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        write_fast_random_model(path, args.arch, args.type)
+        write_fast_random_model(path, arch, ftype)
         print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", flush=True)
-    env = environment(args.device)
-    samples, _ = load_pack(args.audio, args.limit_seconds)
-    whisper = WhisperModel(str(path), device=args.device)
-    _tuning(whisper, args)
+    whisper = WhisperModel(str(path), device=device)
     eot = whisper.tokenizer.eot
     # EOT suppressed from the first step on, sample_len tokens, one temperature, nothing skipped:
-    # every window costs the same, exactly --tokens steps after the prompt
-    options = TranscribeOptions(language="en", temperature=0.0, sample_len=args.tokens, suppress_tokens=(-1, eot),
+    # every window costs the same, exactly `tokens` steps after the prompt
+    options = TranscribeOptions(language="en", temperature=0.0, sample_len=tokens, suppress_tokens=(-1, eot),
                                 compression_ratio_threshold=None, logprob_threshold=None,
                                 no_speech_threshold=None)
     # no tails (the garbage timestamps of random weights would add windows): one window a chunk
-    vad = VadOptions(tail_margin_s=None)
+    return whisper, options, VadOptions(tail_margin_s=None)
+
+
+def synthetic(args: argparse.Namespace) -> dict:
+    """Random weights of a named architecture, exactly --tokens decoder steps per window."""
+    _threads(args)
+    whisper, options, vad = synthetic_model(args.dir, args.arch, args.type, args.tokens, args.device)
+    env = environment(args.device)
+    samples, _ = load_pack(args.audio, args.limit_seconds)
+    _tuning(whisper, args)
     rows = measure(whisper, samples, None, options, args.batch_sizes, args.device, args.warmup, args.repeat, vad)
     for r in rows:
         r["tokens_per_window"] = args.tokens

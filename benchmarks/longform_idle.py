@@ -63,21 +63,9 @@ def main(argv=None) -> int:
 
     import bench_longform as bl
     import torch
-    from bench_model import write_fast_random_model
 
-    from qwhisper.batched import VadOptions
-    from qwhisper.transcribe import TranscribeOptions, WhisperModel
-
-    path = Path(args.dir) / f"random-{args.arch}-{args.type}.bin"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_fast_random_model(path, args.arch, args.type)
+    whisper, options, vad = bl.synthetic_model(args.dir, args.arch, args.type, args.tokens, "cuda")
     samples, _ = bl.load_pack(args.audio)
-    whisper = WhisperModel(str(path), device="cuda")
-    eot = whisper.tokenizer.eot
-    options = TranscribeOptions(language="en", temperature=0.0, sample_len=args.tokens, suppress_tokens=(-1, eot),
-                                compression_ratio_threshold=None, logprob_threshold=None, no_speech_threshold=None)
-    vad = VadOptions(tail_margin_s=None)  # as bench_longform synthetic: one window a chunk
     for _ in range(3):
         bl.transcribe(whisper, samples, options, args.batch_size, vad)
         torch.cuda.synchronize()
