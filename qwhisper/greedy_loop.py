@@ -282,16 +282,12 @@ def main_loop(task, inference, tokens: torch.Tensor, graphs: bool = True
     # the CPU it is free and a step past the end is a whole model step
     check = SYNC_EVERY if lg is not None or device.type == "cuda" else 1
     speculate = SPECULATE if SPECULATE is not None else device.type == "cuda"
-    if not speculate:
-        while done < n_steps and not bool(st.finished.all()):
-            for _ in range(min(check, n_steps - done)):
-                one_step(done)
-                done += 1
-    elif not bool(st.finished.all()):
-        # the read is copied into `flag` in stream order, then one more step is queued before
-        # the host waits for the copy (`ready`): check - 1 steps follow each read's extra step
-        flag = torch.empty((), dtype=torch.bool, pin_memory=device.type == "cuda")
-        ready = torch.cuda.Event() if device.type == "cuda" else None
+    if done < n_steps and not bool(st.finished.all()):
+        # SPECULATE: the read is copied into `flag` in stream order, then one more step is queued
+        # before the host waits for the copy (`ready`); check - 1 steps follow that extra step
+        cuda = device.type == "cuda"
+        flag = torch.empty((), dtype=torch.bool, pin_memory=cuda) if speculate else None
+        ready = torch.cuda.Event() if speculate and cuda else None
         steps = check
         while done < n_steps:
             for _ in range(min(steps, n_steps - done)):
@@ -299,6 +295,10 @@ def main_loop(task, inference, tokens: torch.Tensor, graphs: bool = True
                 done += 1
             if done >= n_steps:
                 break
+            if not speculate:
+                if bool(st.finished.all()):
+                    break
+                continue
             flag.copy_(st.finished.all(), non_blocking=True)
             if ready is not None:
                 ready.record()
