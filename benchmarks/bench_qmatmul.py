@@ -6,7 +6,9 @@ Prints the device, versions, the two ceilings measured on this card (device-to-d
 bandwidth, counting bytes read + written; bf16/fp16 8192^3 matmul rate on random data), then for
 every weight type x shape x M the time of each way to compute the product:
 
-  linear      triton_ops.linear: what the model runs (its pick() of the three below)
+  linear      triton_ops.linear: what the model runs (its pick() of the three below; for a
+              vocabulary the model holds in planes rows on CUDA, loader.VOCAB_PLANES, linear on
+              planes: one row through the Gluon GEMV, quants/gluon_gemv.py)
   gemv        qmatmul: fused dequant-GEMV on CUDA cores, reads the raw blocks once (M <= 16)
   tc          qgemm_fused: fused dequant-GEMM on tensor cores (tl.dot), BLOCK_M 16 (M <= 16)
   deq+cublas  dequantize into a reusable buffer of x's dtype, then torch.nn.functional.linear
@@ -48,7 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # graph_timing
 
-from qwhisper.quants import GGMLType, tensor_nbytes  # noqa: E402
+from qwhisper.quants import GGMLType, tensor_nbytes
 
 MODELS = {"tiny": (384, 51864), "small": (768, 51865), "large-v3": (1280, 51866)}  # (d, vocab)
 ENC_BATCH = 8  # M = 1500 x 8: the encoder's products at batch 8 (bench_model's batched encoder)
@@ -108,6 +110,11 @@ def make_fn(prov: str, t: GGMLType, x: torch.Tensor, raw: torch.Tensor, n: int, 
     from qwhisper.quants import triton_ops as T
 
     if prov == "linear":
+        if vocab_planes(t, n, k):  # as the model holds the vocabulary on CUDA (loader.VOCAB_PLANES)
+            from qwhisper.quants.planes import to_planes
+
+            p = to_planes(raw, t, n, k).reshape(-1)
+            return lambda: T.linear(x, p, t, (n, k), planes=True)
         return lambda: T.linear(x, raw, t, (n, k))
     if prov == "gemv":
         return lambda: T.qmatmul(x, raw, t, (n, k), config=config)
@@ -119,6 +126,16 @@ def make_fn(prov: str, t: GGMLType, x: torch.Tensor, raw: torch.Tensor, n: int, 
         w = T.dequantize(raw, t, (n, k), dtype=torch.float16) if t != GGMLType.F16 else T._dense_view(raw, t, (n, k))
         return lambda: torch.nn.functional.linear(x, w)
     raise ValueError(prov)
+
+
+def vocab_planes(t: GGMLType, n: int, k: int) -> bool:
+    """Whether the model would hold this weight in planes rows: the vocabulary (N >= 16384) of a
+    type and K the Gluon GEMV takes, where Gluon runs (quants/gluon_gemv.py, loader.VOCAB_PLANES)."""
+    from qwhisper import loader
+    from qwhisper.quants import gluon_gemv
+
+    return (loader.VOCAB_PLANES and n >= 16384 and gluon_gemv.supports(t, n, k)
+            and gluon_gemv.usable(torch.device("cuda")))
 
 
 GEMV_TUNE = [(8, 8, 2), (16, 8, 2), (4, 8, 2), (8, 16, 4), (4, 16, 4), (2, 16, 4), (1, 16, 4), (16, 16, 4)]

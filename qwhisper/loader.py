@@ -28,6 +28,10 @@ from .quants import torch_ops
 # Cache dequantized QLinear weights on CPU (float32: 4 bytes per weight) up to this size: every
 # Whisper up to medium (769 M weights, 3.1 GB). Beyond, weights are dequantized on use.
 CPU_WEIGHT_CACHE_BYTES = 4 << 30
+# On CUDA, regroup the vocabulary (the tied token embedding) into planes rows at load where the
+# Gluon GEMV takes it (Q5_0, K a multiple of 256: base to large-v3; QLinear.to_planes): the
+# one-row logits GEMV then runs at ~72 % of copy bandwidth instead of ~41 % (performance.md 21).
+VOCAB_PLANES = True
 
 
 def _bytes_tensor(t: TensorInfo) -> torch.Tensor:
@@ -89,4 +93,6 @@ def load_model(path_or_ggmlfile: GGMLFile | str | os.PathLike, device: str | tor
     cache = device.type == "cpu" and dequantized_bytes <= CPU_WEIGHT_CACHE_BYTES
     for m in qlinears:
         m.cache_dequantized = cache
+    if device.type == "cuda" and VOCAB_PLANES:
+        model.decoder.token_embedding.to_planes()  # the vocabulary GEMV on planes, where Gluon runs it
     return model.eval().requires_grad_(False)

@@ -85,7 +85,8 @@ class QLinear(nn.Module):
     """y = x @ W.T + b, with W kept as raw GGML bytes of any type (F32, F16, Q4_0 ... Q8_0).
 
     weight: uint8 buffer (out_features, row_bytes): row r holds the blocks of W[r], so a slice of
-    rows is a slice of bytes. bias: float (out_features,) or None.
+    rows is a slice of bytes. bias: float (out_features,) or None. On CUDA a weight the Gluon GEMV
+    takes may hold the same bytes regrouped as planes rows instead (`planes`, to_planes).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
@@ -97,13 +98,44 @@ class QLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.cache_dequantized = False
         self._dequantized: Tensor | None = None  # not a buffer: never saved, rebuilt on a device change
+        self.planes = False  # weight holds planes rows (quants/planes.py), not the file's ggml blocks
+
+    def to_planes(self) -> bool:
+        """Regroup a CUDA weight into planes rows in place (the same bytes and size) if the Gluon
+        GEMV (quants/gluon_gemv.py) takes its type and shape and runs on this device; True if the
+        weight now holds planes. Every reader of the weight follows `planes`: the CUDA kernels
+        read planes, the torch paths convert back (ggml_bytes)."""
+        if self.planes or not self.weight.is_cuda or self.cache_dequantized:
+            return self.planes
+        from .quants import gluon_gemv, planes
+
+        if not gluon_gemv.supports(self.ggml_type, self.out_features, self.in_features) \
+                or not gluon_gemv.usable(self.weight.device):
+            return False
+        for r0 in range(0, self.out_features, 4096):  # rows are independent: in place, 4096 at a time (no peak)
+            rows = self.weight[r0:r0 + 4096]
+            rows.copy_(planes.to_planes(rows, self.ggml_type, rows.shape[0], self.in_features))
+        self.planes = True
+        self._dequantized = None
+        return True
+
+    def ggml_bytes(self, rows: Tensor | None = None) -> Tensor:
+        """The weight's rows (all, or `rows`) as the file's ggml blocks: the weight itself, or a
+        converted copy where it holds planes."""
+        raw = self.weight if rows is None else self.weight[rows]
+        if not self.planes:
+            return raw
+        from .quants import planes
+
+        return planes.from_planes(raw.reshape(-1), self.ggml_type, raw.numel() // self.weight.shape[1],
+                                  self.in_features)
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """W as (out_features, in_features) of `dtype`, on the weight's device."""
         w = self._dequantized
         if w is not None and w.dtype == dtype and w.device == self.weight.device:
             return w
-        w = torch_ops.dequantize(self.weight, self.ggml_type, (self.out_features, self.in_features), dtype)
+        w = torch_ops.dequantize(self.ggml_bytes(), self.ggml_type, (self.out_features, self.in_features), dtype)
         self._dequantized = w if self.cache_dequantized else None
         return w
 
@@ -111,7 +143,7 @@ class QLinear(nn.Module):
         """W[index] (index.shape + (in_features,)): the embedding lookup of a tied embedding."""
         if self.cache_dequantized:
             return F.embedding(index, self.dequantized(dtype))
-        raw = self.weight[index.reshape(-1)]  # only the rows asked for are dequantized
+        raw = self.ggml_bytes(index.reshape(-1))  # only the rows asked for are dequantized
         w = torch_ops.dequantize(raw, self.ggml_type, (raw.shape[0], self.in_features), dtype)
         return w.view(*index.shape, self.in_features)
 
@@ -138,7 +170,7 @@ class QLinear(nn.Module):
 
             if triton_ops.pick(x.numel() // max(1, x.shape[-1]), *shape, x.dtype) != "splitk":
                 return self.forward(x)
-            return triton_ops.splitk_linear(x, self.weight, self.ggml_type, shape, self.bias)
+            return triton_ops.splitk_linear(x, self.weight, self.ggml_type, shape, self.bias, self.planes)
         except torch.cuda.OutOfMemoryError:
             raise
         except (ImportError, RuntimeError, triton_errors()) as e:
@@ -161,7 +193,7 @@ class QLinear(nn.Module):
         if not fn:
             return None
         try:
-            return fn(x, self.weight, self.ggml_type, (self.out_features, self.in_features), self.bias)
+            return fn(x, self.weight, self.ggml_type, (self.out_features, self.in_features), self.bias, self.planes)
         except torch.cuda.OutOfMemoryError:
             raise
         except (RuntimeError, triton_errors()) as e:  # no CUDA toolchain; a Triton too old for a kernel
@@ -172,7 +204,7 @@ class QLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, ggml_type={self.ggml_type.name}")
+                f"bias={self.bias is not None}, ggml_type={self.ggml_type.name}" + (", planes" if self.planes else ""))
 
 
 def _weight_type(types: Mapping[str, GGMLType] | None, name: str) -> GGMLType:

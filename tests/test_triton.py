@@ -520,9 +520,9 @@ def test_cuda_vocabulary_projection_goes_through_linear(shared_q5_1, monkeypatch
     calls = []
     real = _ops().linear
 
-    def spy(x, raw, ggml_type, shape, bias=None):
+    def spy(x, raw, ggml_type, shape, bias=None, planes=False):
         calls.append((raw.data_ptr(), x.reshape(-1, x.shape[-1]).shape[0]))
-        return real(x, raw, ggml_type, shape, bias)
+        return real(x, raw, ggml_type, shape, bias, planes)
 
     monkeypatch.setattr(QLinear, "_triton_linear", spy, raising=False)
     monkeypatch.setattr(te, "dequantized", lambda *a: pytest.fail("logits dequantized the embedding"))

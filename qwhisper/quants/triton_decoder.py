@@ -65,6 +65,7 @@ from .triton_ops import (
     _decode_nibbles,
     _dequant_nibbles,
     _f16_at,
+    _field_offsets,
     _gemv_config,
     _load_blocks,
     _next_pow2,
@@ -1109,8 +1110,10 @@ def attention(q: torch.Tensor | triton_ops.Partials, k: torch.Tensor, v: torch.T
 @triton.jit
 def _embed_kernel(tok_ptr, stride_t, w8, w16, pe_ptr, pos_ptr, x_ptr, K, magic,
                   TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
-                  BITS: tl.constexpr, ZERO: tl.constexpr, NBLK: tl.constexpr, PDL: tl.constexpr):
-    """x[m] = W[tokens[m]] + pe[pos] in float32 (W dequantized as triton_ops.dequantize does)."""
+                  BITS: tl.constexpr, ZERO: tl.constexpr, NBLK: tl.constexpr, PDL: tl.constexpr,
+                  PNB: tl.constexpr = 0):
+    """x[m] = W[tokens[m]] + pe[pos] in float32 (W dequantized as triton_ops.dequantize does;
+    PNB > 0: W is planes rows of PNB blocks, quants/planes.py)."""
     m = tl.program_id(0)
     if PDL:
         gdc_launch_dependents()
@@ -1129,24 +1132,26 @@ def _embed_kernel(tok_ptr, stride_t, w8, w16, pe_ptr, pos_ptr, x_ptr, K, magic,
             w = tl.load(w16 + t * K + k, mask=ok, other=0).to(tl.float16, bitcast=True).to(tl.float32)
             tl.store(x_row + k, w + tl.load(pe_row + k, mask=ok, other=0.0).to(tl.float32), mask=ok)
         else:
-            base = (t * n_blk + blk) * TS
-            d = _f16_at(w16, base, ok, False)
+            d_off, m_off, qh_off, qs_off = _field_offsets(t * n_blk * TS, blk, TS, M_B, QH_B, QS_B, BITS, PNB)
+            d = _f16_at(w16, d_off, ok, False)
             if BITS == 8:
                 jj = tl.arange(0, 32)[None, :]
                 k = blk * _QK + jj
-                q = _decode_int8(tl.load(w8 + base + QS_B + jj, mask=ok, other=0).to(tl.int32), magic)
+                q = _decode_int8(tl.load(w8 + qs_off + jj, mask=ok, other=0).to(tl.int32), magic)
                 tl.store(x_row + k, q * d + tl.load(pe_row + k, mask=ok, other=0.0).to(tl.float32), mask=ok)
             else:
                 jj = tl.arange(0, 16)[None, :]
                 k = blk * _QK + jj
-                w_lo, w_hi = _dequant_nibbles(w8, w16, base, ok, jj, d, magic, M_B, QH_B, QS_B, BITS, ZERO)
+                w_lo, w_hi = _dequant_nibbles(w8, w16, m_off, qh_off, qs_off, ok, jj, d, magic, M_B, BITS, ZERO)
                 tl.store(x_row + k, w_lo + tl.load(pe_row + k, mask=ok, other=0.0).to(tl.float32), mask=ok)
                 tl.store(x_row + k + 16, w_hi + tl.load(pe_row + k + 16, mask=ok, other=0.0).to(tl.float32), mask=ok)
 
 
 def embed(tokens: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, n_vocab: int,
-          positional_embedding: torch.Tensor, position: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out (M, C) float32 <- token_embedding[tokens] + positional_embedding[position[0]]; tokens (M,) long."""
+          positional_embedding: torch.Tensor, position: torch.Tensor, out: torch.Tensor,
+          planes: bool = False) -> torch.Tensor:
+    """out (M, C) float32 <- token_embedding[tokens] + positional_embedding[position[0]]; tokens (M,) long.
+    planes: raw is planes rows (quants/planes.py)."""
     ggml_type = _as_type(ggml_type)
     m, c = out.shape
     if tokens.shape != (m,) or not out.is_contiguous() or c % QK:
@@ -1158,7 +1163,8 @@ def embed(tokens: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, n_vocab:
     pdl = _pdl(out.device)
     _embed_kernel[(m,)](tokens, tokens.stride(0), w8, w16, pe, position, out, c, _MAGIC_BITS,
                         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
-                        NBLK=_next_pow2(min(c // QK, 64)), PDL=pdl, num_warps=4, **_pdl_kw(pdl))
+                        NBLK=_next_pow2(min(c // QK, 64)), PDL=pdl, PNB=c // QK if planes else 0, num_warps=4,
+                        **_pdl_kw(pdl))
     return out
 
 
@@ -1197,7 +1203,7 @@ class DecoderStep:
             self.layers.append(_Layer(qkv.weight.reshape(-1), qkv.bias.float(), qkv.ggml_type,
                                       _folded(block.attn_ln, qkv), _folded(block.cross_attn_ln, block.cross_attn.query),
                                       _folded(block.mlp_ln, block.mlp[0])))
-        self.head_ln = _folded(decoder.ln, decoder.token_embedding)
+        self.head_ln = _folded(decoder.ln, decoder.token_embedding, always=decoder.token_embedding.planes)
         self.counters = torch.zeros(MAX_ROWS * self.n_head, dtype=torch.int32, device=self.device)
         self.signature = _signature(decoder)
 
@@ -1210,7 +1216,8 @@ class DecoderStep:
         dev = tokens.device
         te = decoder.token_embedding
         x = torch.empty((m, c), dtype=torch.float32, device=dev)  # the residual stream
-        embed(tokens[:, 0], te.weight, te.ggml_type, te.out_features, decoder.positional_embedding, position, x)
+        embed(tokens[:, 0], te.weight, te.ggml_type, te.out_features, decoder.positional_embedding, position, x,
+              te.planes)
         q = torch.empty((m, c), dtype=torch.float32, device=dev)
         a = torch.empty((m, c), dtype=torch.float32, device=dev)
         hid = torch.empty((m, 4 * c), dtype=torch.float32, device=dev)
@@ -1227,18 +1234,26 @@ class DecoderStep:
             fc1, fc2 = block.mlp[0], block.mlp[2]
             _linear(x, fc1, out=hid, ln=lay.fc1_ln, epilogue="gelu")
             _linear(hid, fc2, out=x, epilogue="residual")
-        logits = _linear(x, te, ln=self.head_ln)
+        if te.planes:  # the vocabulary in planes rows: the Gluon GEMV, LN folded (quants/gluon_gemv.py)
+            from . import gluon_gemv
+
+            logits = torch.empty((m, te.out_features), dtype=torch.float32, device=dev)
+            for r in range(m):
+                gluon_gemv.gemv(x[r], te.weight, te.ggml_type, te.out_features, te.in_features, ln=self.head_ln,
+                                out=logits[r], pdl=_pdl(dev))
+        else:
+            logits = _linear(x, te, ln=self.head_ln)
         return logits.view(m, 1, te.out_features)
 
 
-def _folded(ln, lin) -> tuple:
+def _folded(ln, lin, always: bool = False) -> tuple:
     """gemv's ln argument for LayerNorm ln before QLinear lin: (weight, bias, eps), with W @ weight
     and W @ bias appended where the step's GEMV folds the LayerNorm (folds, for the tile of any
-    row count the step takes), so that no step computes them."""
+    row count the step takes, or `always`: the Gluon GEMV), so that no step computes them."""
     n, k = lin.out_features, lin.in_features
-    if not any(_plan(m, n, k, _as_type(lin.ggml_type), True)[5] for m in range(1, MAX_ROWS + 1)):
+    if not always and not any(_plan(m, n, k, _as_type(lin.ggml_type), True)[5] for m in range(1, MAX_ROWS + 1)):
         return ln.weight, ln.bias, ln.eps
-    return ln.weight, ln.bias, ln.eps, *fold_ln(lin.weight, lin.ggml_type, n, k, ln.weight, ln.bias)
+    return ln.weight, ln.bias, ln.eps, *fold_ln(lin.ggml_bytes(), lin.ggml_type, n, k, ln.weight, ln.bias)
 
 
 def _linear(x, lin, out=None, ln=None, epilogue="store"):

@@ -172,19 +172,41 @@ def prefetch_lines(nbytes: int) -> int:
 
 
 @triton.jit
-def _dequant_nibbles(w8, w16, base, ok, jj, d, magic, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
-                     BITS: tl.constexpr, ZERO: tl.constexpr):
-    """4/5-bit blocks at byte offsets `base` (loads masked by ok, other=0), scale d given ->
-    exact float32 (w_lo, w_hi): weights j and j + 16 of each block, jj = arange(16)."""
-    qs = _ld(w8 + base + QS_B + jj, ok, False).to(tl.int32)
+def _field_offsets(w_row, blk, TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
+                   BITS: tl.constexpr, PNB: tl.constexpr):
+    """Byte offsets (d, m, qh, qs) of block blk of the row that starts at byte w_row: ggml blocks
+    (PNB == 0), or a planes row of PNB blocks (quants/planes.py: qs | qh | d | m). Offsets of
+    fields the type lacks are returned but meaningless."""
+    if PNB == 0:
+        d_off = w_row + blk * TS
+        m_off = d_off + M_B
+        qh_off = d_off + QH_B
+        qs_off = d_off + QS_B
+    else:
+        QSW: tl.constexpr = 32 if BITS == 8 else 16
+        QHW: tl.constexpr = 4 if BITS == 5 else 0
+        qs_off = w_row + blk * QSW
+        qh_off = w_row + PNB * QSW + blk * 4
+        d_off = w_row + PNB * (QSW + QHW) + blk * 2
+        m_off = d_off + PNB * 2
+    return d_off, m_off, qh_off, qs_off
+
+
+@triton.jit
+def _dequant_nibbles(w8, w16, m_off, qh_off, qs_off, ok, jj, d, magic, M_B: tl.constexpr, BITS: tl.constexpr,
+                     ZERO: tl.constexpr):
+    """4/5-bit blocks with fields at byte offsets m_off, qh_off, qs_off (_field_offsets; loads
+    masked by ok, other=0), scale d given -> exact float32 (w_lo, w_hi): weights j and j + 16 of
+    each block, jj = arange(16). M_B >= 0: the type has a minimum m."""
+    qs = _ld(w8 + qs_off + jj, ok, False).to(tl.int32)
     qh = qs  # unused unless BITS == 5
     if BITS == 5:
-        qh = _qh_at(w16, base + QH_B, ok, False)
+        qh = _qh_at(w16, qh_off, ok, False)
     q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
     w_lo = q_lo * d  # exact
     w_hi = q_hi16 * (d * 0.0625)  # 16q * d/16: both factors exact powers-of-2 rescalings
     if M_B >= 0:
-        m = _f16_at(w16, base + M_B, ok, False)
+        m = _f16_at(w16, m_off, ok, False)
         w_lo = w_lo + m  # one rounding (the product is exact)
         w_hi = w_hi + m
     return w_lo, w_hi
@@ -282,20 +304,25 @@ def _dequantize_kernel(
     TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr,
     BITS: tl.constexpr, ZERO: tl.constexpr,
     NBLK: tl.constexpr,  # blocks per program (power of 2)
+    PNB: tl.constexpr = 0,  # > 0: planes rows of PNB blocks (quants/planes.py) instead of ggml blocks
 ):
     blk = (tl.program_id(0).to(tl.int64) * NBLK + tl.arange(0, NBLK))[:, None]  # [NBLK, 1]
     ok = blk < n_blocks
-    base = blk * TS  # byte offset of each block
-    d = _f16_at(w16, base, ok, False)
+    if PNB == 0:
+        d_off, m_off, qh_off, qs_off = _field_offsets(0, blk, TS, M_B, QH_B, QS_B, BITS, PNB)
+    else:
+        d_off, m_off, qh_off, qs_off = _field_offsets(blk // PNB * (PNB * TS), blk % PNB, TS, M_B, QH_B, QS_B,
+                                                      BITS, PNB)
+    d = _f16_at(w16, d_off, ok, False)
     dt = y_ptr.dtype.element_ty
     out = y_ptr + blk * _QK
     if BITS == 8:
         jj = tl.arange(0, 32)[None, :]
-        q = _decode_int8(_ld(w8 + base + QS_B + jj, ok, False).to(tl.int32), magic)
+        q = _decode_int8(_ld(w8 + qs_off + jj, ok, False).to(tl.int32), magic)
         tl.store(out + jj, (q * d).to(dt), mask=ok)
     else:
         jj = tl.arange(0, 16)[None, :]
-        w_lo, w_hi = _dequant_nibbles(w8, w16, base, ok, jj, d, magic, M_B, QH_B, QS_B, BITS, ZERO)
+        w_lo, w_hi = _dequant_nibbles(w8, w16, m_off, qh_off, qs_off, ok, jj, d, magic, M_B, BITS, ZERO)
         tl.store(out + jj, w_lo.to(dt), mask=ok)
         tl.store(out + 16 + jj, w_hi.to(dt), mask=ok)
 
@@ -330,11 +357,13 @@ def _checked_bytes(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int])
     return raw, raw.view(torch.int16)
 
 
-def dequantize_into(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int], out: torch.Tensor) -> torch.Tensor:
+def dequantize_into(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int], out: torch.Tensor,
+                    planes: bool = False) -> torch.Tensor:
     """Dequantize raw bytes into `out` (contiguous, >= prod(shape) elements; its dtype is kept).
 
     Returns out's first prod(shape) elements viewed as `shape`. Bit-exact with quants.ref in
     float32; float16/bfloat16 outputs are those float32 values rounded once to nearest even.
+    planes: raw holds planes rows of shape[-1] weights (quants/planes.py), not ggml blocks.
     """
     ggml_type = _as_type(ggml_type)
     shape = tuple(int(s) for s in shape)
@@ -357,18 +386,29 @@ def dequantize_into(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int]
         ts, m_b, qh_b, qs_b, bits, zero = _LAYOUT[ggml_type]
         _dequantize_kernel[(triton.cdiv(n_blocks, _DEQUANT_NBLK),)](
             w8, w16, y, n_blocks, _MAGIC_BITS,
-            TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero, NBLK=_DEQUANT_NBLK)
+            TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero, NBLK=_DEQUANT_NBLK,
+            PNB=_planes_blocks(planes, ggml_type, shape))
     return y.view(shape)
 
 
-def dequantize(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def dequantize(raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int], dtype: torch.dtype = torch.float32,
+               planes: bool = False) -> torch.Tensor:
     """Raw bytes (uint8, on the GPU) of one tensor -> a new tensor of `shape` and `dtype`.
 
     float32 output equals quants.ref.dequantize bit for bit (NaN bit patterns aside: a NaN scale
-    gives a NaN weight in both, payloads may differ).
+    gives a NaN weight in both, payloads may differ). planes: as dequantize_into.
     """
     out = torch.empty(tuple(int(s) for s in shape), dtype=dtype, device=raw.device)
-    return dequantize_into(raw, ggml_type, shape, out)
+    return dequantize_into(raw, ggml_type, shape, out, planes)
+
+
+def _planes_blocks(planes: bool, ggml_type: GGMLType, shape: Sequence[int]) -> int:
+    """The kernels' PNB: 0 for ggml blocks, else the blocks of a planes row (K / 32)."""
+    if not planes:
+        return 0
+    if ggml_type not in _LAYOUT or int(shape[-1]) % QK:
+        raise ValueError(f"planes hold block types with K a multiple of {QK}, got {ggml_type.name} {tuple(shape)}")
+    return int(shape[-1]) // QK
 
 
 # ------------------------------------------------------------------------------------------
@@ -506,20 +546,22 @@ def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequ
 
 
 @triton.jit
-def _dequant_tile(w8, w16, base, ok, magic, dt: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr,
-                  QS_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr, BLOCK_N: tl.constexpr,
-                  NB: tl.constexpr, EVEN: tl.constexpr):
-    """The blocks at byte offsets base [BLOCK_N, NB, 1] dequantized to dt as dequantize would round
-    them: a tensor-core K step's A operand [BLOCK_N, 32*NB], weights in K order. Loads masked by ok
-    (other=0) unless EVEN (the caller proved them in bounds; the nibbles' loads are masked anyway)."""
-    d = _f16_at(w16, base, ok, EVEN)
+def _dequant_tile(w8, w16, w_row, blk, ok, magic, dt: tl.constexpr, TS: tl.constexpr, M_B: tl.constexpr,
+                  QH_B: tl.constexpr, QS_B: tl.constexpr, BITS: tl.constexpr, ZERO: tl.constexpr,
+                  BLOCK_N: tl.constexpr, NB: tl.constexpr, EVEN: tl.constexpr, PNB: tl.constexpr):
+    """Blocks blk [1, NB, 1] of the rows at byte offsets w_row [BLOCK_N, 1, 1] (ggml blocks, or
+    planes rows of PNB blocks) dequantized to dt as dequantize would round them: a tensor-core K
+    step's A operand [BLOCK_N, 32*NB], weights in K order. Loads masked by ok (other=0) unless
+    EVEN (the caller proved them in bounds; the nibbles' loads are masked anyway)."""
+    d_off, m_off, qh_off, qs_off = _field_offsets(w_row, blk, TS, M_B, QH_B, QS_B, BITS, PNB)
+    d = _f16_at(w16, d_off, ok, EVEN)
     if BITS == 8:
         jj = tl.arange(0, 32)[None, None, :]
-        q = _decode_int8(_ld(w8 + base + QS_B + jj, ok, EVEN).to(tl.int32), magic)
+        q = _decode_int8(_ld(w8 + qs_off + jj, ok, EVEN).to(tl.int32), magic)
         return tl.reshape((q * d).to(dt), (BLOCK_N, NB * _QK))
     else:
         jj = tl.arange(0, 16)[None, None, :]
-        w_lo, w_hi = _dequant_nibbles(w8, w16, base, ok, jj, d, magic, M_B, QH_B, QS_B, BITS, ZERO)
+        w_lo, w_hi = _dequant_nibbles(w8, w16, m_off, qh_off, qs_off, ok, jj, d, magic, M_B, BITS, ZERO)
         # [BN, NB, 16, 2(half)] -> [BN, NB, 2, 16] -> [BN, 32*NB]: weights in K order
         return tl.reshape(tl.permute(tl.join(w_lo.to(dt), w_hi.to(dt)), (0, 1, 3, 2)), (BLOCK_N, NB * _QK))
 
@@ -534,6 +576,7 @@ def _qgemm_kernel(
     NB: tl.constexpr,  # 32-weight blocks per K step: BLOCK_K = 32*NB
     GROUP_N: tl.constexpr,  # programs along N that run together and share x tiles in L2
     HAS_BIAS: tl.constexpr,
+    PNB: tl.constexpr = 0,  # > 0: W is planes rows of PNB blocks (quants/planes.py)
 ):
     pid = tl.program_id(0)
     grid_m = tl.cdiv(M, BLOCK_M)
@@ -555,8 +598,7 @@ def _qgemm_kernel(
     for b0 in range(0, n_blk, NB):
         blk = b0 + bb
         ok = blk < n_blk
-        base = w_row + blk * TS  # [BN, NB, 1]
-        a = _dequant_tile(w8, w16, base, ok, magic, dt, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB, False)
+        a = _dequant_tile(w8, w16, w_row, blk, ok, magic, dt, TS, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB, False, PNB)
         k_idx = kk + b0 * _QK
         xt = tl.load(x_col + k_idx, mask=k_idx < K, other=0.0)  # [BK, BM]
         acc = tl.dot(a, xt, acc)
@@ -567,15 +609,20 @@ def _qgemm_kernel(
 
 
 TC_CONFIG = (16, 64, 2, 8, 4, 4)  # BLOCK_M 16 (wgmma n16), BLOCK_N 64 (one warpgroup's m64), BLOCK_K 64, 4 stages
+# On planes (K a multiple of 256) steps of 8 blocks: a row's qs, qh and d of a step are then whole
+# 32-byte sectors. Vocabulary at 5 rows, H100 (performance.md 21.2): 83.1 us at NB 2, 72.7 at 4,
+# 63.6 at 8, against 61.8-62.7 on ggml blocks at NB 2.
+TC_CONFIG_PLANES = (16, 64, 8, 8, 4, 4)
 
 
 def qgemm_fused(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
-                bias: torch.Tensor | None = None, config: tuple[int, int, int, int, int, int] | None = None) -> torch.Tensor:
+                bias: torch.Tensor | None = None, config: tuple[int, int, int, int, int, int] | None = None,
+                planes: bool = False) -> torch.Tensor:
     """Fused dequant-GEMM on tensor cores: x (M, K) fp16/bf16 @ W.T (+ bias) -> (M, N).
 
     W is dequantized tile by tile in registers (to x's dtype, as dequantize would round it) and
     fed to tl.dot as the A operand; fp32 accumulation. Meant for M <= 16 (TC_CONFIG).
-    config: (BLOCK_M, BLOCK_N, NB, GROUP_N, num_warps, num_stages).
+    config: (BLOCK_M, BLOCK_N, NB, GROUP_N, num_warps, num_stages). planes: raw is planes rows.
     """
     ggml_type = _as_type(ggml_type)
     n, k = (int(s) for s in shape)
@@ -586,14 +633,14 @@ def qgemm_fused(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: 
     m = x.shape[0]
     w8, w16 = _checked_bytes(raw, ggml_type, (n, k))
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    block_m, block_n, nb, group_n, num_warps, num_stages = config or TC_CONFIG
+    block_m, block_n, nb, group_n, num_warps, num_stages = config or (TC_CONFIG_PLANES if planes else TC_CONFIG)
     ts, m_b, qh_b, qs_b, bits, zero = _LAYOUT[ggml_type]
     grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
     _qgemm_kernel[grid](
         x, w8, w16, bias if bias is not None else y, y, m, n, k, x.stride(0), _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, GROUP_N=group_n, HAS_BIAS=bias is not None,
-        num_warps=num_warps, num_stages=num_stages)
+        PNB=_planes_blocks(planes, ggml_type, shape), num_warps=num_warps, num_stages=num_stages)
     return y
 
 
@@ -629,11 +676,13 @@ SPLITK_BLOCK_N, SPLITK_WARPS = 64, 4  # rows of W a program and its warps (H100 
 @triton.jit
 def _splitk_tile(w8, w16, nc, b0, K, magic, dt: tl.constexpr,
                  TS: tl.constexpr, M_B: tl.constexpr, QH_B: tl.constexpr, QS_B: tl.constexpr, BITS: tl.constexpr,
-                 ZERO: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr):
+                 ZERO: tl.constexpr, BLOCK_N: tl.constexpr, NB: tl.constexpr, PNB: tl.constexpr):
     """Rows nc of W, blocks b0 .. b0 + NB (in bounds: rows clamped, splits of whole steps): one
     K step's A operand [BLOCK_N, 32*NB] (_dequant_tile)."""
-    base = (nc * (K // _QK * TS))[:, None, None] + (b0 + tl.arange(0, NB))[None, :, None] * TS  # [BN, NB, 1]
-    return _dequant_tile(w8, w16, base, base >= 0, magic, dt, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB, True)
+    w_row = (nc * (K // _QK * TS))[:, None, None]  # [BN, 1, 1]
+    blk = (b0 + tl.arange(0, NB))[None, :, None]  # [1, NB, 1]
+    return _dequant_tile(w8, w16, w_row, blk, blk >= 0, magic, dt, TS, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB,
+                         True, PNB)
 
 
 @triton.jit
@@ -645,6 +694,7 @@ def _splitk_kernel(
     NB: tl.constexpr,  # 32-weight blocks per K step
     NBS: tl.constexpr,  # blocks per split (a multiple of NB)
     PDL: tl.constexpr,
+    PNB: tl.constexpr = 0,  # > 0: W is planes rows of PNB blocks (quants/planes.py)
 ):
     """part[split, m, n] = sum over this split's K slice of x[m, k] * W[n, k], float32 (rows of x
     past M repeat row M - 1; the caller reads rows < M). W is dequantized to x's dtype, as
@@ -662,12 +712,12 @@ def _splitk_kernel(
     kk = tl.arange(0, NB * _QK)
     dt = x_ptr.dtype.element_ty
     first = ks * NBS
-    a = _splitk_tile(w8, w16, nc, first, K, magic, dt, TS, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB)
+    a = _splitk_tile(w8, w16, nc, first, K, magic, dt, TS, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB, PNB)
     if PDL:
         gdc_wait()  # x is the previous kernel's
     acc = tl.dot(a, tl.load(x_col + kk[:, None] + first * _QK), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
     for b0 in tl.range(first + NB, first + NBS, NB):  # the other steps (none where NBS == NB)
-        a = _splitk_tile(w8, w16, nc, b0, K, magic, dt, TS, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB)
+        a = _splitk_tile(w8, w16, nc, b0, K, magic, dt, TS, M_B, QH_B, QS_B, BITS, ZERO, BLOCK_N, NB, PNB)
         acc = tl.dot(a, tl.load(x_col + kk[:, None] + b0 * _QK), acc)  # x tile [BK, BM]
     out = part_ptr + (ks * BLOCK_M + xm[None, :]).to(tl.int64) * N + nn[:, None]
     tl.store(out, acc, mask=(nn < N)[:, None])
@@ -775,10 +825,11 @@ def _partials_kernel(part_ptr, bias_ptr, y_ptr, N, SPLIT: tl.constexpr, BLOCK_M:
 
 
 def splitk_linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
-                  bias: torch.Tensor | None = None) -> Partials:
+                  bias: torch.Tensor | None = None, planes: bool = False) -> Partials:
     """x (..., K) float16/bfloat16 with 1..SPLITK_MAX_M rows @ W.T (+ bias) as Partials, for the
-    raw ggml blocks of a block type. (Float16 weights, an F16 file's or cache_decoder_weights'
-    copies, stay with cuBLAS: this kernel on them measured slower in the batched run.)"""
+    raw ggml blocks of a block type (planes: planes rows). (Float16 weights, an F16 file's or
+    cache_decoder_weights' copies, stay with cuBLAS: this kernel on them measured slower in the
+    batched run.)"""
     ggml_type = _as_type(ggml_type)
     n, k = (int(s) for s in shape)
     if x.dtype not in (torch.float16, torch.bfloat16):
@@ -801,7 +852,7 @@ def splitk_linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape
         x2, w8, w16, parts, m, n, k, x2.stride(0), _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, NBS=k // QK // split, num_warps=warps, num_stages=SPLITK_STAGES,
-        **_splitk_pdl(x.device))
+        PNB=_planes_blocks(planes, ggml_type, shape), **_splitk_pdl(x.device))
     return Partials(parts, bias, x.dtype, lead + (n,))
 
 
@@ -833,7 +884,7 @@ def scratch_buffers() -> list[torch.Tensor]:
 
 
 def dequant_matmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
-                   bias: torch.Tensor | None = None) -> torch.Tensor:
+                   bias: torch.Tensor | None = None, planes: bool = False) -> torch.Tensor:
     """x (M, K) @ W.T (+ bias): dequantize W into the scratch buffer in x's dtype, then F.linear.
 
     An N that is not a multiple of 8 (the multilingual vocabulary, 51865) is padded in the
@@ -843,7 +894,7 @@ def dequant_matmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shap
     n, k = (int(s) for s in shape)
     n_pad = -(-n // torch_ops.CUBLAS_N_ALIGN) * torch_ops.CUBLAS_N_ALIGN
     buf = _scratch_buffer(n_pad * k, x.dtype, x.device)
-    dequantize_into(raw, ggml_type, (n, k), buf)
+    dequantize_into(raw, ggml_type, (n, k), buf, planes)
     b = None if bias is None else bias.to(x.dtype)
     if n_pad == n:
         return torch.nn.functional.linear(x, buf[: n * k].view(n, k), b)
@@ -888,7 +939,7 @@ def pick(rows: int, n: int, k: int, x_dtype: torch.dtype) -> str:
 
 
 def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
-           bias: torch.Tensor | None = None) -> torch.Tensor:
+           bias: torch.Tensor | None = None, planes: bool = False) -> torch.Tensor:
     """y = x @ W.T + bias for a raw ggml weight W of `shape` (N, K); x (..., K) on the GPU.
 
     Few rows (decoder steps, beams) read the raw blocks once: the fused GEMV, or for 2..16 rows
@@ -897,6 +948,8 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
     (encoder, prompts, batches) dequantize W into a reusable buffer and use cuBLAS. F16/F32
     weights are used in place through cuBLAS (torch_ops.dense_linear: an N that is not a
     multiple of 8 is split, where dequant_matmul pads). pick() holds the measured crossovers.
+    planes (quants/planes.py, a QLinear's to_planes): one row goes to the Gluon GEMV on planes
+    (quants/gluon_gemv.py), other few-row GEMVs to dequantize + cuBLAS.
     """
     ggml_type = _as_type(ggml_type)
     n, k = (int(s) for s in shape)
@@ -907,14 +960,21 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
         y = torch_ops.dense_linear(x2, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
         return y.reshape(*lead, n)
     way = pick(x2.shape[0], n, k, x2.dtype)
-    if way == "gemv":
+    if way == "gemv" and planes:
+        if x2.shape[0] == 1:
+            from . import gluon_gemv
+
+            y = gluon_gemv.gemv(x2[0], raw, ggml_type, n, k, bias).to(x2.dtype)[None]
+        else:
+            y = dequant_matmul(x2, raw, ggml_type, (n, k), bias, planes)
+    elif way == "gemv":
         y = qmatmul(x2, raw, ggml_type, (n, k), bias)
     elif way == "tc":
-        y = qgemm_fused(x2, raw, ggml_type, (n, k), bias)
+        y = qgemm_fused(x2, raw, ggml_type, (n, k), bias, planes=planes)
     elif way == "splitk":
-        y = splitk_linear(x2, raw, ggml_type, (n, k), bias).tensor()
+        y = splitk_linear(x2, raw, ggml_type, (n, k), bias, planes).tensor()
     else:
-        y = dequant_matmul(x2, raw, ggml_type, (n, k), bias)
+        y = dequant_matmul(x2, raw, ggml_type, (n, k), bias, planes)
     return y.reshape(*lead, n)
 
 
@@ -973,5 +1033,18 @@ def add_layer_norm(x: torch.Tensor, y: torch.Tensor | Partials, weight: torch.Te
     return s.view(x.shape), h.view(x.shape)
 
 
-__all__ = ["add_layer_norm", "dequantize", "dequantize_into", "qmatmul", "qgemm_fused", "dequant_matmul", "linear", "pick", "QMATMUL_MAX_M",
-           "scratch_buffers", "splitk_linear", "Partials", "SPLITK_MAX_M"]
+__all__ = [
+    "QMATMUL_MAX_M",
+    "SPLITK_MAX_M",
+    "Partials",
+    "add_layer_norm",
+    "dequant_matmul",
+    "dequantize",
+    "dequantize_into",
+    "linear",
+    "pick",
+    "qgemm_fused",
+    "qmatmul",
+    "scratch_buffers",
+    "splitk_linear",
+]
