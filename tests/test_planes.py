@@ -182,6 +182,10 @@ def test_cuda_gluon_gemv(k):
         scale = w64.abs() @ x.double().abs()
         y = gluon_gemv.gemv(x.cuda(), p, GGMLType.Q5_0, n, k).cpu().double()
         assert ((y - w64 @ x.double()).abs() <= 2 * k * 2.0**-24 * scale + 1e-30).all()
+        xh = x.half()  # float16 in and out (the unfused step's logits): float32 inside, one rounding
+        y = gluon_gemv.gemv(xh.cuda(), p, GGMLType.Q5_0, n, k, out=torch.empty(n, dtype=torch.half, device="cuda"))
+        want = w64 @ xh.double()
+        assert ((y.cpu().double() - want).abs() <= 2 * k * 2.0**-24 * scale + 2.0**-11 * want.abs() + 1e-7).all()
         bias = torch.randn(n)
         y = gluon_gemv.gemv(x.cuda(), p, GGMLType.Q5_0, n, k, bias=bias.cuda()).cpu().double()
         assert ((y - w64 @ x.double() - bias.double()).abs() <= 2 * k * 2.0**-24 * scale + 1e-6).all()

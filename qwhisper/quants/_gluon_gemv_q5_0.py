@@ -76,8 +76,8 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
     xk2 = gl.arange(0, 32, layout=gl.SliceLayout(0, LXS))[None, :] + 128
     ia = (xj + 8 * (xk // 32)) * 32 + xk % 32
     ib = (xj + 8 * (xk2 // 32)) * 32 + xk2 % 32
-    va = gl.load(x_ptr + ia, mask=ia < K, other=0.0)
-    vb = gl.load(x_ptr + ib, mask=ib < K, other=0.0)
+    va = gl.load(x_ptr + ia, mask=ia < K, other=0.0).to(gl.float32)
+    vb = gl.load(x_ptr + ib, mask=ib < K, other=0.0).to(gl.float32)
     mean = 0.0
     rstd = 0.0
     if LN:  # mean and 1/std of x (two passes over the values in registers), then x * ln_weight
@@ -734,4 +734,4 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             y = rstd * (y - mean * gl.load(ww_ptr + rows, mask=live, other=0.0)) + gl.load(wb_ptr + rows, mask=live, other=0.0)
         if HAS_BIAS:
             y += gl.load(bias_ptr + rows, mask=live, other=0.0).to(gl.float32)
-        gl.store(y_ptr + rows, y, mask=live)
+        gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)

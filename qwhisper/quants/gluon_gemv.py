@@ -50,8 +50,9 @@ def _sms(device: torch.device) -> int:
 def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: int,
          bias: torch.Tensor | None = None, ln: tuple | None = None, out: torch.Tensor | None = None,
          pdl: bool = False) -> torch.Tensor:
-    """y (n,) float32 = W @ x (+ bias), or with ln = (weight, bias, eps, W@weight, W@bias) the
-    LayerNorm of x folded in: W @ LN(x). x (k,) on the GPU; planes: the weight's planes rows.
+    """y (n,) = W @ x (+ bias), or with ln = (weight, bias, eps, W@weight, W@bias) the LayerNorm of
+    x folded in: W @ LN(x). x (k,) float32/float16/bfloat16 on the GPU, read as float32; planes:
+    the weight's planes rows; out: (n,) of any float dtype (default float32), float32 inside.
     pdl: launched with programmatic dependent launch (sm_90+): the first pass's weights load
     before the wait for the kernel that wrote x."""
     if not supports(ggml_type, n, k):
@@ -65,9 +66,11 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     x = x.reshape(-1)
     if x.numel() != k:
         raise ValueError(f"x needs {k} values, got {x.numel()}")
-    x = x.float().contiguous()
+    x = x.contiguous()
     if out is None:
         out = torch.empty(n, dtype=torch.float32, device=x.device)
+    elif out.numel() != n or not out.is_contiguous():
+        raise ValueError(f"out must be {n} contiguous values, got {tuple(out.shape)}")
     passes = -(-n // 4)
     g = min(PROGRAMS_PER_SM * _sms(x.device), passes)
     w32 = planes.view(torch.int32).view(torch.uint32)

@@ -964,7 +964,8 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
         if x2.shape[0] == 1:
             from . import gluon_gemv
 
-            y = gluon_gemv.gemv(x2[0], raw, ggml_type, n, k, bias).to(x2.dtype)[None]
+            y = gluon_gemv.gemv(x2[0], raw, ggml_type, n, k, bias, out=torch.empty((1, n), dtype=x2.dtype,
+                                                                                    device=x2.device))
         else:
             y = dequant_matmul(x2, raw, ggml_type, (n, k), bias, planes)
     elif way == "gemv":
