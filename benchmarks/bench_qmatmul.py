@@ -135,7 +135,7 @@ def vocab_planes(t: GGMLType, n: int, k: int) -> bool:
     from qwhisper.quants import gluon_gemv
 
     return (loader.VOCAB_PLANES and n >= 16384 and gluon_gemv.supports(t, n, k)
-            and gluon_gemv.usable(torch.device("cuda")))
+            and gluon_gemv.usable(torch.device("cuda"), t))
 
 
 GEMV_TUNE = [(8, 8, 2), (16, 8, 2), (4, 8, 2), (8, 16, 4), (4, 16, 4), (2, 16, 4), (1, 16, 4), (16, 16, 4)]

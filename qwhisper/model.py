@@ -110,7 +110,7 @@ class QLinear(nn.Module):
         from .quants import gluon_gemv, planes
 
         if not gluon_gemv.supports(self.ggml_type, self.out_features, self.in_features) \
-                or not gluon_gemv.usable(self.weight.device):
+                or not gluon_gemv.usable(self.weight.device, self.ggml_type):
             return False
         for r0 in range(0, self.out_features, 4096):  # rows are independent: in place, 4096 at a time (no peak)
             rows = self.weight[r0:r0 + 4096]

@@ -1,7 +1,7 @@
 """Planes rows (quants/planes.py) and the kernels that read them.
 
 CPU: the regrouping against the ggml bytes, and a numpy emulation of the Gluon GEMV's word decode
-(quants/_gluon_gemv_q5_0.py) against the golden dequantization, bit for bit. Interpreter
+(quants/_gluon_gemv.py) against the golden dequantization, bit for bit. Interpreter
 (TRITON_INTERPRET=1, in a child process): the Triton kernels on planes give the same bits as on
 ggml blocks. CUDA: the Gluon GEMV against float64 products of the golden dequantization, and a
 model whose vocabulary went to planes at load against the same model without.
@@ -62,33 +62,39 @@ def test_planes_regroup_the_same_bytes(ggml_type):
         to_planes(raw, GGMLType.F16, n, k)
 
 
-def test_gluon_word_decode_is_the_golden_dequantization():
-    """The Gluon GEMV's decode, emulated in numpy on planes rows: qs words masked to nibbles, the
-    fifth bits spread into bit 4 of each byte by one multiply, each byte put into the mantissa of
-    2^23 (PRMT with 0x4B000000) and 2^23 + 16 subtracted, times d: equal to the golden
-    dequantization bit for bit (so the kernel's products differ from float64 by rounding only)."""
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q5_0, GGMLType.Q4_0], ids=lambda t: t.name)
+def test_gluon_word_decode_is_the_golden_dequantization(ggml_type):
+    """The Gluon GEMV's decode, emulated in numpy on planes rows: qs words masked to nibbles, (Q5_0)
+    the fifth bits spread into bit 4 of each byte by one multiply, each byte put into the mantissa
+    of 2^23 (PRMT with 0x4B000000) and 2^23 + 16 (Q4_0: + 8) subtracted, times d: equal to the
+    golden dequantization bit for bit (so the kernel's products differ from float64 by rounding
+    only)."""
     n, k = 5, 1280
     nb = k // QK
-    raw, want = _raw(GGMLType.Q5_0, n, k, seed=3)
-    p = to_planes(raw, GGMLType.Q5_0, n, k).numpy()
+    five = ggml_type == GGMLType.Q5_0
+    raw, want = _raw(ggml_type, n, k, seed=3)
+    p = to_planes(raw, ggml_type, n, k).numpy()
     qs = p[:, : 16 * nb].copy().view(np.uint32).reshape(n, nb, 4).astype(np.uint64)
-    qh = p[:, 16 * nb: 20 * nb].copy().view(np.uint32).reshape(n, nb).astype(np.uint64)
-    d = p[:, 20 * nb:].copy().view(np.float16).reshape(n, nb).astype(np.float32)
+    qh = p[:, 16 * nb: 20 * nb].copy().view(np.uint32).reshape(n, nb).astype(np.uint64) if five else None
+    d = p[:, (20 if five else 16) * nb:].copy().view(np.float16).reshape(n, nb).astype(np.float32)
     u = np.uint64
     word = u(0xFFFFFFFF)
 
-    def spread(v):  # _spread: bits 0..3 -> bit 4 of bytes 0..3
+    def spread(b, shift):  # _spread of qh's bits shift..shift+3: bit 4 of bytes 0..3 (Q4_0: none)
+        if not five:
+            return u(0)
+        v = (qh[:, b] >> u(shift)) & u(0xF)
         return (((v * u(0x00204081)) & word) & u(0x01010101)) << u(4)
 
     got = np.zeros((n, k), np.float32)
     for b in range(nb):
         for w in range(4):
-            lo = ((qs[:, b, w] & u(0x0F0F0F0F)) | spread((qh[:, b] >> u(4 * w)) & u(0xF))) & word
-            hi = (((qs[:, b, w] >> u(4)) & u(0x0F0F0F0F)) | spread((qh[:, b] >> u(16 + 4 * w)) & u(0xF))) & word
+            lo = ((qs[:, b, w] & u(0x0F0F0F0F)) | spread(b, 4 * w)) & word
+            hi = (((qs[:, b, w] >> u(4)) & u(0x0F0F0F0F)) | spread(b, 16 + 4 * w)) & word
             for j in range(4):
                 for v, base in ((lo, 0), (hi, 16)):
                     byte = ((v >> u(8 * j)) & u(0xFF)).astype(np.uint32)
-                    q = (np.uint32(0x4B000000) | byte).view(np.float32) - np.float32(8388624.0)
+                    q = (np.uint32(0x4B000000) | byte).view(np.float32) - np.float32(8388608 + (16 if five else 8))
                     got[:, 32 * b + base + 4 * w + j] = q * d[:, b]
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
@@ -164,34 +170,35 @@ def test_interp_triton_kernels_on_planes(ggml_type):
 
 
 @cuda
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q5_0, GGMLType.Q4_0], ids=lambda t: t.name)
 @pytest.mark.parametrize("k", [256, 512, 768, 1024, 1280])
-def test_cuda_gluon_gemv(k):
+def test_cuda_gluon_gemv(k, ggml_type):
     """The Gluon GEMV against float64 products of the golden dequantization (plain, with a bias,
     with a folded LayerNorm against F.layer_norm in float64), for N not a multiple of 4 rows."""
     import torch.nn.functional as F
 
     from qwhisper.quants import gluon_gemv, triton_decoder
 
-    if not gluon_gemv.usable(torch.device("cuda")):
+    if not gluon_gemv.usable(torch.device("cuda"), ggml_type):
         pytest.skip("Gluon is not available with this Triton")
     for n in (1, 37, 5003):
-        raw, w = _raw(GGMLType.Q5_0, n, k, seed=k + n)
-        p = to_planes(raw, GGMLType.Q5_0, n, k).reshape(-1).cuda()
+        raw, w = _raw(ggml_type, n, k, seed=k + n)
+        p = to_planes(raw, ggml_type, n, k).reshape(-1).cuda()
         w64 = torch.from_numpy(w).double()
         x = torch.randn(k, generator=torch.Generator().manual_seed(n))
         scale = w64.abs() @ x.double().abs()
-        y = gluon_gemv.gemv(x.cuda(), p, GGMLType.Q5_0, n, k).cpu().double()
+        y = gluon_gemv.gemv(x.cuda(), p, ggml_type, n, k).cpu().double()
         assert ((y - w64 @ x.double()).abs() <= 2 * k * 2.0**-24 * scale + 1e-30).all()
         xh = x.half()  # float16 in and out (the unfused step's logits): float32 inside, one rounding
-        y = gluon_gemv.gemv(xh.cuda(), p, GGMLType.Q5_0, n, k, out=torch.empty(n, dtype=torch.half, device="cuda"))
+        y = gluon_gemv.gemv(xh.cuda(), p, ggml_type, n, k, out=torch.empty(n, dtype=torch.half, device="cuda"))
         want = w64 @ xh.double()
         assert ((y.cpu().double() - want).abs() <= 2 * k * 2.0**-24 * scale + 2.0**-11 * want.abs() + 1e-7).all()
         bias = torch.randn(n)
-        y = gluon_gemv.gemv(x.cuda(), p, GGMLType.Q5_0, n, k, bias=bias.cuda()).cpu().double()
+        y = gluon_gemv.gemv(x.cuda(), p, ggml_type, n, k, bias=bias.cuda()).cpu().double()
         assert ((y - w64 @ x.double() - bias.double()).abs() <= 2 * k * 2.0**-24 * scale + 1e-6).all()
         lw, lb = torch.rand(k) + 0.5, torch.randn(k)
-        ww, wb = triton_decoder.fold_ln(raw.cuda(), GGMLType.Q5_0, n, k, lw.cuda(), lb.cuda())
-        y = gluon_gemv.gemv(x.cuda() * 3 + 1, p, GGMLType.Q5_0, n, k, ln=(lw.cuda(), lb.cuda(), 1e-5, ww, wb),
+        ww, wb = triton_decoder.fold_ln(raw.cuda(), ggml_type, n, k, lw.cuda(), lb.cuda())
+        y = gluon_gemv.gemv(x.cuda() * 3 + 1, p, ggml_type, n, k, ln=(lw.cuda(), lb.cuda(), 1e-5, ww, wb),
                             pdl=True).cpu().double()
         hn = F.layer_norm((x * 3 + 1).double(), (k,), lw.double(), lb.double(), 1e-5)
         want = w64 @ hn
@@ -199,8 +206,9 @@ def test_cuda_gluon_gemv(k):
 
 
 @cuda
-def test_cuda_vocabulary_on_planes_matches_ggml(tmp_path):
-    """A base-shaped q5_0 model (random weights): loaded on CUDA its vocabulary goes to planes,
+@pytest.mark.parametrize("ftype", ["q5_0", "q4_0"])
+def test_cuda_vocabulary_on_planes_matches_ggml(tmp_path, ftype):
+    """A base-shaped model (random weights): loaded on CUDA its vocabulary goes to planes,
     and its logits (the fused one-row step, 5 beams through the tensor-core GEMM, a prompt) equal
     those of the same model loaded with VOCAB_PLANES off, within the fused step's tolerance."""
     import sys
@@ -208,12 +216,12 @@ def test_cuda_vocabulary_on_planes_matches_ggml(tmp_path):
     from qwhisper import loader
     from qwhisper.quants import gluon_gemv
 
-    if not gluon_gemv.usable(torch.device("cuda")):
+    if not gluon_gemv.usable(torch.device("cuda"), GGMLType[ftype.upper()]):
         pytest.skip("Gluon is not available with this Triton")
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "benchmarks"))
     from bench_model import fast_random_model
 
-    path = fast_random_model(tmp_path, "base", "q5_0")
+    path = fast_random_model(tmp_path, "base", ftype)
     planes = loader.load_model(path, "cuda")
     try:
         loader.VOCAB_PLANES = False

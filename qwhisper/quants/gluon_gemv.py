@@ -1,5 +1,5 @@
-"""The one-row GEMV on planes (quants/planes.py) in Gluon: y = W x for a Q5_0 weight with K a
-multiple of 256, optionally with the LayerNorm before it folded in and under programmatic
+"""The one-row GEMV on planes (quants/planes.py) in Gluon: y = W x for a Q5_0 or Q4_0 weight with
+K a multiple of 256, optionally with the LayerNorm before it folded in and under programmatic
 dependent launch (the fused decoder step's vocabulary projection).
 
 Why Gluon: the ggml blocks' 2-byte-aligned fields cap a GEMV at ~55 % of copy bandwidth (session
@@ -7,8 +7,7 @@ Why Gluon: the ggml blocks' 2-byte-aligned fields cap a GEMV at ~55 % of copy ba
 large-v3 vocabulary (51866 x 1280 Q5_0) takes 21.0-21.2 us on an H100, 72-73 % of copy bandwidth,
 against 37.5 us for the Triton GEMV on ggml blocks (docs/reports/performance.md 21.1). Gluon
 (Triton's explicit-layout dialect) places every lane's loads and keeps x where Triton's layouts
-would shuffle it. The kernel source is generated (scripts/gen_gluon_gemv.py,
-_gluon_gemv_q5_0.py).
+would shuffle it. The kernel source is generated (scripts/gen_gluon_gemv.py, _gluon_gemv.py).
 
 Gluon runs on the GPU only (no interpreter), so CI checks the planes layout, the Triton kernels
 on planes and the decode arithmetic (tests/test_gluon_gemv.py emulates it in numpy); the CUDA
@@ -23,11 +22,11 @@ import warnings
 
 import torch
 
-from . import QK, GGMLType
+from . import BLOCK_SIZES, QK, GGMLType
 
 MAX_K = 1280  # 8 lanes x 5 blocks: the generated kernel's NBL <= 5
 PROGRAMS_PER_SM = 16  # one-warp programs (96 registers): the H100 sweep's best (2112 = 16 x 132)
-TYPES = (GGMLType.Q5_0,)
+TYPES = (GGMLType.Q5_0, GGMLType.Q4_0)
 
 
 def supports(ggml_type: GGMLType, n: int, k: int) -> bool:
@@ -36,10 +35,10 @@ def supports(ggml_type: GGMLType, n: int, k: int) -> bool:
 
 
 @functools.cache
-def _kernel():
-    from ._gluon_gemv_q5_0 import gemv_q5_0_planes_kernel
+def _kernel(ggml_type: GGMLType):
+    from . import _gluon_gemv
 
-    return gemv_q5_0_planes_kernel
+    return getattr(_gluon_gemv, f"gemv_{GGMLType(ggml_type).name.lower()}_planes_kernel")
 
 
 @functools.cache
@@ -58,9 +57,10 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     if not supports(ggml_type, n, k):
         raise ValueError(f"the Gluon GEMV takes {[t.name for t in TYPES]} with K a multiple of 256 up to "
                          f"{MAX_K}, got {GGMLType(ggml_type).name} ({n}, {k})")
-    if planes.dtype != torch.uint8 or planes.numel() != n * k // QK * 22 or not planes.is_contiguous():
-        raise ValueError(f"planes of a Q5_0 ({n}, {k}) weight are {n * k // QK * 22} contiguous uint8 bytes, "
-                         f"got {planes.numel()} of {planes.dtype}")
+    nbytes = n * k // QK * BLOCK_SIZES[GGMLType(ggml_type)][1]
+    if planes.dtype != torch.uint8 or planes.numel() != nbytes or not planes.is_contiguous():
+        raise ValueError(f"planes of a {GGMLType(ggml_type).name} ({n}, {k}) weight are {nbytes} contiguous uint8 "
+                         f"bytes, got {planes.numel()} of {planes.dtype}")
     if planes.data_ptr() % 16:
         raise ValueError("planes must be 16-byte aligned")
     x = x.reshape(-1)
@@ -80,37 +80,40 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     if ln is not None:
         lnw, lnb, eps, ww, wb = ln[0], ln[1], float(ln[2]), ln[3], ln[4]
     kw = {"launch_pdl": True} if pdl else {}
-    _kernel()[(g,)](w32, w16, x, out, bias if bias is not None else x, lnw, lnb, ww, wb, eps,
+    _kernel(ggml_type)[(g,)](w32, w16, x, out, bias if bias is not None else x, lnw, lnb, ww, wb, eps,
                     n, passes, g, NBL=k // (8 * QK), HAS_BIAS=bias is not None, LN=ln is not None, PDL=pdl,
                     num_warps=1, **kw)
     return out
 
 
 @functools.cache
-def usable(device: torch.device) -> bool:
-    """Whether the Gluon GEMV compiles and runs correctly here (checked once per device on a
-    small weight against the Triton dequantization): Gluon ships with Triton >= 3.5 and is
-    experimental, so any failure keeps weights in ggml blocks, with a warning."""
-    if device.type != "cuda":
+def usable(device: torch.device, ggml_type: GGMLType = GGMLType.Q5_0) -> bool:
+    """Whether the Gluon GEMV of this type compiles and runs correctly here (checked once per
+    device and type on a small weight against the Triton dequantization): Gluon ships with Triton
+    >= 3.5 and is experimental, so any failure keeps weights in ggml blocks, with a warning."""
+    if device.type != "cuda" or GGMLType(ggml_type) not in TYPES:
         return False
     try:
         from . import planes as planes_mod
         from . import triton_ops
 
+        t = GGMLType(ggml_type)
+        ts = BLOCK_SIZES[t][1]
         gen = torch.Generator(device=device).manual_seed(0)
         n, k = 37, 512
-        raw = torch.randint(0, 256, (n * k // QK * 22,), dtype=torch.uint8, device=device, generator=gen)
-        blocks = raw.view(n * k // QK, 22)
+        raw = torch.randint(0, 256, (n * k // QK * ts,), dtype=torch.uint8, device=device, generator=gen)
+        blocks = raw.view(n * k // QK, ts)
         blocks[:, 0], blocks[:, 1] = 0, 0x2C  # d = 1/16 (f16 0x2C00): finite scales
         x = torch.randn(k, device=device, generator=gen)
-        w = triton_ops.dequantize(raw, GGMLType.Q5_0, (n, k)).double()
-        y = gemv(x, planes_mod.to_planes(raw, GGMLType.Q5_0, n, k).reshape(-1), GGMLType.Q5_0, n, k)
+        w = triton_ops.dequantize(raw, t, (n, k)).double()
+        y = gemv(x, planes_mod.to_planes(raw, t, n, k).reshape(-1), t, n, k)
         err = ((y.double() - w @ x.double()).abs() / (w.abs() @ x.double().abs())).max().item()
         if not err < 1e-6:
             raise RuntimeError(f"wrong result (relative error {err:.1e})")
         return True
     except Exception as e:  # noqa: BLE001 -- ImportError (no Gluon), compile errors of any kind, launch failures
-        warnings.warn(f"Gluon GEMV unavailable ({type(e).__name__}: {str(e)[:300]}); weights stay in ggml blocks")
+        warnings.warn(f"Gluon GEMV for {GGMLType(ggml_type).name} unavailable ({type(e).__name__}: {str(e)[:300]}); "
+                      "weights stay in ggml blocks")
         return False
 
 
