@@ -80,11 +80,11 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
     vb = gl.load(x_ptr + ib, mask=ib < K, other=0.0).to(gl.float32)
     mean = 0.0
     rstd = 0.0
-    if LN:  # mean and 1/std of x (two passes over the values in registers), then x * ln_weight
-        mean = (gl.sum(gl.sum(va, axis=1), axis=0) + gl.sum(gl.sum(vb, axis=1), axis=0)) / K
+    if LN:  # mean and 1/std of x (two passes over the values in registers; rows first: in-thread), then x * ln_weight
+        mean = (gl.sum(gl.sum(va, axis=0), axis=0) + gl.sum(gl.sum(vb, axis=0), axis=0)) / K
         da = gl.where(ia < K, va - mean, 0.0)
         db = gl.where(ib < K, vb - mean, 0.0)
-        var = (gl.sum(gl.sum(da * da, axis=1), axis=0) + gl.sum(gl.sum(db * db, axis=1), axis=0)) / K
+        var = (gl.sum(gl.sum(da * da, axis=0), axis=0) + gl.sum(gl.sum(db * db, axis=0), axis=0)) / K
         rstd = 1.0 / gl.sqrt_rn(var + eps)
         va = va * gl.load(lnw_ptr + ia, mask=ia < K, other=0.0)
         vb = vb * gl.load(lnw_ptr + ib, mask=ib < K, other=0.0)
@@ -789,11 +789,11 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
     vb = gl.load(x_ptr + ib, mask=ib < K, other=0.0).to(gl.float32)
     mean = 0.0
     rstd = 0.0
-    if LN:  # mean and 1/std of x (two passes over the values in registers), then x * ln_weight
-        mean = (gl.sum(gl.sum(va, axis=1), axis=0) + gl.sum(gl.sum(vb, axis=1), axis=0)) / K
+    if LN:  # mean and 1/std of x (two passes over the values in registers; rows first: in-thread), then x * ln_weight
+        mean = (gl.sum(gl.sum(va, axis=0), axis=0) + gl.sum(gl.sum(vb, axis=0), axis=0)) / K
         da = gl.where(ia < K, va - mean, 0.0)
         db = gl.where(ib < K, vb - mean, 0.0)
-        var = (gl.sum(gl.sum(da * da, axis=1), axis=0) + gl.sum(gl.sum(db * db, axis=1), axis=0)) / K
+        var = (gl.sum(gl.sum(da * da, axis=0), axis=0) + gl.sum(gl.sum(db * db, axis=0), axis=0)) / K
         rstd = 1.0 / gl.sqrt_rn(var + eps)
         va = va * gl.load(lnw_ptr + ia, mask=ia < K, other=0.0)
         vb = vb * gl.load(lnw_ptr + ib, mask=ib < K, other=0.0)
