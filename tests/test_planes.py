@@ -117,6 +117,12 @@ def test_qlinear_with_planes_reads_as_ggml():
     assert torch.equal(pl.rows(idx), lin.rows(idx))
     x = torch.randn(2, k)
     assert torch.equal(pl(x), lin(x))
+    from qwhisper.quants.triton_decoder import fold_ln  # the fused step's LayerNorm fold, rows converted in chunks
+
+    g, b = torch.randn(k), torch.randn(k)
+    for got, want in zip(fold_ln(pl.weight, GGMLType.Q5_0, n, k, g, b, planes=True),
+                         fold_ln(lin.weight, GGMLType.Q5_0, n, k, g, b)):
+        assert torch.equal(got, want)
     assert pl.to_planes() is True  # already planes: stays
     assert lin.to_planes() is False and not lin.planes  # a CPU weight is never regrouped
 

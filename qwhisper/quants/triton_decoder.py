@@ -55,6 +55,7 @@ import triton
 import triton.language as tl
 
 from . import QK, GGMLType, row_nbytes, torch_ops, triton_ops
+from .planes import from_planes
 from .triton_ops import (
     _LAYOUT,
     _MAGIC_BITS,
@@ -686,10 +687,11 @@ def folds(ggml_type: GGMLType, k: int, nb: int, whole_row: bool = False) -> bool
 
 
 def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torch.Tensor,
-            bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            bias: torch.Tensor, planes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """W @ weight and W @ bias (each (n,) float32, from float64 sums) of a LayerNorm (weight,
-    bias) that precedes the raw (n, k) weight W: what an LN GEMV adds in its epilogue instead of
-    normalising x before the products (_step_gemv_kernel). Rows dequantized 4096 at a time."""
+    bias) that precedes the raw (n, k) weight W (planes: planes rows): what an LN GEMV adds in its
+    epilogue instead of normalising x before the products (_step_gemv_kernel). Rows dequantized
+    4096 at a time."""
     ggml_type = _as_type(ggml_type)
     w_rows = raw.reshape(n, -1)
     g, b = weight.double(), bias.double()
@@ -697,6 +699,8 @@ def fold_ln(raw: torch.Tensor, ggml_type: GGMLType, n: int, k: int, weight: torc
     out_b = torch.empty(n, dtype=torch.float64, device=raw.device)
     for r0 in range(0, n, 4096):
         rows = w_rows[r0:r0 + 4096]
+        if planes:
+            rows = from_planes(rows, ggml_type, rows.shape[0], k)
         w = torch_ops.dequantize(rows.contiguous(), ggml_type, (rows.shape[0], k), torch.float64)
         out_g[r0:r0 + 4096] = w @ g
         out_b[r0:r0 + 4096] = w @ b
@@ -1253,7 +1257,7 @@ def _folded(ln, lin, always: bool = False) -> tuple:
     n, k = lin.out_features, lin.in_features
     if not always and not any(_plan(m, n, k, _as_type(lin.ggml_type), True)[5] for m in range(1, MAX_ROWS + 1)):
         return ln.weight, ln.bias, ln.eps
-    return ln.weight, ln.bias, ln.eps, *fold_ln(lin.ggml_bytes(), lin.ggml_type, n, k, ln.weight, ln.bias)
+    return ln.weight, ln.bias, ln.eps, *fold_ln(lin.weight, lin.ggml_type, n, k, ln.weight, ln.bias, lin.planes)
 
 
 def _linear(x, lin, out=None, ln=None, epilogue="store"):
