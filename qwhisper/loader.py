@@ -32,6 +32,9 @@ CPU_WEIGHT_CACHE_BYTES = 4 << 30
 # Gluon GEMV takes it (Q5_0, K a multiple of 256: base to large-v3; QLinear.to_planes): the
 # one-row logits GEMV then runs at ~72 % of copy bandwidth instead of ~41 % (performance.md 21).
 VOCAB_PLANES = True
+# The same for the decoder's fc1 weights (mlp.0): the fused step's LN + GELU GEMV on planes,
+# large-v3 q5_0 1.164 -> 1.126 ms a token on an H100 (performance.md 21.5).
+FC1_PLANES = True
 
 
 def _bytes_tensor(t: TensorInfo) -> torch.Tensor:
@@ -95,4 +98,7 @@ def load_model(path_or_ggmlfile: GGMLFile | str | os.PathLike, device: str | tor
         m.cache_dequantized = cache
     if device.type == "cuda" and VOCAB_PLANES:
         model.decoder.token_embedding.to_planes()  # the vocabulary GEMV on planes, where Gluon runs it
+    if device.type == "cuda" and FC1_PLANES:
+        for block in model.decoder.blocks:
+            block.mlp[0].to_planes()
     return model.eval().requires_grad_(False)

@@ -19,7 +19,9 @@ Design (performance.md 21.1, prototype gemv_gl10 of session 20):
   shared memory, every program takes the mean and 1/std of x, and the epilogue is
   rstd * (W.(w*x) - mean * W.w) + W.b with W.w, W.b precomputed (triton_decoder.fold_ln);
 - PDL (programmatic dependent launch): the first pass's weights are loaded before
-  griddepcontrol.wait, x after it.
+  griddepcontrol.wait, x after it;
+- EPI: the fused step's epilogues (triton_decoder): store, the residual added in place, or the
+  exact GELU (fc1).
 """
 
 from pathlib import Path
@@ -50,7 +52,8 @@ def emit_kernel(name: str, bits: int, ts: int, zero: int) -> None:
     e("\n@gluon.jit")
     e(f"def gemv_{name}_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, lnb_ptr, ww_ptr, wb_ptr, eps,")
     e("                            N, NP, G, NBL: gl.constexpr, HAS_BIAS: gl.constexpr, LN: gl.constexpr,")
-    e("                            PDL: gl.constexpr):")
+    e("                            PDL: gl.constexpr, EPI: gl.constexpr):")
+    e("    # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias)")
     e("    pid = gl.program_id(0)")
     e("    NB: gl.constexpr = 8 * NBL  # blocks a row")
     e(f"    RW4: gl.constexpr = {ts} * NB // 4  # a planes row in 32-bit words")
@@ -112,7 +115,15 @@ def emit_kernel(name: str, bits: int, ts: int, zero: int) -> None:
     e("    xb.store(vb)")
     e("    gl.thread_barrier()")
     e("    LX: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [1, 1], [0, 1])  # lane l holds x[l % 8, k..k+3]")
+    e("    rows0 = pid * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))")
+    e("    nres = gl.zeros([4], gl.float32, layout=gl.SliceLayout(1, LY))")
+    e("    if EPI == 1:  # the residual of pass 0's rows: written by earlier kernels, so after the wait")
+    e("        nres = gl.load(y_ptr + rows0, mask=(rows0 < N) & (0 < n_mine), other=0.0).to(gl.float32)")
     e("    for t in range(n_mine):")
+    e("        cres = nres")
+    e("        if EPI == 1:  # the next pass's residual")
+    e("            rowsn = (pid + (t + 1) * G) * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))")
+    e("            nres = gl.load(y_ptr + rowsn, mask=(rowsn < N) & (t + 1 < n_mine), other=0.0).to(gl.float32)")
     for i in range(MAX_NBL):
         e(f"        if NBL > {i}:")
         for v in ("s", "h", "d") if bits == 5 else ("s", "d"):
@@ -157,6 +168,10 @@ def emit_kernel(name: str, bits: int, ts: int, zero: int) -> None:
     e("            y = rstd * (y - mean * gl.load(ww_ptr + rows, mask=live, other=0.0)) + gl.load(wb_ptr + rows, mask=live, other=0.0)")
     e("        if HAS_BIAS:")
     e("            y += gl.load(bias_ptr + rows, mask=live, other=0.0).to(gl.float32)")
+    e("        if EPI == 1:")
+    e("            y += cres")
+    e("        if EPI == 2:  # exact GELU, as nn.GELU()")
+    e("            y = 0.5 * y * (1.0 + gl.erf(y * 0.7071067811865476))")
     e("        gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)")
 
 

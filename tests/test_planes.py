@@ -153,13 +153,16 @@ def test_interp_triton_kernels_on_planes(ggml_type):
     rng = np.random.default_rng(5)
     x = torch.from_numpy(rng.standard_normal((20, k)).astype(np.float32)).half()
     bias = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
-    # linear's ways: 5 rows of a narrow weight take the GEMV, which on planes is dequantize +
-    # matmul for more than one row; 20 rows split-K; 40 rows dequantize + matmul
+    # linear's ways: 5 rows of a narrow weight take the GEMV, 20 rows split-K, 40 rows dequantize
+    # + matmul; the GEMV also with float32 x, one row and a step that does not divide K/32
     assert [ops.pick(r, n, k, torch.float16) for r in (5, 20, 40)] == ["gemv", "splitk", "dequant+cublas"]
     for rows in (5, 20, 40):
         xr = x[:rows] if rows <= 20 else x.repeat(2, 1)
-        want = (ops.dequant_matmul if rows == 5 else ops.linear)(xr, raw, ggml_type, (n, k), bias)
+        want = ops.linear(xr, raw, ggml_type, (n, k), bias)
         assert torch.equal(ops.linear(xr, p, ggml_type, (n, k), bias, planes=True), want), rows
+    for xr, cfg in ((x[:3].float(), None), (x[:1].float(), None), (x[:2], (2, 8, 4, 2))):
+        assert torch.equal(ops.qmatmul(xr, p, ggml_type, (n, k), bias, config=cfg, planes=True),
+                           ops.qmatmul(xr, raw, ggml_type, (n, k), bias, config=cfg)), (xr.shape, cfg)
     assert torch.equal(ops.qgemm_fused(x[:5], p, ggml_type, (n, k), bias, config=(16, 16, 2, 2, 4, 2), planes=True),
                        ops.qgemm_fused(x[:5], raw, ggml_type, (n, k), bias, config=(16, 16, 2, 2, 4, 2)))
     pe = torch.from_numpy(rng.standard_normal((8, k)).astype(np.float16))
@@ -209,14 +212,25 @@ def test_cuda_gluon_gemv(k, ggml_type):
         hn = F.layer_norm((x * 3 + 1).double(), (k,), lw.double(), lb.double(), 1e-5)
         want = w64 @ hn
         assert ((y - want).abs() <= 1e-4 * (w64.abs() @ hn.abs()) + 1e-5).all()
+        # the fused step's epilogues: GELU of W x + bias; the residual updated in place
+        y = gluon_gemv.gemv(x.cuda(), p, ggml_type, n, k, bias=bias.cuda(), epilogue="gelu").cpu().double()
+        z = w64 @ x.double() + bias.double()
+        want = 0.5 * z * (1 + torch.erf(z / 2**0.5))
+        assert ((y - want).abs() <= 2 * k * 2.0**-24 * scale + 1e-6 * z.abs() + 1e-6).all()
+        res = torch.randn(n)
+        out = res.cuda()
+        gluon_gemv.gemv(x.cuda(), p, ggml_type, n, k, bias=bias.cuda(), out=out, epilogue="residual")
+        want = res.double() + w64 @ x.double() + bias.double()
+        assert ((out.cpu().double() - want).abs() <= 2 * k * 2.0**-24 * scale + 1e-6 * want.abs() + 1e-6).all()
 
 
 @cuda
 @pytest.mark.parametrize("ftype", ["q5_0", "q4_0"])
 def test_cuda_vocabulary_on_planes_matches_ggml(tmp_path, ftype):
-    """A base-shaped model (random weights): loaded on CUDA its vocabulary goes to planes,
-    and its logits (the fused one-row step, 5 beams through the tensor-core GEMM, a prompt) equal
-    those of the same model loaded with VOCAB_PLANES off, within the fused step's tolerance."""
+    """A base-shaped model (random weights): loaded on CUDA its vocabulary and fc1 weights go to
+    planes, and its logits (the fused one-row step, 5 beams through the tensor-core GEMM and the
+    GEMV, a prompt, 25 rows through split-K) equal those of the same model loaded with
+    VOCAB_PLANES and FC1_PLANES off, within the fused step's tolerance."""
     import sys
 
     from qwhisper import loader
@@ -230,17 +244,19 @@ def test_cuda_vocabulary_on_planes_matches_ggml(tmp_path, ftype):
     path = fast_random_model(tmp_path, "base", ftype)
     planes = loader.load_model(path, "cuda")
     try:
-        loader.VOCAB_PLANES = False
+        loader.VOCAB_PLANES = loader.FC1_PLANES = False
         ggml = loader.load_model(path, "cuda")
     finally:
-        loader.VOCAB_PLANES = True
+        loader.VOCAB_PLANES = loader.FC1_PLANES = True
     assert planes.decoder.token_embedding.planes and not ggml.decoder.token_embedding.planes
+    assert all(b.mlp[0].planes for b in planes.decoder.blocks) and not ggml.decoder.blocks[0].mlp[0].planes
     xa = torch.randn(1, 1500, 512, device="cuda", generator=torch.Generator("cuda").manual_seed(0)).half()
     prompt = torch.tensor([[50258, 50259, 50359]], device="cuda")
-    for rows in (1, 5):
+    for rows in (1, 5, 25):
         got, want = [], []
         for model, out in ((planes, got), (ggml, want)):
-            cache = model.new_kv_cache(xa, n_group=rows)
+            cache = model.new_kv_cache(xa.repeat(25, 1, 1), n_group=1) if rows == 25 else \
+                model.new_kv_cache(xa, n_group=rows)
             out.append(model.logits(prompt.repeat(rows, 1), cache)[:, -1])
             for t in (440, 1049, 286):
                 out.append(model.logits(torch.full((rows, 1), t, device="cuda"), cache)[:, -1])

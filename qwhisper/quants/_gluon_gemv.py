@@ -25,7 +25,8 @@ def _gdc(x, OP: gl.constexpr):
 @gluon.jit
 def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, lnb_ptr, ww_ptr, wb_ptr, eps,
                             N, NP, G, NBL: gl.constexpr, HAS_BIAS: gl.constexpr, LN: gl.constexpr,
-                            PDL: gl.constexpr):
+                            PDL: gl.constexpr, EPI: gl.constexpr):
+    # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias)
     pid = gl.program_id(0)
     NB: gl.constexpr = 8 * NBL  # blocks a row
     RW4: gl.constexpr = 22 * NB // 4  # a planes row in 32-bit words
@@ -94,7 +95,15 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
     xb.store(vb)
     gl.thread_barrier()
     LX: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [1, 1], [0, 1])  # lane l holds x[l % 8, k..k+3]
+    rows0 = pid * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))
+    nres = gl.zeros([4], gl.float32, layout=gl.SliceLayout(1, LY))
+    if EPI == 1:  # the residual of pass 0's rows: written by earlier kernels, so after the wait
+        nres = gl.load(y_ptr + rows0, mask=(rows0 < N) & (0 < n_mine), other=0.0).to(gl.float32)
     for t in range(n_mine):
+        cres = nres
+        if EPI == 1:  # the next pass's residual
+            rowsn = (pid + (t + 1) * G) * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))
+            nres = gl.load(y_ptr + rowsn, mask=(rowsn < N) & (t + 1 < n_mine), other=0.0).to(gl.float32)
         if NBL > 0:
             cs0 = ns0
             ch0 = nh0
@@ -734,12 +743,17 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             y = rstd * (y - mean * gl.load(ww_ptr + rows, mask=live, other=0.0)) + gl.load(wb_ptr + rows, mask=live, other=0.0)
         if HAS_BIAS:
             y += gl.load(bias_ptr + rows, mask=live, other=0.0).to(gl.float32)
+        if EPI == 1:
+            y += cres
+        if EPI == 2:  # exact GELU, as nn.GELU()
+            y = 0.5 * y * (1.0 + gl.erf(y * 0.7071067811865476))
         gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)
 
 @gluon.jit
 def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, lnb_ptr, ww_ptr, wb_ptr, eps,
                             N, NP, G, NBL: gl.constexpr, HAS_BIAS: gl.constexpr, LN: gl.constexpr,
-                            PDL: gl.constexpr):
+                            PDL: gl.constexpr, EPI: gl.constexpr):
+    # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias)
     pid = gl.program_id(0)
     NB: gl.constexpr = 8 * NBL  # blocks a row
     RW4: gl.constexpr = 18 * NB // 4  # a planes row in 32-bit words
@@ -803,7 +817,15 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
     xb.store(vb)
     gl.thread_barrier()
     LX: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [1, 1], [0, 1])  # lane l holds x[l % 8, k..k+3]
+    rows0 = pid * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))
+    nres = gl.zeros([4], gl.float32, layout=gl.SliceLayout(1, LY))
+    if EPI == 1:  # the residual of pass 0's rows: written by earlier kernels, so after the wait
+        nres = gl.load(y_ptr + rows0, mask=(rows0 < N) & (0 < n_mine), other=0.0).to(gl.float32)
     for t in range(n_mine):
+        cres = nres
+        if EPI == 1:  # the next pass's residual
+            rowsn = (pid + (t + 1) * G) * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))
+            nres = gl.load(y_ptr + rowsn, mask=(rowsn < N) & (t + 1 < n_mine), other=0.0).to(gl.float32)
         if NBL > 0:
             cs0 = ns0
             cd0 = nd0
@@ -1428,4 +1450,8 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             y = rstd * (y - mean * gl.load(ww_ptr + rows, mask=live, other=0.0)) + gl.load(wb_ptr + rows, mask=live, other=0.0)
         if HAS_BIAS:
             y += gl.load(bias_ptr + rows, mask=live, other=0.0).to(gl.float32)
+        if EPI == 1:
+            y += cres
+        if EPI == 2:  # exact GELU, as nn.GELU()
+            y = 0.5 * y * (1.0 + gl.erf(y * 0.7071067811865476))
         gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)

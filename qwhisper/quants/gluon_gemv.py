@@ -46,14 +46,18 @@ def _sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+_EPILOGUES = {"store": 0, "residual": 1, "gelu": 2}
+
+
 def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: int,
          bias: torch.Tensor | None = None, ln: tuple | None = None, out: torch.Tensor | None = None,
-         pdl: bool = False) -> torch.Tensor:
+         pdl: bool = False, epilogue: str = "store") -> torch.Tensor:
     """y (n,) = W @ x (+ bias), or with ln = (weight, bias, eps, W@weight, W@bias) the LayerNorm of
     x folded in: W @ LN(x). x (k,) float32/float16/bfloat16 on the GPU, read as float32; planes:
     the weight's planes rows; out: (n,) of any float dtype (default float32), float32 inside.
     pdl: launched with programmatic dependent launch (sm_90+): the first pass's weights load
-    before the wait for the kernel that wrote x."""
+    before the wait for the kernel that wrote x. epilogue (the fused step's): "store", "residual"
+    (out += W x + bias: out holds the residual) or "gelu" (exact GELU of W x + bias)."""
     if not supports(ggml_type, n, k):
         raise ValueError(f"the Gluon GEMV takes {[t.name for t in TYPES]} with K a multiple of 256 up to "
                          f"{MAX_K}, got {GGMLType(ggml_type).name} ({n}, {k})")
@@ -67,6 +71,8 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     if x.numel() != k:
         raise ValueError(f"x needs {k} values, got {x.numel()}")
     x = x.contiguous()
+    if epilogue not in _EPILOGUES or (epilogue == "residual" and out is None):
+        raise ValueError(f"epilogue must be one of {list(_EPILOGUES)} (residual: with out), got {epilogue!r}")
     if out is None:
         out = torch.empty(n, dtype=torch.float32, device=x.device)
     elif out.numel() != n or not out.is_contiguous():
@@ -82,7 +88,7 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     kw = {"launch_pdl": True} if pdl else {}
     _kernel(ggml_type)[(g,)](w32, w16, x, out, bias if bias is not None else x, lnw, lnb, ww, wb, eps,
                     n, passes, g, NBL=k // (8 * QK), HAS_BIAS=bias is not None, LN=ln is not None, PDL=pdl,
-                    num_warps=1, **kw)
+                    EPI=_EPILOGUES[epilogue], num_warps=1, **kw)
     return out
 
 

@@ -1206,7 +1206,7 @@ class DecoderStep:
             qkv = block.attn.qkv_projection()  # the q|k|v rows, shared with the unfused step
             self.layers.append(_Layer(qkv.weight.reshape(-1), qkv.bias.float(), qkv.ggml_type,
                                       _folded(block.attn_ln, qkv), _folded(block.cross_attn_ln, block.cross_attn.query),
-                                      _folded(block.mlp_ln, block.mlp[0])))
+                                      _folded(block.mlp_ln, block.mlp[0], always=block.mlp[0].planes)))
         self.head_ln = _folded(decoder.ln, decoder.token_embedding, always=decoder.token_embedding.planes)
         self.counters = torch.zeros(MAX_ROWS * self.n_head, dtype=torch.int32, device=self.device)
         self.signature = _signature(decoder)
@@ -1238,15 +1238,7 @@ class DecoderStep:
             fc1, fc2 = block.mlp[0], block.mlp[2]
             _linear(x, fc1, out=hid, ln=lay.fc1_ln, epilogue="gelu")
             _linear(hid, fc2, out=x, epilogue="residual")
-        if te.planes:  # the vocabulary in planes rows: the Gluon GEMV, LN folded (quants/gluon_gemv.py)
-            from . import gluon_gemv
-
-            logits = torch.empty((m, te.out_features), dtype=torch.float32, device=dev)
-            for r in range(m):
-                gluon_gemv.gemv(x[r], te.weight, te.ggml_type, te.out_features, te.in_features, ln=self.head_ln,
-                                out=logits[r], pdl=_pdl(dev))
-        else:
-            logits = _linear(x, te, ln=self.head_ln)
+        logits = _linear(x, te, ln=self.head_ln)
         return logits.view(m, 1, te.out_features)
 
 
@@ -1261,6 +1253,15 @@ def _folded(ln, lin, always: bool = False) -> tuple:
 
 
 def _linear(x, lin, out=None, ln=None, epilogue="store"):
+    if lin.planes:  # planes rows (the vocabulary, fc1: loader): the Gluon GEMV, one row at a time
+        from . import gluon_gemv
+
+        if out is None:
+            out = torch.empty((x.shape[0], lin.out_features), dtype=torch.float32, device=x.device)
+        for r in range(x.shape[0]):
+            gluon_gemv.gemv(x[r], lin.weight.reshape(-1), lin.ggml_type, lin.out_features, lin.in_features, lin.bias,
+                            ln, out[r], _pdl(x.device), epilogue)
+        return out
     return gemv(x, lin.weight, lin.ggml_type, lin.out_features, lin.bias, ln, epilogue, out)
 
 

@@ -214,17 +214,22 @@ def _dequant_nibbles(w8, w16, m_off, qh_off, qs_off, ok, jj, d, magic, M_B: tl.c
 
 @triton.jit
 def _load_blocks(w8, w16, base, live, jj, QH_B: tl.constexpr, QS_B: tl.constexpr, BITS: tl.constexpr,
-                 EVEN_K: tl.constexpr):
-    """The GEMVs' d, qs and qh of the blocks at byte offsets `base`: d float32, zeroed where not
-    `live` (a clamped, repeated block) unless EVEN_K; qs int32 bytes at jj; qh int32 for the
-    5-bit types (else qs stands in, unused)."""
-    d = tl.load(w16 + base // 2).to(tl.float16, bitcast=True).to(tl.float32)
+                 EVEN_K: tl.constexpr, blk=None, PNB: tl.constexpr = 0):
+    """The GEMVs' d, qs and qh of the blocks at byte offsets `base` (PNB > 0: `base` is the row's
+    offset and blk the blocks, in planes rows of PNB blocks): d float32, zeroed where not `live`
+    (a clamped, repeated block) unless EVEN_K; qs int32 bytes at jj; qh int32 for the 5-bit types
+    (else qs stands in, unused)."""
+    if PNB == 0:
+        d_off, qh_off, qs_off = base, base + QH_B, base + QS_B
+    else:
+        d_off, _, qh_off, qs_off = _field_offsets(base, blk, 0, 0, QH_B, QS_B, BITS, PNB)
+    d = tl.load(w16 + d_off // 2).to(tl.float16, bitcast=True).to(tl.float32)
     if not EVEN_K:
         d = tl.where(live, d, 0.0)
-    qs = tl.load(w8 + base + QS_B + jj).to(tl.int32)
+    qs = tl.load(w8 + qs_off + jj).to(tl.int32)
     qh = qs
     if BITS == 5:
-        qh = _qh_at(w16, base + QH_B, None, True)
+        qh = _qh_at(w16, qh_off, None, True)
     return d, qs, qh
 
 
@@ -254,7 +259,8 @@ def gdc_wait_after(a, b, c=None, d=None):
 
 @triton.jit
 def _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B: tl.constexpr, BITS: tl.constexpr,
-               ZERO: tl.constexpr, EVEN_K: tl.constexpr, ONE_ROW: tl.constexpr, DECODED: tl.constexpr = False):
+               ZERO: tl.constexpr, EVEN_K: tl.constexpr, ONE_ROW: tl.constexpr, DECODED: tl.constexpr = False,
+               blk=None, PNB: tl.constexpr = 0):
     """acc + the blocks' products with x, the GEMVs' inner step (the minimum m of Q4_1/Q5_1 is
     read here). x_lo = x[32b + j] (Q8_0: all 32), x_hi = x[32b + 16 + j] (4/5-bit). One x row: d
     is applied once per block and byte (d*(q.x), q_hi*x_hi = q_hi16*(x_hi/16), an exact
@@ -273,7 +279,10 @@ def _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B: tl.c
             q_lo, q_hi16 = _decode_nibbles(qs, qh, jj, magic, BITS, ZERO)
         m = d  # unused unless M_B >= 0
         if M_B >= 0:
-            m = _f16_at(w16, base + M_B, None, True)
+            if PNB == 0:
+                m = _f16_at(w16, base + M_B, None, True)
+            else:  # planes (as _load_blocks): base is the row's offset
+                m = _f16_at(w16, _field_offsets(base, blk, 0, M_B, 0, 0, BITS, PNB)[1], None, True)
             if not EVEN_K:
                 m = tl.where(live, m, 0.0)
         if ONE_ROW:
@@ -431,6 +440,7 @@ def _qgemv_kernel(
     EVEN_K: tl.constexpr,  # (K/32) % NB == 0: every step is full
     HAS_BIAS: tl.constexpr,
     PF_LINES: tl.constexpr,  # > 0: prefetch the program's BLOCK_N rows of W into L2 first
+    PNB: tl.constexpr = 0,  # > 0: W is planes rows of PNB blocks (quants/planes.py)
 ):
     # Tiles are 4-D [NB, BLOCK_M, BLOCK_N, QB] (QB = bytes of qs read per block: 16, or 32 for
     # Q8_0): the compiler spreads lanes over (qs byte, block) and keeps rows in registers, and W
@@ -455,15 +465,16 @@ def _qgemv_kernel(
         blk = b0 + bb  # [NB, 1, 1, 1]
         if not EVEN_K:
             blk = tl.minimum(blk, n_blk - 1)
-        base = w_row + blk * TS  # [NB, 1, BN, 1] byte offsets of the blocks
+        base = w_row + blk * TS if PNB == 0 else w_row  # [NB, 1, BN, 1] byte offsets of the blocks (planes: rows)
         live = b0 + bb < n_blk
-        d, qs, qh = _load_blocks(w8, w16, base, live, jj, QH_B, QS_B, BITS, EVEN_K)
+        d, qs, qh = _load_blocks(w8, w16, base, live, jj, QH_B, QS_B, BITS, EVEN_K, blk, PNB)
         xp = x_row + blk * _QK  # [NB, BM, 1, QB]
         x_lo = tl.load(xp).to(tl.float32)  # x[32b + j] (Q8_0: all 32)
         x_hi = x_lo
         if BITS != 8:
             x_hi = tl.load(xp + 16).to(tl.float32)  # x[32b + 16 + j]
-        acc = _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B, BITS, ZERO, EVEN_K, BLOCK_M == 1)
+        acc = _block_fma(acc, d, qs, qh, x_lo, x_hi, w16, base, live, jj, magic, M_B, BITS, ZERO, EVEN_K, BLOCK_M == 1,
+                         False, blk, PNB)
     y = tl.sum(tl.sum(acc, axis=3), axis=0)  # [BM, BN]
     n1 = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     m1 = tl.arange(0, BLOCK_M)
@@ -503,11 +514,12 @@ def _gemv_config(m: int, n: int, k: int, ggml_type: GGMLType) -> tuple[int, int,
 
 
 def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequence[int],
-            bias: torch.Tensor | None = None, config: tuple | None = None) -> torch.Tensor:
+            bias: torch.Tensor | None = None, config: tuple | None = None, planes: bool = False) -> torch.Tensor:
     """Fused dequant-GEMV: x (M, K) @ W.T (+ bias) -> (M, N) in x's dtype, for 1 <= M <= 16.
 
-    raw: the (N, K) weight's ggml blocks (uint8, on x's device), read once; fp32 accumulation.
-    config: (BLOCK_M, BLOCK_N, NB, num_warps[, L2 prefetch]) overriding _gemv_config (benchmarks, tests).
+    raw: the (N, K) weight's ggml blocks (uint8, on x's device; planes: planes rows), read once;
+    fp32 accumulation. config: (BLOCK_M, BLOCK_N, NB, num_warps[, L2 prefetch]) overriding
+    _gemv_config (benchmarks, tests).
     """
     ggml_type = _as_type(ggml_type)
     if ggml_type not in _LAYOUT:
@@ -531,7 +543,7 @@ def qmatmul(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Sequ
         x, w8, w16, bias if bias is not None else y, y, m, n, k, x.stride(0), _MAGIC_BITS,
         TS=ts, M_B=m_b, QH_B=qh_b, QS_B=qs_b, BITS=bits, ZERO=zero,
         BLOCK_M=block_m, BLOCK_N=block_n, NB=nb, EVEN_K=(k // QK) % nb == 0,
-        HAS_BIAS=bias is not None, PF_LINES=pf_lines, num_warps=num_warps)
+        HAS_BIAS=bias is not None, PF_LINES=pf_lines, PNB=_planes_blocks(planes, ggml_type, shape), num_warps=num_warps)
     return y
 
 
@@ -949,7 +961,7 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
     weights are used in place through cuBLAS (torch_ops.dense_linear: an N that is not a
     multiple of 8 is split, where dequant_matmul pads). pick() holds the measured crossovers.
     planes (quants/planes.py, a QLinear's to_planes): one row goes to the Gluon GEMV on planes
-    (quants/gluon_gemv.py), other few-row GEMVs to dequantize + cuBLAS.
+    (quants/gluon_gemv.py), the other ways read planes themselves.
     """
     ggml_type = _as_type(ggml_type)
     n, k = (int(s) for s in shape)
@@ -960,16 +972,13 @@ def linear(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, shape: Seque
         y = torch_ops.dense_linear(x2, w.to(x.dtype), None if bias is None else bias.to(x.dtype))
         return y.reshape(*lead, n)
     way = pick(x2.shape[0], n, k, x2.dtype)
-    if way == "gemv" and planes:
-        if x2.shape[0] == 1:
-            from . import gluon_gemv
+    if way == "gemv" and planes and x2.shape[0] == 1:
+        from . import gluon_gemv
 
-            y = gluon_gemv.gemv(x2[0], raw, ggml_type, n, k, bias, out=torch.empty((1, n), dtype=x2.dtype,
-                                                                                    device=x2.device))
-        else:
-            y = dequant_matmul(x2, raw, ggml_type, (n, k), bias, planes)
+        y = gluon_gemv.gemv(x2[0], raw, ggml_type, n, k, bias, out=torch.empty((1, n), dtype=x2.dtype,
+                                                                                device=x2.device))
     elif way == "gemv":
-        y = qmatmul(x2, raw, ggml_type, (n, k), bias)
+        y = qmatmul(x2, raw, ggml_type, (n, k), bias, planes=planes)
     elif way == "tc":
         y = qgemm_fused(x2, raw, ggml_type, (n, k), bias, planes=planes)
     elif way == "splitk":
