@@ -33,7 +33,7 @@ CPU_WEIGHT_CACHE_BYTES = 4 << 30
 # one-row logits GEMV then runs at ~72 % of copy bandwidth instead of ~41 % (performance.md 21).
 VOCAB_PLANES = True
 # The same for the decoder's fc1 weights (mlp.0): the fused step's LN + GELU GEMV on planes,
-# large-v3 q5_0 1.164 -> 1.126 ms a token on an H100 (performance.md 21.5).
+# large-v3 q5_0 1.164 -> 1.135 ms a token on an H100 (performance.md 21.5).
 FC1_PLANES = True
 
 

@@ -1,6 +1,7 @@
 """The one-row GEMV on planes (quants/planes.py) in Gluon: y = W x for a Q5_0 or Q4_0 weight with
-K a multiple of 256, optionally with the LayerNorm before it folded in and under programmatic
-dependent launch (the fused decoder step's vocabulary projection).
+K a multiple of 256, optionally with the LayerNorm before it folded in, a bias, the residual or
+GELU epilogue and under programmatic dependent launch: the fused decoder step's vocabulary
+projection and fc1 (the weights the loader puts in planes).
 
 Why Gluon: the ggml blocks' 2-byte-aligned fields cap a GEMV at ~55 % of copy bandwidth (session
 19's eight designs); on planes, with x in shared memory and one-warp programs at 16 an SM, the
