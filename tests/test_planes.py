@@ -127,6 +127,29 @@ def test_qlinear_with_planes_reads_as_ggml():
     assert lin.to_planes() is False and not lin.planes  # a CPU weight is never regrouped
 
 
+def test_gluon_gemv_rejects_what_it_cannot_run():
+    """Argument errors name the problem before any launch (CPU tensors suffice); a CPU device is
+    never 'usable', so the loader leaves CPU weights in ggml blocks."""
+    from qwhisper.quants import gluon_gemv
+
+    n, k = 8, 512
+    p = to_planes(_raw(GGMLType.Q5_0, n, k, seed=5)[0], GGMLType.Q5_0, n, k).reshape(-1)
+    x = torch.zeros(k)
+    assert gluon_gemv.supports(GGMLType.Q4_0, n, 1280) and not gluon_gemv.supports(GGMLType.Q5_0, n, 384)
+    assert not gluon_gemv.supports(GGMLType.Q8_0, n, k) and not gluon_gemv.supports(GGMLType.Q5_0, n, 1536)
+    with pytest.raises(ValueError, match="K a multiple of 256"):
+        gluon_gemv.gemv(torch.zeros(384), p, GGMLType.Q5_0, n, 384)
+    with pytest.raises(ValueError, match="contiguous uint8"):
+        gluon_gemv.gemv(x, p[:-2], GGMLType.Q5_0, n, k)
+    with pytest.raises(ValueError, match="x needs 512 values"):
+        gluon_gemv.gemv(torch.zeros(256), p, GGMLType.Q5_0, n, k)
+    with pytest.raises(ValueError, match="epilogue must be one of"):
+        gluon_gemv.gemv(x, p, GGMLType.Q5_0, n, k, epilogue="residual")
+    with pytest.raises(ValueError, match="out must be 8"):
+        gluon_gemv.gemv(x, p, GGMLType.Q5_0, n, k, out=torch.zeros(9))
+    assert gluon_gemv.usable(torch.device("cpu")) is False
+
+
 def test_interpreter_suite():
     """Run the interpreter tests of this file in a child process with TRITON_INTERPRET=1."""
     if INTERPRETING:
