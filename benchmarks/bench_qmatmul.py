@@ -6,9 +6,10 @@ Prints the device, versions, the two ceilings measured on this card (device-to-d
 bandwidth, counting bytes read + written; bf16/fp16 8192^3 matmul rate on random data), then for
 every weight type x shape x M the time of each way to compute the product:
 
-  linear      triton_ops.linear: what the model runs (its pick() of the three below; for a
-              vocabulary the model holds in planes rows on CUDA, loader.VOCAB_PLANES, linear on
-              planes: one row through the Gluon GEMV, quants/gluon_gemv.py)
+  linear      triton_ops.linear: what the model runs (its pick() of the three below; for the
+              weights the model holds in planes rows on CUDA, the vocabulary and the decoder's
+              fc1 (model_planes), linear on planes: one row through the Gluon GEMV,
+              quants/gluon_gemv.py)
   gemv        qmatmul: fused dequant-GEMV on CUDA cores, reads the raw blocks once (M <= 16)
   tc          qgemm_fused: fused dequant-GEMM on tensor cores (tl.dot), BLOCK_M 16 (M <= 16)
   deq+cublas  dequantize into a reusable buffer of x's dtype, then torch.nn.functional.linear
@@ -110,7 +111,7 @@ def make_fn(prov: str, t: GGMLType, x: torch.Tensor, raw: torch.Tensor, n: int, 
     from qwhisper.quants import triton_ops as T
 
     if prov == "linear":
-        if vocab_planes(t, n, k):  # as the model holds the vocabulary on CUDA (loader.VOCAB_PLANES)
+        if model_planes(t, n, k, x.shape[0]):  # as the model holds the weight on CUDA (loader)
             from qwhisper.quants.planes import to_planes
 
             p = to_planes(raw, t, n, k).reshape(-1)
@@ -128,14 +129,16 @@ def make_fn(prov: str, t: GGMLType, x: torch.Tensor, raw: torch.Tensor, n: int, 
     raise ValueError(prov)
 
 
-def vocab_planes(t: GGMLType, n: int, k: int) -> bool:
-    """Whether the model would hold this weight in planes rows: the vocabulary (N >= 16384) of a
-    type and K the Gluon GEMV takes, where Gluon runs (quants/gluon_gemv.py, loader.VOCAB_PLANES)."""
+def model_planes(t: GGMLType, n: int, k: int, m: int) -> bool:
+    """Whether the model would hold this weight in planes rows when multiplying m rows: the
+    vocabulary (N >= 16384, loader.VOCAB_PLANES) or a decoder step's fc1 (N = 4K and a decoder's
+    1..32 rows; the encoder's MLP of that shape stays in ggml blocks, loader.FC1_PLANES), of a type
+    and K the Gluon GEMV takes, where Gluon runs (quants/gluon_gemv.py)."""
     from qwhisper import loader
     from qwhisper.quants import gluon_gemv
 
-    return (loader.VOCAB_PLANES and n >= 16384 and gluon_gemv.supports(t, n, k)
-            and gluon_gemv.usable(torch.device("cuda"), t))
+    which = (loader.VOCAB_PLANES and n >= 16384) or (loader.FC1_PLANES and n == 4 * k and m <= 32)
+    return which and gluon_gemv.supports(t, n, k) and gluon_gemv.usable(torch.device("cuda"), t)
 
 
 GEMV_TUNE = [(8, 8, 2), (16, 8, 2), (4, 8, 2), (8, 16, 4), (4, 16, 4), (2, 16, 4), (1, 16, 4), (16, 16, 4)]

@@ -116,7 +116,6 @@ class QLinear(nn.Module):
             rows = self.weight[r0:r0 + 4096]
             rows.copy_(planes.to_planes(rows, self.ggml_type, rows.shape[0], self.in_features))
         self.planes = True
-        self._dequantized = None
         return True
 
     def ggml_bytes(self, rows: Tensor | None = None) -> Tensor:
@@ -127,8 +126,7 @@ class QLinear(nn.Module):
             return raw
         from .quants import planes
 
-        return planes.from_planes(raw.reshape(-1), self.ggml_type, raw.numel() // self.weight.shape[1],
-                                  self.in_features)
+        return planes.from_planes(raw, self.ggml_type, raw.shape[0], self.in_features)
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """W as (out_features, in_features) of `dtype`, on the weight's device."""
