@@ -7,8 +7,8 @@ bandwidth, counting bytes read + written; bf16/fp16 8192^3 matmul rate on random
 every weight type x shape x M the time of each way to compute the product:
 
   linear      triton_ops.linear: what the model runs (its pick() of the three below; for the
-              weights the model holds in planes rows on CUDA, the vocabulary and the decoder's
-              fc1 (model_planes), linear on planes: one row through the Gluon GEMV,
+              weights the model holds in planes rows on CUDA, the vocabulary and the decoder
+              blocks' weights (model_planes), linear on planes: one row through the Gluon GEMV,
               quants/gluon_gemv.py)
   gemv        qmatmul: fused dequant-GEMV on CUDA cores, reads the raw blocks once (M <= 16)
   tc          qgemm_fused: fused dequant-GEMM on tensor cores (tl.dot), BLOCK_M 16 (M <= 16)
@@ -131,13 +131,15 @@ def make_fn(prov: str, t: GGMLType, x: torch.Tensor, raw: torch.Tensor, n: int, 
 
 def model_planes(t: GGMLType, n: int, k: int, m: int) -> bool:
     """Whether the model would hold this weight in planes rows when multiplying m rows: the
-    vocabulary (N >= 16384, loader.VOCAB_PLANES) or a decoder step's fc1 (N = 4K and a decoder's
-    1..32 rows; the encoder's MLP of that shape stays in ggml blocks, loader.FC1_PLANES), of a type
-    and K the Gluon GEMV takes, where Gluon runs (quants/gluon_gemv.py)."""
+    vocabulary (N >= 16384, loader.VOCAB_PLANES) or a decoder block's weight (a decoder's 1..32
+    rows; the encoder's weights of the same shapes stay in ggml blocks; loader.BLOCK_PLANES:
+    attn (N = K) as attn.out, mlp.in as mlp.0, mlp.out as mlp.2), of a type and K the Gluon GEMV
+    takes, where Gluon runs (quants/gluon_gemv.py)."""
     from qwhisper import loader
     from qwhisper.quants import gluon_gemv
 
-    which = (loader.VOCAB_PLANES and n >= 16384) or (loader.FC1_PLANES and n == 4 * k and m <= 32)
+    name = {n == k: "attn.out", n == 4 * k: "mlp.0", k == 4 * n: "mlp.2"}.get(True)
+    which = (loader.VOCAB_PLANES and n >= 16384) or (m <= 32 and name in loader.BLOCK_PLANES)
     return which and gluon_gemv.supports(t, n, k) and gluon_gemv.usable(torch.device("cuda"), t)
 
 

@@ -32,9 +32,12 @@ CPU_WEIGHT_CACHE_BYTES = 4 << 30
 # Gluon GEMV takes it (Q5_0, K a multiple of 256: base to large-v3; QLinear.to_planes): the
 # one-row logits GEMV then runs at ~72 % of copy bandwidth instead of ~41 % (performance.md 21).
 VOCAB_PLANES = True
-# The same for the decoder's fc1 weights (mlp.0): the fused step's LN + GELU GEMV on planes,
-# large-v3 q5_0 1.164 -> 1.135 ms a token on an H100 (performance.md 21.5).
-FC1_PLANES = True
+# The same for these weights of every decoder block: the fused step's GEMVs on planes (fc1 first:
+# large-v3 q5_0 1.164 -> 1.135 ms a token on an H100, performance.md 21.5; q|k|v, cross-q and fc2
+# too: 1.163 -> 1.129, and 5 beams of q4_0 0.588 -> 0.545, 22.2). Not attn.out and cross_attn.out:
+# their Gluon GEMVs lost to the Triton step's (22.2). q|k|v go together (the fused step reads them
+# as one weight) or not at all.
+BLOCK_PLANES = ("attn.query", "attn.key", "attn.value", "cross_attn.query", "mlp.0", "mlp.2")
 
 
 def _bytes_tensor(t: TensorInfo) -> torch.Tensor:
@@ -98,7 +101,13 @@ def load_model(path_or_ggmlfile: GGMLFile | str | os.PathLike, device: str | tor
         m.cache_dequantized = cache
     if device.type == "cuda" and VOCAB_PLANES:
         model.decoder.token_embedding.to_planes()  # the vocabulary GEMV on planes, where Gluon runs it
-    if device.type == "cuda" and FC1_PLANES:
+    if device.type == "cuda":
         for block in model.decoder.blocks:
-            block.mlp[0].to_planes()
+            qkv = [n for n in ("attn.query", "attn.key", "attn.value") if n in BLOCK_PLANES]
+            if len(qkv) == 3 and not all(block.get_submodule(n).to_planes() for n in qkv):
+                for n in qkv:  # one of them could not: none (the three share one merged weight)
+                    block.get_submodule(n).from_planes()
+            for name in BLOCK_PLANES:
+                if name not in qkv:
+                    block.get_submodule(name).to_planes()
     return model.eval().requires_grad_(False)

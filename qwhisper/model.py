@@ -118,6 +118,17 @@ class QLinear(nn.Module):
         self.planes = True
         return True
 
+    def from_planes(self) -> None:
+        """Undo to_planes: the weight holds the file's ggml blocks again (in place)."""
+        if not self.planes:
+            return
+        from .quants import planes
+
+        for r0 in range(0, self.out_features, 4096):
+            rows = self.weight[r0:r0 + 4096]
+            rows.copy_(planes.from_planes(rows, self.ggml_type, rows.shape[0], self.in_features))
+        self.planes = False
+
     def ggml_bytes(self, rows: Tensor | None = None) -> Tensor:
         """The weight's rows (all, or `rows`) as the file's ggml blocks: the weight itself, or a
         converted copy where it holds planes."""
@@ -286,7 +297,7 @@ class MultiHeadAttention(nn.Module):
 
     def qkv_projection(self) -> QLinear | None:
         """One QLinear over the query | key | value rows (the key's bias zeros), or None where the
-        three weights differ in type, device or bias dtype. Built on first use: the three weights
+        three weights differ in type, device, bias dtype or layout (planes). Built on first use: the three weights
         become views of its bytes (a GGML row is self-contained, so no extra memory); rebuilt when
         they or the biases are no longer the ones it was built from (moved, converted, replaced).
         Not a submodule: state_dict and the loader see the three projections only."""
@@ -295,12 +306,14 @@ class MultiHeadAttention(nn.Module):
         if got is not None and got[0] == self._qkv_signature():
             return got[1]
         if (q.ggml_type != k.ggml_type or k.ggml_type != v.ggml_type or q.bias.dtype != v.bias.dtype
+                or not q.planes == k.planes == v.planes
                 or len({t.device for t in (q.weight, k.weight, v.weight, q.bias, v.bias)}) != 1):
             return None
         c = q.out_features
         lin = QLinear(q.in_features, 3 * c, True, q.ggml_type)
         cat = torch.cat([q.weight.reshape(-1), k.weight.reshape(-1), v.weight.reshape(-1)]).view(3 * c, -1)
         lin.weight = cat
+        lin.planes = q.planes  # planes rows are self-contained too: the three's rows, one after another
         lin.bias = nn.Parameter(torch.cat([q.bias.detach(), torch.zeros_like(q.bias), v.bias.detach()]),
                                 requires_grad=False)
         for i, m in enumerate((q, k, v)):
@@ -312,7 +325,7 @@ class MultiHeadAttention(nn.Module):
         """What the merged projection was built from: the weights' and biases' memory, dtype, device."""
         q, k, v = self.query, self.key, self.value
         return (q.weight.data_ptr(), k.weight.data_ptr(), v.weight.data_ptr(), q.bias.data_ptr(), v.bias.data_ptr(),
-                q.bias.dtype, q.weight.device)
+                q.bias.dtype, q.weight.device, q.planes)
 
     def kv(self, xa: Tensor) -> tuple[Tensor, Tensor]:
         """Cross-attention keys and values of audio features xa (B, S, C): each (B, S, C)."""

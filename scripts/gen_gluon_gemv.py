@@ -1,16 +1,18 @@
 """Writes qwhisper/quants/_gluon_gemv.py: the Gluon GEMV kernels for one row of x against a Q5_0
-or Q4_0 weight in planes rows (quants/planes.py), K = 256 * NBL, NBL = 1..5.
+or Q4_0 weight in planes rows (quants/planes.py), K = 256 * NBL.
 
     python scripts/gen_gluon_gemv.py        # rewrites the kernel file; commit both
 
 The kernel is generated because Gluon cannot index a thread's registers: every block a lane holds
 is its own set of named values, unrolled (docs/kernels.md, "The Gluon GEMV on planes").
-Design (performance.md 21.1, prototype gemv_gl10 of session 20):
-- a warp takes 4 rows a pass, 8 lanes a row; lane j takes blocks j, j + 8, ..., j + 8 (NBL - 1),
-  so one instruction of a row's 8 lanes reads 8 consecutive blocks: qs 128 contiguous bytes
-  (16-byte loads), qh 32, d 16;
-- x lives in shared memory, arranged so that row j holds the 32 NBL values lane j multiplies
-  (~96 registers a thread: 16 one-warp programs an SM);
+Design (performance.md 21.1, prototype gemv_gl10 of session 20; 22 for WK > 1 and EPI 3):
+- a program of WK warps takes 4 rows a pass; a row's K is cut in NBL chunks of 256 (8 blocks), warp
+  w takes chunks w NBW .. w NBW + NBW - 1 (NBW <= 5; chunks >= NBL are masked), 8 lanes a row;
+  lane j takes block j of each of its chunks, so one instruction of a row's 8 lanes reads 8
+  consecutive blocks: qs 128 contiguous bytes (16-byte loads), qh 32, d 16; the warps' sums meet
+  in one reduction at the end (WK = 1: one-warp programs, the vocabulary and fc1);
+- x lives in shared memory as [NBW, WK, 8, 32]: [i, w, j] holds the 32 values lane j of warp w
+  multiplies in its chunk i (~96 registers a thread at NBW 5: 16 one-warp programs an SM);
 - the next pass's words are loaded into registers before this pass is decoded;
 - the decode is exact float32: nibbles and fifth bits ORed into a word (the fifth bits spread by
   one multiply), one PRMT a weight puts its byte into the mantissa of 2^23, one FADD takes away
@@ -18,15 +20,16 @@ Design (performance.md 21.1, prototype gemv_gl10 of session 20):
 - LN (a LayerNorm before the weight, folded as the fused step folds it): x * ln_weight goes into
   shared memory, every program takes the mean and 1/std of x, and the epilogue is
   rstd * (W.(w*x) - mean * W.w) + W.b with W.w, W.b precomputed (triton_decoder.fold_ln);
-- PDL (programmatic dependent launch): the first pass's weights are loaded before
-  griddepcontrol.wait, x after it;
-- EPI: the fused step's epilogues (triton_decoder): store, the residual added in place, or the
-  exact GELU (fc1).
+- PDL (programmatic dependent launch): the first pass's weights (and the position) are loaded
+  before griddepcontrol.wait, x after it;
+- EPI: the fused step's epilogues (triton_decoder): 0 store, 1 the residual added in place, 2 the
+  exact GELU (fc1), 3 q|k|v (rows 0..C-1 to y, C..2C-1 and 2C..3C-1 into the key and value caches
+  at row `pos`).
 """
 
 from pathlib import Path
 
-MAX_NBL = 5
+MAX_NBW = 5
 OUT = Path(__file__).resolve().parents[1] / "qwhisper" / "quants" / "_gluon_gemv.py"
 
 L: list[str] = []
@@ -47,100 +50,114 @@ e("\n@gluon.jit")
 e("def _gdc(x, OP: gl.constexpr):")
 e("    return gl.inline_asm_elementwise(\"griddepcontrol.\" + OP + \"; mov.b32 $0, $1;\", \"=r,r\", [x], dtype=gl.int32,")
 e("                                     is_pure=False, pack=1)\n")
+
+
 def emit_kernel(name: str, bits: int, ts: int, zero: int) -> None:
     """One kernel: Q5_0 (bits 5, 22-byte blocks, q - 16) or Q4_0 (bits 4, 18-byte blocks, q - 8)."""
     e("\n@gluon.jit")
     e(f"def gemv_{name}_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, lnb_ptr, ww_ptr, wb_ptr, eps,")
-    e("                            N, NP, G, NBL: gl.constexpr, HAS_BIAS: gl.constexpr, LN: gl.constexpr,")
-    e("                            PDL: gl.constexpr, EPI: gl.constexpr):")
-    e("    # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias)")
+    e("                            kc_ptr, vc_ptr, pos_ptr, C, stride_cs,")
+    e("                            N, NP, G, NBL: gl.constexpr, NBW: gl.constexpr, WK: gl.constexpr,")
+    e("                            HAS_BIAS: gl.constexpr, LN: gl.constexpr, PDL: gl.constexpr, EPI: gl.constexpr):")
+    e("    # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias);")
+    e("    # 3: q|k|v: rows [0, C) to y, [C, 2C) to kc_ptr + pos * stride_cs, [2C, 3C) to vc_ptr + pos * stride_cs")
     e("    pid = gl.program_id(0)")
     e("    NB: gl.constexpr = 8 * NBL  # blocks a row")
     e(f"    RW4: gl.constexpr = {ts} * NB // 4  # a planes row in 32-bit words")
     e("    K: gl.constexpr = 32 * NB")
-    e("    LY: gl.constexpr = gl.BlockedLayout([1, 1], [4, 8], [1, 1], [1, 0])")
-    e("    L3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [4, 8, 1], [1, 1, 1], [2, 1, 0])")
-    e("    rr = gl.arange(0, 4, layout=gl.SliceLayout(1, LY))[:, None]")
-    e("    jj = gl.arange(0, 8, layout=gl.SliceLayout(0, LY))[None, :]")
-    e("    r3 = gl.arange(0, 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, L3)))[:, None, None]")
-    e("    j3 = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, L3)))[None, :, None]")
-    e("    c3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3)))[None, None, :]")
+    e("    LY: gl.constexpr = gl.BlockedLayout([1, 1, 1], [1, 4, 8], [WK, 1, 1], [2, 1, 0])  # [warp, row, lane j]")
+    e("    L4: gl.constexpr = gl.BlockedLayout([1, 1, 1, 4], [1, 4, 8, 1], [WK, 1, 1, 1], [3, 2, 1, 0])")
+    e("    LR: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, LY))  # [4] rows of a pass")
+    e("    ww = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, LY)))[:, None, None]")
+    e("    rr = gl.arange(0, 4, layout=LR)[None, :, None]")
+    e("    jj = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, LY)))[None, None, :]")
+    e("    w4 = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, L4))))[:, None, None, None]")
+    e("    r4 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, L4))))[None, :, None, None]")
+    e("    j4 = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L4))))[None, None, :, None]")
+    e("    c4 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, L4))))[None, None, None, :]")
+    e("    bw = jj + 8 * NBW * ww  # block of lane j in warp w's first chunk")
+    e("    bw4 = j4 + 8 * NBW * w4")
     e("    n_mine = (NP - pid + G - 1) // G  # passes of 4 rows: pid, pid + G, ...")
     e("    if PDL:")
     e("        pid = _gdc(pid, \"launch_dependents\")")
 
-
     def emit_loads(tvar: str, indent: int) -> None:
         sp = " " * indent
         e(f"{sp}row = (pid + {tvar} * G) * 4 + rr")
-        e(f"{sp}row3 = (pid + {tvar} * G) * 4 + r3")
+        e(f"{sp}row4 = (pid + {tvar} * G) * 4 + r4")
         e(f"{sp}ok = (row < N) & ({tvar} < n_mine)")
-        e(f"{sp}ok3 = (row3 < N) & ({tvar} < n_mine) & (c3 >= 0)")
+        e(f"{sp}ok4 = (row4 < N) & ({tvar} < n_mine) & (c4 >= 0)")
         e(f"{sp}wr = row.to(gl.int64) * RW4")
-        e(f"{sp}wr3 = row3.to(gl.int64) * RW4")
-        for i in range(MAX_NBL):
-            e(f"{sp}if NBL > {i}:")
-            e(f"{sp}    ns{i} = gl.load(w32_ptr + (wr3 + (j3 + {8 * i}) * 4 + c3), mask=ok3, other=0)")
+        e(f"{sp}wr4 = row4.to(gl.int64) * RW4")
+        for i in range(MAX_NBW):
+            e(f"{sp}if NBW > {i}:  # chunk w NBW + {i}; masked past NBL where the warps' chunks overhang")
+            e(f"{sp}    oki = ok & (bw + {8 * i} < NB)")
+            e(f"{sp}    ns{i} = gl.load(w32_ptr + (wr4 + (bw4 + {8 * i}) * 4 + c4), mask=ok4 & (bw4 + {8 * i} < NB), other=0)")
             if bits == 5:
-                e(f"{sp}    nh{i} = gl.load(w32_ptr + (wr + 4 * NB + jj + {8 * i}), mask=ok, other=0)")
-            e(f"{sp}    nd{i} = gl.load(w16_ptr + (wr * 2 + {(16 + 4 * (bits == 5)) // 2} * NB + jj + {8 * i}), mask=ok, other=0)")
-
+                e(f"{sp}    nh{i} = gl.load(w32_ptr + (wr + 4 * NB + bw + {8 * i}), mask=oki, other=0)")
+            e(f"{sp}    nd{i} = gl.load(w16_ptr + (wr * 2 + {(16 + 4 * (bits == 5)) // 2} * NB + bw + {8 * i}), mask=oki, other=0)")
 
     e("    # pass 0's blocks: nothing writes the weight, so they load before the wait for x")
     emit_loads("0", 4)
+    e("    pos = 0")
+    e("    if EPI == 3:  # the position: copied in before the step's first kernel")
+    e("        pos = gl.load(pos_ptr).to(gl.int64)")
     e("    if PDL:")
     e("        pid = _gdc(pid, \"wait\")")
-    e("    # x into shared memory: row j, column 32 i + k = x[(j + 8 i) * 32 + k], the values lane j multiplies")
-    e("    LXS: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [1, 1], [1, 0])")
-    e("    xj = gl.arange(0, 8, layout=gl.SliceLayout(1, LXS))[:, None]")
-    e("    xk = gl.arange(0, 128, layout=gl.SliceLayout(0, LXS))[None, :]")
-    e("    xk2 = gl.arange(0, 32, layout=gl.SliceLayout(0, LXS))[None, :] + 128")
-    e("    ia = (xj + 8 * (xk // 32)) * 32 + xk % 32")
-    e("    ib = (xj + 8 * (xk2 // 32)) * 32 + xk2 % 32")
-    e("    va = gl.load(x_ptr + ia, mask=ia < K, other=0.0).to(gl.float32)")
-    e("    vb = gl.load(x_ptr + ib, mask=ib < K, other=0.0).to(gl.float32)")
+    e("    # x into shared memory: [i, w, j, k] = x[(j + 8 (w NBW + i)) 32 + k], the values lane j of warp w multiplies")
+    e("    LXS: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 4, 8], [WK, 1, 1], [2, 1, 0])")
+    e("    xw = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, LXS)))[:, None, None]")
+    e("    xj = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, LXS)))[None, :, None]")
+    e("    xk = gl.arange(0, 32, layout=gl.SliceLayout(0, gl.SliceLayout(1, LXS)))[None, None, :]")
+    e("    xi = (xj + 8 * NBW * xw) * 32 + xk")
+    e("    xs = gl.allocate_shared_memory(gl.float32, [NBW, WK, 8, 32], gl.SwizzledSharedLayout(4, 1, 8, [2, 1, 0]))")
+    e("    tot = 0.0")
+    for i in range(MAX_NBW):
+        e(f"    if NBW > {i}:")
+        e(f"        v{i} = gl.load(x_ptr + xi + {256 * i}, mask=xi + {256 * i} < K, other=0.0).to(gl.float32)")
+        e(f"        tot += gl.sum(gl.sum(gl.sum(v{i}, axis=2), axis=1), axis=0)")
     e("    mean = 0.0")
     e("    rstd = 0.0")
-    e("    if LN:  # mean and 1/std of x (two passes over the values in registers; rows first: in-thread), then x * ln_weight")
-    e("        mean = (gl.sum(gl.sum(va, axis=0), axis=0) + gl.sum(gl.sum(vb, axis=0), axis=0)) / K")
-    e("        da = gl.where(ia < K, va - mean, 0.0)")
-    e("        db = gl.where(ib < K, vb - mean, 0.0)")
-    e("        var = (gl.sum(gl.sum(da * da, axis=0), axis=0) + gl.sum(gl.sum(db * db, axis=0), axis=0)) / K")
-    e("        rstd = 1.0 / gl.sqrt_rn(var + eps)")
-    e("        va = va * gl.load(lnw_ptr + ia, mask=ia < K, other=0.0)")
-    e("        vb = vb * gl.load(lnw_ptr + ib, mask=ib < K, other=0.0)")
-    e("    xa = gl.allocate_shared_memory(gl.float32, [8, 128], gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))")
-    e("    xb = gl.allocate_shared_memory(gl.float32, [8, 32], gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))")
-    e("    xa.store(va)")
-    e("    xb.store(vb)")
+    e("    if LN:  # mean and 1/std of x (two passes over the values in registers; in-thread sums first), then x * ln_weight")
+    e("        mean = tot / K")
+    e("        var = 0.0")
+    for i in range(MAX_NBW):
+        e(f"        if NBW > {i}:")
+        e(f"            d{i} = gl.where(xi + {256 * i} < K, v{i} - mean, 0.0)")
+        e(f"            var += gl.sum(gl.sum(gl.sum(d{i} * d{i}, axis=2), axis=1), axis=0)")
+        e(f"            v{i} = v{i} * gl.load(lnw_ptr + xi + {256 * i}, mask=xi + {256 * i} < K, other=0.0)")
+    e("        rstd = 1.0 / gl.sqrt_rn(var / K + eps)")
+    for i in range(MAX_NBW):
+        e(f"    if NBW > {i}:")
+        e(f"        xs.index({i}).store(v{i})")
     e("    gl.thread_barrier()")
-    e("    LX: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [1, 1], [0, 1])  # lane l holds x[l % 8, k..k+3]")
-    e("    rows0 = pid * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))")
-    e("    nres = gl.zeros([4], gl.float32, layout=gl.SliceLayout(1, LY))")
+    e("    LX: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 8, 4], [WK, 1, 1], [1, 2, 0])  # lane l: x[w, l % 8, k..k+3]")
+    e("    rows0 = pid * 4 + gl.arange(0, 4, layout=LR)")
+    e("    nres = gl.zeros([4], gl.float32, layout=LR)")
     e("    if EPI == 1:  # the residual of pass 0's rows: written by earlier kernels, so after the wait")
     e("        nres = gl.load(y_ptr + rows0, mask=(rows0 < N) & (0 < n_mine), other=0.0).to(gl.float32)")
     e("    for t in range(n_mine):")
     e("        cres = nres")
     e("        if EPI == 1:  # the next pass's residual")
-    e("            rowsn = (pid + (t + 1) * G) * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))")
+    e("            rowsn = (pid + (t + 1) * G) * 4 + gl.arange(0, 4, layout=LR)")
     e("            nres = gl.load(y_ptr + rowsn, mask=(rowsn < N) & (t + 1 < n_mine), other=0.0).to(gl.float32)")
-    for i in range(MAX_NBL):
-        e(f"        if NBL > {i}:")
+    for i in range(MAX_NBW):
+        e(f"        if NBW > {i}:")
         for v in ("s", "h", "d") if bits == 5 else ("s", "d"):
             e(f"            c{v}{i} = n{v}{i}")
     emit_loads("(t + 1)", 8)
-    e("        acc = gl.zeros([4, 8], gl.float32, layout=LY)")
-    for i in range(MAX_NBL):
-        e(f"        if NBL > {i}:  # block j + {8 * i}")
+    e("        acc = gl.zeros([WK, 4, 8], gl.float32, layout=LY)")
+    for i in range(MAX_NBW):
+        e(f"        if NBW > {i}:  # chunk w NBW + {i}")
         sp = " " * 12
-        e(f"{sp}a, b = gl.split(gl.reshape(cs{i}, [4, 8, 2, 2]))")
+        e(f"{sp}a, b = gl.split(gl.reshape(cs{i}, [WK, 4, 8, 2, 2]))")
         e(f"{sp}q0, q2 = gl.split(a)")
         e(f"{sp}q1, q3 = gl.split(b)")
         e(f"{sp}d = cd{i}.to(gl.float16, bitcast=True).to(gl.float32)")
         if bits == 5:
             e(f"{sp}qh = ch{i}")
-        e(f"{sp}s0 = gl.zeros([4, 8], gl.float32, layout=LY)")
-        e(f"{sp}s1 = gl.zeros([4, 8], gl.float32, layout=LY)")
+        e(f"{sp}s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)")
+        e(f"{sp}s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)")
         for w in range(4):
             e(f"{sp}q = gl.convert_layout(q{w}, LY)")
             if bits == 5:  # the fifth bits of weights 4w..4w+3 and 16+4w..: bit 4 of each byte
@@ -149,20 +166,19 @@ def emit_kernel(name: str, bits: int, ts: int, zero: int) -> None:
             else:
                 e(f"{sp}ql = q & 0x0F0F0F0F")
                 e(f"{sp}qq = (q >> 4) & 0x0F0F0F0F")
-            for nm, k0 in (("ql", 32 * i + 4 * w), ("qq", 32 * i + 16 + 4 * w)):
-                src = f"xa.slice({k0}, 4, dim=1)" if k0 < 128 else f"xb.slice({k0 - 128}, 4, dim=1)"
-                e(f"{sp}xv = {src}.load(LX)")
-                e(f"{sp}xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))")
+            for nm, k0 in (("ql", 4 * w), ("qq", 16 + 4 * w)):
+                e(f"{sp}xv = xs.index({i}).slice({k0}, 4, dim=2).load(LX)")
+                e(f"{sp}xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))")
                 e(f"{sp}xv00, xv01 = gl.split(xv0)")
                 e(f"{sp}xv10, xv11 = gl.split(xv1)")
-                # reshape [8, 2, 2]: [j, a, b] = v[j, 2a + b]; split takes the last axis
+                # reshape [WK, 8, 2, 2]: [w, j, a, b] = v[w, j, 2a + b]; split takes the last axis
                 for k, v in ((0, "xv00"), (2, "xv01"), (1, "xv10"), (3, "xv11")):
-                    e(f"{sp}{nm}x{k} = gl.convert_layout({v}, gl.SliceLayout(0, LY))[None, :]")
+                    e(f"{sp}{nm}x{k} = gl.convert_layout({v}, gl.SliceLayout(1, LY))[:, None, :]")
                 for k in range(4):
                     e(f"{sp}s{k % 2} += _byte_f({nm}, '0x765{k}', {zero}) * {nm}x{k}")
         e(f"{sp}acc += (s0 + s1) * d")
-    e("        y = gl.sum(acc, axis=1)")
-    e("        rows = (pid + t * G) * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))")
+    e("        y = gl.sum(gl.sum(acc, axis=2), axis=0)  # [4]: the lanes' sums, then the warps'")
+    e("        rows = (pid + t * G) * 4 + gl.arange(0, 4, layout=LR)")
     e("        live = rows < N")
     e("        if LN:")
     e("            y = rstd * (y - mean * gl.load(ww_ptr + rows, mask=live, other=0.0)) + gl.load(wb_ptr + rows, mask=live, other=0.0)")
@@ -172,7 +188,14 @@ def emit_kernel(name: str, bits: int, ts: int, zero: int) -> None:
     e("            y += cres")
     e("        if EPI == 2:  # exact GELU, as nn.GELU()")
     e("            y = 0.5 * y * (1.0 + gl.erf(y * 0.7071067811865476))")
-    e("        gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)")
+    e("        if EPI == 3:  # q | k | v: the segment's row of q, or of the caches at row pos")
+    e("            seg = rows // C")
+    e("            col = rows - seg * C")
+    e("            gl.store(y_ptr + col, y.to(y_ptr.dtype.element_ty), mask=live & (seg == 0))")
+    e("            gl.store(kc_ptr + pos * stride_cs + col, y.to(kc_ptr.dtype.element_ty), mask=live & (seg == 1))")
+    e("            gl.store(vc_ptr + pos * stride_cs + col, y.to(vc_ptr.dtype.element_ty), mask=live & (seg == 2))")
+    e("        else:")
+    e("            gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)")
 
 
 emit_kernel("q5_0", 5, 22, 16)

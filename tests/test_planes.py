@@ -136,7 +136,18 @@ def test_gluon_gemv_rejects_what_it_cannot_run():
     p = to_planes(_raw(GGMLType.Q5_0, n, k, seed=5)[0], GGMLType.Q5_0, n, k).reshape(-1)
     x = torch.zeros(k)
     assert gluon_gemv.supports(GGMLType.Q4_0, n, 1280) and not gluon_gemv.supports(GGMLType.Q5_0, n, 384)
-    assert not gluon_gemv.supports(GGMLType.Q8_0, n, k) and not gluon_gemv.supports(GGMLType.Q5_0, n, 1536)
+    assert gluon_gemv.supports(GGMLType.Q5_0, n, 5120) and not gluon_gemv.supports(GGMLType.Q5_0, n, 5376)
+    assert not gluon_gemv.supports(GGMLType.Q8_0, n, k)
+    # K in 256-value chunks, <= 5 a warp: 1280 on one warp, 1536 on two, 5120 on four
+    assert [gluon_gemv.min_warps(k) for k in (256, 1280, 1536, 2560, 2816, 5120)] == [1, 1, 2, 2, 4, 4]
+    # the step's: one-warp programs for many rows, a warp a chunk (up to 8) for few
+    assert [gluon_gemv.step_warps(n, k) for n, k in ((3840, 1280), (51866, 1280), (1280, 1280), (1280, 5120),
+                                                     (512, 512), (768, 768))] == [1, 1, 8, 8, 2, 4]
+    with pytest.raises(ValueError, match="warps must be"):
+        gluon_gemv.gemv(x, p, GGMLType.Q5_0, n, k, warps=3)
+    with pytest.raises(ValueError, match="warps must be"):
+        gluon_gemv.gemv(torch.zeros(1536), to_planes(_raw(GGMLType.Q5_0, n, 1536, seed=5)[0], GGMLType.Q5_0, n, 1536),
+                        GGMLType.Q5_0, n, 1536, warps=1)  # 6 chunks on one warp
     with pytest.raises(ValueError, match="K a multiple of 256"):
         gluon_gemv.gemv(torch.zeros(384), p, GGMLType.Q5_0, n, 384)
     with pytest.raises(ValueError, match="contiguous uint8"):
@@ -147,6 +158,15 @@ def test_gluon_gemv_rejects_what_it_cannot_run():
         gluon_gemv.gemv(x, p, GGMLType.Q5_0, n, k, epilogue="residual")
     with pytest.raises(ValueError, match="out must be 8"):
         gluon_gemv.gemv(x, p, GGMLType.Q5_0, n, k, out=torch.zeros(9))
+    caches = (torch.zeros(448, 3), torch.zeros(448, 3), torch.zeros(1, dtype=torch.long))
+    p9 = to_planes(_raw(GGMLType.Q5_0, 9, k, seed=6)[0], GGMLType.Q5_0, 9, k).reshape(-1)
+    with pytest.raises(ValueError, match="epilogue must be one of"):  # q|k|v needs the caches
+        gluon_gemv.gemv(x, p9, GGMLType.Q5_0, 9, k, out=torch.zeros(3), epilogue="qkv")
+    with pytest.raises(ValueError, match="out must be 3"):  # and out holds q only
+        gluon_gemv.gemv(x, p9, GGMLType.Q5_0, 9, k, out=torch.zeros(9), epilogue="qkv", qkv=caches)
+    with pytest.raises(ValueError, match="caches must be"):
+        gluon_gemv.gemv(x, p9, GGMLType.Q5_0, 9, k, out=torch.zeros(3), epilogue="qkv",
+                        qkv=(torch.zeros(448, 4), torch.zeros(448, 4), caches[2]))
     assert gluon_gemv.usable(torch.device("cpu")) is False
 
 
@@ -203,10 +223,11 @@ def test_interp_triton_kernels_on_planes(ggml_type):
 
 @cuda
 @pytest.mark.parametrize("ggml_type", [GGMLType.Q5_0, GGMLType.Q4_0], ids=lambda t: t.name)
-@pytest.mark.parametrize("k", [256, 512, 768, 1024, 1280])
+@pytest.mark.parametrize("k", [256, 512, 768, 1024, 1280, 5120])
 def test_cuda_gluon_gemv(k, ggml_type):
     """The Gluon GEMV against float64 products of the golden dequantization (plain, with a bias,
-    with a folded LayerNorm against F.layer_norm in float64), for N not a multiple of 4 rows."""
+    with a folded LayerNorm against F.layer_norm in float64), for N not a multiple of 4 rows, at
+    the warps step_warps gives (K 5120: 8 warps, 3 chunks each, 4 of them past K)."""
     import torch.nn.functional as F
 
     from qwhisper.quants import gluon_gemv, triton_decoder
@@ -248,12 +269,61 @@ def test_cuda_gluon_gemv(k, ggml_type):
 
 
 @cuda
+@pytest.mark.parametrize("ggml_type", [GGMLType.Q5_0, GGMLType.Q4_0], ids=lambda t: t.name)
+def test_cuda_gluon_gemv_warps_and_qkv(ggml_type):
+    """Programs of 1-16 warps splitting K (with chunks past K masked) give W x, the folded
+    LayerNorm and the residual against float64; the q|k|v epilogue writes q, and k and v into
+    row `pos` of float16 caches, and no other cache row."""
+    import torch.nn.functional as F
+
+    from qwhisper.quants import gluon_gemv, triton_decoder
+
+    if not gluon_gemv.usable(torch.device("cuda"), ggml_type):
+        pytest.skip("Gluon is not available with this Triton")
+    for n, k, warps in ((1283, 1280, 8), (1280, 1280, 2), (640, 2560, 2), (1280, 5120, 4), (1280, 5120, 16),
+                        (100, 768, 4), (3840, 1280, 1), (1536, 512, 4)):
+        raw, w = _raw(ggml_type, n, k, seed=n + k + warps)
+        p = to_planes(raw, ggml_type, n, k).reshape(-1).cuda()
+        w64 = torch.from_numpy(w).double()
+        gen = torch.Generator().manual_seed(warps)
+        x, bias, res = torch.randn(k, generator=gen), torch.randn(n, generator=gen), torch.randn(n, generator=gen)
+        scale = w64.abs() @ x.double().abs()
+        y = gluon_gemv.gemv(x.cuda(), p, ggml_type, n, k, warps=warps).cpu().double()
+        assert ((y - w64 @ x.double()).abs() <= 2 * k * 2.0**-24 * scale + 1e-30).all(), (n, k, warps)
+        out = res.cuda()
+        gluon_gemv.gemv(x.cuda(), p, ggml_type, n, k, bias=bias.cuda(), out=out, pdl=True, epilogue="residual",
+                        warps=warps)
+        want = res.double() + w64 @ x.double() + bias.double()
+        assert ((out.cpu().double() - want).abs() <= 2 * k * 2.0**-24 * scale + 1e-6 * want.abs() + 1e-6).all()
+        lw, lb = torch.rand(k, generator=gen) + 0.5, torch.randn(k, generator=gen)
+        ww, wb = triton_decoder.fold_ln(raw.cuda(), ggml_type, n, k, lw.cuda(), lb.cuda())
+        ln = (lw.cuda(), lb.cuda(), 1e-5, ww, wb)
+        hn = F.layer_norm((x * 3 + 1).double(), (k,), lw.double(), lb.double(), 1e-5)
+        want = w64 @ hn + bias.double()
+        tol = 1e-4 * (w64.abs() @ hn.abs()) + 1e-5
+        y = gluon_gemv.gemv(x.cuda() * 3 + 1, p, ggml_type, n, k, bias.cuda(), ln, warps=warps).cpu().double()
+        assert ((y - want).abs() <= tol).all(), (n, k, warps)
+        if n % 3 == 0:  # q|k|v rows: q to out, k and v into the caches' row pos, as float16
+            c, pos = n // 3, 37
+            kc = torch.full((448, c), float("nan"), dtype=torch.float16, device="cuda")
+            vc = kc.clone()
+            q = torch.empty(c, device="cuda")
+            gluon_gemv.gemv(x.cuda() * 3 + 1, p, ggml_type, n, k, bias.cuda(), ln, q, True, "qkv", warps,
+                            (kc, vc, torch.tensor([pos], device="cuda")))
+            assert ((q.cpu().double() - want[:c]).abs() <= tol[:c]).all()
+            for cache, part in ((kc, want[c:2 * c]), (vc, want[2 * c:])):
+                assert torch.equal(cache[pos].cpu(), part.half()) or \
+                    ((cache[pos].cpu().double() - part).abs() <= 2.0**-11 * part.abs() + tol[c:2 * c] + 1e-7).all()
+                assert torch.isnan(cache[:pos]).all() and torch.isnan(cache[pos + 1:]).all()
+
+
+@cuda
 @pytest.mark.parametrize("ftype", ["q5_0", "q4_0"])
 def test_cuda_vocabulary_on_planes_matches_ggml(tmp_path, ftype):
-    """A base-shaped model (random weights): loaded on CUDA its vocabulary and fc1 weights go to
-    planes, and its logits (the fused one-row step, 5 beams through the tensor-core GEMM and the
-    GEMV, a prompt, 25 rows through split-K) equal those of the same model loaded with
-    VOCAB_PLANES and FC1_PLANES off, within the fused step's tolerance."""
+    """A base-shaped model (random weights): loaded on CUDA its vocabulary and the decoder blocks'
+    weights go to planes, and its logits (the fused one-row step, 5 beams through the tensor-core
+    GEMM and the GEMV, a prompt, 25 rows through split-K) equal those of the same model loaded
+    with VOCAB_PLANES and BLOCK_PLANES off, within the fused step's tolerance."""
     import sys
 
     from qwhisper import loader
@@ -267,12 +337,15 @@ def test_cuda_vocabulary_on_planes_matches_ggml(tmp_path, ftype):
     path = fast_random_model(tmp_path, "base", ftype)
     planes = loader.load_model(path, "cuda")
     try:
-        loader.VOCAB_PLANES = loader.FC1_PLANES = False
+        loader.VOCAB_PLANES, saved, loader.BLOCK_PLANES = False, loader.BLOCK_PLANES, ()
         ggml = loader.load_model(path, "cuda")
     finally:
-        loader.VOCAB_PLANES = loader.FC1_PLANES = True
+        loader.VOCAB_PLANES, loader.BLOCK_PLANES = True, saved
     assert planes.decoder.token_embedding.planes and not ggml.decoder.token_embedding.planes
-    assert all(b.mlp[0].planes for b in planes.decoder.blocks) and not ggml.decoder.blocks[0].mlp[0].planes
+    for b in planes.decoder.blocks:
+        assert all(b.get_submodule(name).planes for name in saved), saved
+        assert b.attn.qkv_projection().planes
+    assert not any(m.planes for m in ggml.modules() if hasattr(m, "planes"))
     xa = torch.randn(1, 1500, 512, device="cuda", generator=torch.Generator("cuda").manual_seed(0)).half()
     prompt = torch.tensor([[50258, 50259, 50359]], device="cuda")
     for rows in (1, 5, 25):

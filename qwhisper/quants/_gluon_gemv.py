@@ -24,164 +24,220 @@ def _gdc(x, OP: gl.constexpr):
 
 @gluon.jit
 def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, lnb_ptr, ww_ptr, wb_ptr, eps,
-                            N, NP, G, NBL: gl.constexpr, HAS_BIAS: gl.constexpr, LN: gl.constexpr,
-                            PDL: gl.constexpr, EPI: gl.constexpr):
-    # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias)
+                            kc_ptr, vc_ptr, pos_ptr, C, stride_cs,
+                            N, NP, G, NBL: gl.constexpr, NBW: gl.constexpr, WK: gl.constexpr,
+                            HAS_BIAS: gl.constexpr, LN: gl.constexpr, PDL: gl.constexpr, EPI: gl.constexpr):
+    # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias);
+    # 3: q|k|v: rows [0, C) to y, [C, 2C) to kc_ptr + pos * stride_cs, [2C, 3C) to vc_ptr + pos * stride_cs
     pid = gl.program_id(0)
     NB: gl.constexpr = 8 * NBL  # blocks a row
     RW4: gl.constexpr = 22 * NB // 4  # a planes row in 32-bit words
     K: gl.constexpr = 32 * NB
-    LY: gl.constexpr = gl.BlockedLayout([1, 1], [4, 8], [1, 1], [1, 0])
-    L3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [4, 8, 1], [1, 1, 1], [2, 1, 0])
-    rr = gl.arange(0, 4, layout=gl.SliceLayout(1, LY))[:, None]
-    jj = gl.arange(0, 8, layout=gl.SliceLayout(0, LY))[None, :]
-    r3 = gl.arange(0, 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, L3)))[:, None, None]
-    j3 = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, L3)))[None, :, None]
-    c3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3)))[None, None, :]
+    LY: gl.constexpr = gl.BlockedLayout([1, 1, 1], [1, 4, 8], [WK, 1, 1], [2, 1, 0])  # [warp, row, lane j]
+    L4: gl.constexpr = gl.BlockedLayout([1, 1, 1, 4], [1, 4, 8, 1], [WK, 1, 1, 1], [3, 2, 1, 0])
+    LR: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, LY))  # [4] rows of a pass
+    ww = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, LY)))[:, None, None]
+    rr = gl.arange(0, 4, layout=LR)[None, :, None]
+    jj = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, LY)))[None, None, :]
+    w4 = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, L4))))[:, None, None, None]
+    r4 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, L4))))[None, :, None, None]
+    j4 = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L4))))[None, None, :, None]
+    c4 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, L4))))[None, None, None, :]
+    bw = jj + 8 * NBW * ww  # block of lane j in warp w's first chunk
+    bw4 = j4 + 8 * NBW * w4
     n_mine = (NP - pid + G - 1) // G  # passes of 4 rows: pid, pid + G, ...
     if PDL:
         pid = _gdc(pid, "launch_dependents")
     # pass 0's blocks: nothing writes the weight, so they load before the wait for x
     row = (pid + 0 * G) * 4 + rr
-    row3 = (pid + 0 * G) * 4 + r3
+    row4 = (pid + 0 * G) * 4 + r4
     ok = (row < N) & (0 < n_mine)
-    ok3 = (row3 < N) & (0 < n_mine) & (c3 >= 0)
+    ok4 = (row4 < N) & (0 < n_mine) & (c4 >= 0)
     wr = row.to(gl.int64) * RW4
-    wr3 = row3.to(gl.int64) * RW4
-    if NBL > 0:
-        ns0 = gl.load(w32_ptr + (wr3 + (j3 + 0) * 4 + c3), mask=ok3, other=0)
-        nh0 = gl.load(w32_ptr + (wr + 4 * NB + jj + 0), mask=ok, other=0)
-        nd0 = gl.load(w16_ptr + (wr * 2 + 10 * NB + jj + 0), mask=ok, other=0)
-    if NBL > 1:
-        ns1 = gl.load(w32_ptr + (wr3 + (j3 + 8) * 4 + c3), mask=ok3, other=0)
-        nh1 = gl.load(w32_ptr + (wr + 4 * NB + jj + 8), mask=ok, other=0)
-        nd1 = gl.load(w16_ptr + (wr * 2 + 10 * NB + jj + 8), mask=ok, other=0)
-    if NBL > 2:
-        ns2 = gl.load(w32_ptr + (wr3 + (j3 + 16) * 4 + c3), mask=ok3, other=0)
-        nh2 = gl.load(w32_ptr + (wr + 4 * NB + jj + 16), mask=ok, other=0)
-        nd2 = gl.load(w16_ptr + (wr * 2 + 10 * NB + jj + 16), mask=ok, other=0)
-    if NBL > 3:
-        ns3 = gl.load(w32_ptr + (wr3 + (j3 + 24) * 4 + c3), mask=ok3, other=0)
-        nh3 = gl.load(w32_ptr + (wr + 4 * NB + jj + 24), mask=ok, other=0)
-        nd3 = gl.load(w16_ptr + (wr * 2 + 10 * NB + jj + 24), mask=ok, other=0)
-    if NBL > 4:
-        ns4 = gl.load(w32_ptr + (wr3 + (j3 + 32) * 4 + c3), mask=ok3, other=0)
-        nh4 = gl.load(w32_ptr + (wr + 4 * NB + jj + 32), mask=ok, other=0)
-        nd4 = gl.load(w16_ptr + (wr * 2 + 10 * NB + jj + 32), mask=ok, other=0)
+    wr4 = row4.to(gl.int64) * RW4
+    if NBW > 0:  # chunk w NBW + 0; masked past NBL where the warps' chunks overhang
+        oki = ok & (bw + 0 < NB)
+        ns0 = gl.load(w32_ptr + (wr4 + (bw4 + 0) * 4 + c4), mask=ok4 & (bw4 + 0 < NB), other=0)
+        nh0 = gl.load(w32_ptr + (wr + 4 * NB + bw + 0), mask=oki, other=0)
+        nd0 = gl.load(w16_ptr + (wr * 2 + 10 * NB + bw + 0), mask=oki, other=0)
+    if NBW > 1:  # chunk w NBW + 1; masked past NBL where the warps' chunks overhang
+        oki = ok & (bw + 8 < NB)
+        ns1 = gl.load(w32_ptr + (wr4 + (bw4 + 8) * 4 + c4), mask=ok4 & (bw4 + 8 < NB), other=0)
+        nh1 = gl.load(w32_ptr + (wr + 4 * NB + bw + 8), mask=oki, other=0)
+        nd1 = gl.load(w16_ptr + (wr * 2 + 10 * NB + bw + 8), mask=oki, other=0)
+    if NBW > 2:  # chunk w NBW + 2; masked past NBL where the warps' chunks overhang
+        oki = ok & (bw + 16 < NB)
+        ns2 = gl.load(w32_ptr + (wr4 + (bw4 + 16) * 4 + c4), mask=ok4 & (bw4 + 16 < NB), other=0)
+        nh2 = gl.load(w32_ptr + (wr + 4 * NB + bw + 16), mask=oki, other=0)
+        nd2 = gl.load(w16_ptr + (wr * 2 + 10 * NB + bw + 16), mask=oki, other=0)
+    if NBW > 3:  # chunk w NBW + 3; masked past NBL where the warps' chunks overhang
+        oki = ok & (bw + 24 < NB)
+        ns3 = gl.load(w32_ptr + (wr4 + (bw4 + 24) * 4 + c4), mask=ok4 & (bw4 + 24 < NB), other=0)
+        nh3 = gl.load(w32_ptr + (wr + 4 * NB + bw + 24), mask=oki, other=0)
+        nd3 = gl.load(w16_ptr + (wr * 2 + 10 * NB + bw + 24), mask=oki, other=0)
+    if NBW > 4:  # chunk w NBW + 4; masked past NBL where the warps' chunks overhang
+        oki = ok & (bw + 32 < NB)
+        ns4 = gl.load(w32_ptr + (wr4 + (bw4 + 32) * 4 + c4), mask=ok4 & (bw4 + 32 < NB), other=0)
+        nh4 = gl.load(w32_ptr + (wr + 4 * NB + bw + 32), mask=oki, other=0)
+        nd4 = gl.load(w16_ptr + (wr * 2 + 10 * NB + bw + 32), mask=oki, other=0)
+    pos = 0
+    if EPI == 3:  # the position: copied in before the step's first kernel
+        pos = gl.load(pos_ptr).to(gl.int64)
     if PDL:
         pid = _gdc(pid, "wait")
-    # x into shared memory: row j, column 32 i + k = x[(j + 8 i) * 32 + k], the values lane j multiplies
-    LXS: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [1, 1], [1, 0])
-    xj = gl.arange(0, 8, layout=gl.SliceLayout(1, LXS))[:, None]
-    xk = gl.arange(0, 128, layout=gl.SliceLayout(0, LXS))[None, :]
-    xk2 = gl.arange(0, 32, layout=gl.SliceLayout(0, LXS))[None, :] + 128
-    ia = (xj + 8 * (xk // 32)) * 32 + xk % 32
-    ib = (xj + 8 * (xk2 // 32)) * 32 + xk2 % 32
-    va = gl.load(x_ptr + ia, mask=ia < K, other=0.0).to(gl.float32)
-    vb = gl.load(x_ptr + ib, mask=ib < K, other=0.0).to(gl.float32)
+    # x into shared memory: [i, w, j, k] = x[(j + 8 (w NBW + i)) 32 + k], the values lane j of warp w multiplies
+    LXS: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 4, 8], [WK, 1, 1], [2, 1, 0])
+    xw = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, LXS)))[:, None, None]
+    xj = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, LXS)))[None, :, None]
+    xk = gl.arange(0, 32, layout=gl.SliceLayout(0, gl.SliceLayout(1, LXS)))[None, None, :]
+    xi = (xj + 8 * NBW * xw) * 32 + xk
+    xs = gl.allocate_shared_memory(gl.float32, [NBW, WK, 8, 32], gl.SwizzledSharedLayout(4, 1, 8, [2, 1, 0]))
+    tot = 0.0
+    if NBW > 0:
+        v0 = gl.load(x_ptr + xi + 0, mask=xi + 0 < K, other=0.0).to(gl.float32)
+        tot += gl.sum(gl.sum(gl.sum(v0, axis=2), axis=1), axis=0)
+    if NBW > 1:
+        v1 = gl.load(x_ptr + xi + 256, mask=xi + 256 < K, other=0.0).to(gl.float32)
+        tot += gl.sum(gl.sum(gl.sum(v1, axis=2), axis=1), axis=0)
+    if NBW > 2:
+        v2 = gl.load(x_ptr + xi + 512, mask=xi + 512 < K, other=0.0).to(gl.float32)
+        tot += gl.sum(gl.sum(gl.sum(v2, axis=2), axis=1), axis=0)
+    if NBW > 3:
+        v3 = gl.load(x_ptr + xi + 768, mask=xi + 768 < K, other=0.0).to(gl.float32)
+        tot += gl.sum(gl.sum(gl.sum(v3, axis=2), axis=1), axis=0)
+    if NBW > 4:
+        v4 = gl.load(x_ptr + xi + 1024, mask=xi + 1024 < K, other=0.0).to(gl.float32)
+        tot += gl.sum(gl.sum(gl.sum(v4, axis=2), axis=1), axis=0)
     mean = 0.0
     rstd = 0.0
-    if LN:  # mean and 1/std of x (two passes over the values in registers; rows first: in-thread), then x * ln_weight
-        mean = (gl.sum(gl.sum(va, axis=0), axis=0) + gl.sum(gl.sum(vb, axis=0), axis=0)) / K
-        da = gl.where(ia < K, va - mean, 0.0)
-        db = gl.where(ib < K, vb - mean, 0.0)
-        var = (gl.sum(gl.sum(da * da, axis=0), axis=0) + gl.sum(gl.sum(db * db, axis=0), axis=0)) / K
-        rstd = 1.0 / gl.sqrt_rn(var + eps)
-        va = va * gl.load(lnw_ptr + ia, mask=ia < K, other=0.0)
-        vb = vb * gl.load(lnw_ptr + ib, mask=ib < K, other=0.0)
-    xa = gl.allocate_shared_memory(gl.float32, [8, 128], gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))
-    xb = gl.allocate_shared_memory(gl.float32, [8, 32], gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))
-    xa.store(va)
-    xb.store(vb)
+    if LN:  # mean and 1/std of x (two passes over the values in registers; in-thread sums first), then x * ln_weight
+        mean = tot / K
+        var = 0.0
+        if NBW > 0:
+            d0 = gl.where(xi + 0 < K, v0 - mean, 0.0)
+            var += gl.sum(gl.sum(gl.sum(d0 * d0, axis=2), axis=1), axis=0)
+            v0 = v0 * gl.load(lnw_ptr + xi + 0, mask=xi + 0 < K, other=0.0)
+        if NBW > 1:
+            d1 = gl.where(xi + 256 < K, v1 - mean, 0.0)
+            var += gl.sum(gl.sum(gl.sum(d1 * d1, axis=2), axis=1), axis=0)
+            v1 = v1 * gl.load(lnw_ptr + xi + 256, mask=xi + 256 < K, other=0.0)
+        if NBW > 2:
+            d2 = gl.where(xi + 512 < K, v2 - mean, 0.0)
+            var += gl.sum(gl.sum(gl.sum(d2 * d2, axis=2), axis=1), axis=0)
+            v2 = v2 * gl.load(lnw_ptr + xi + 512, mask=xi + 512 < K, other=0.0)
+        if NBW > 3:
+            d3 = gl.where(xi + 768 < K, v3 - mean, 0.0)
+            var += gl.sum(gl.sum(gl.sum(d3 * d3, axis=2), axis=1), axis=0)
+            v3 = v3 * gl.load(lnw_ptr + xi + 768, mask=xi + 768 < K, other=0.0)
+        if NBW > 4:
+            d4 = gl.where(xi + 1024 < K, v4 - mean, 0.0)
+            var += gl.sum(gl.sum(gl.sum(d4 * d4, axis=2), axis=1), axis=0)
+            v4 = v4 * gl.load(lnw_ptr + xi + 1024, mask=xi + 1024 < K, other=0.0)
+        rstd = 1.0 / gl.sqrt_rn(var / K + eps)
+    if NBW > 0:
+        xs.index(0).store(v0)
+    if NBW > 1:
+        xs.index(1).store(v1)
+    if NBW > 2:
+        xs.index(2).store(v2)
+    if NBW > 3:
+        xs.index(3).store(v3)
+    if NBW > 4:
+        xs.index(4).store(v4)
     gl.thread_barrier()
-    LX: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [1, 1], [0, 1])  # lane l holds x[l % 8, k..k+3]
-    rows0 = pid * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))
-    nres = gl.zeros([4], gl.float32, layout=gl.SliceLayout(1, LY))
+    LX: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 8, 4], [WK, 1, 1], [1, 2, 0])  # lane l: x[w, l % 8, k..k+3]
+    rows0 = pid * 4 + gl.arange(0, 4, layout=LR)
+    nres = gl.zeros([4], gl.float32, layout=LR)
     if EPI == 1:  # the residual of pass 0's rows: written by earlier kernels, so after the wait
         nres = gl.load(y_ptr + rows0, mask=(rows0 < N) & (0 < n_mine), other=0.0).to(gl.float32)
     for t in range(n_mine):
         cres = nres
         if EPI == 1:  # the next pass's residual
-            rowsn = (pid + (t + 1) * G) * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))
+            rowsn = (pid + (t + 1) * G) * 4 + gl.arange(0, 4, layout=LR)
             nres = gl.load(y_ptr + rowsn, mask=(rowsn < N) & (t + 1 < n_mine), other=0.0).to(gl.float32)
-        if NBL > 0:
+        if NBW > 0:
             cs0 = ns0
             ch0 = nh0
             cd0 = nd0
-        if NBL > 1:
+        if NBW > 1:
             cs1 = ns1
             ch1 = nh1
             cd1 = nd1
-        if NBL > 2:
+        if NBW > 2:
             cs2 = ns2
             ch2 = nh2
             cd2 = nd2
-        if NBL > 3:
+        if NBW > 3:
             cs3 = ns3
             ch3 = nh3
             cd3 = nd3
-        if NBL > 4:
+        if NBW > 4:
             cs4 = ns4
             ch4 = nh4
             cd4 = nd4
         row = (pid + (t + 1) * G) * 4 + rr
-        row3 = (pid + (t + 1) * G) * 4 + r3
+        row4 = (pid + (t + 1) * G) * 4 + r4
         ok = (row < N) & ((t + 1) < n_mine)
-        ok3 = (row3 < N) & ((t + 1) < n_mine) & (c3 >= 0)
+        ok4 = (row4 < N) & ((t + 1) < n_mine) & (c4 >= 0)
         wr = row.to(gl.int64) * RW4
-        wr3 = row3.to(gl.int64) * RW4
-        if NBL > 0:
-            ns0 = gl.load(w32_ptr + (wr3 + (j3 + 0) * 4 + c3), mask=ok3, other=0)
-            nh0 = gl.load(w32_ptr + (wr + 4 * NB + jj + 0), mask=ok, other=0)
-            nd0 = gl.load(w16_ptr + (wr * 2 + 10 * NB + jj + 0), mask=ok, other=0)
-        if NBL > 1:
-            ns1 = gl.load(w32_ptr + (wr3 + (j3 + 8) * 4 + c3), mask=ok3, other=0)
-            nh1 = gl.load(w32_ptr + (wr + 4 * NB + jj + 8), mask=ok, other=0)
-            nd1 = gl.load(w16_ptr + (wr * 2 + 10 * NB + jj + 8), mask=ok, other=0)
-        if NBL > 2:
-            ns2 = gl.load(w32_ptr + (wr3 + (j3 + 16) * 4 + c3), mask=ok3, other=0)
-            nh2 = gl.load(w32_ptr + (wr + 4 * NB + jj + 16), mask=ok, other=0)
-            nd2 = gl.load(w16_ptr + (wr * 2 + 10 * NB + jj + 16), mask=ok, other=0)
-        if NBL > 3:
-            ns3 = gl.load(w32_ptr + (wr3 + (j3 + 24) * 4 + c3), mask=ok3, other=0)
-            nh3 = gl.load(w32_ptr + (wr + 4 * NB + jj + 24), mask=ok, other=0)
-            nd3 = gl.load(w16_ptr + (wr * 2 + 10 * NB + jj + 24), mask=ok, other=0)
-        if NBL > 4:
-            ns4 = gl.load(w32_ptr + (wr3 + (j3 + 32) * 4 + c3), mask=ok3, other=0)
-            nh4 = gl.load(w32_ptr + (wr + 4 * NB + jj + 32), mask=ok, other=0)
-            nd4 = gl.load(w16_ptr + (wr * 2 + 10 * NB + jj + 32), mask=ok, other=0)
-        acc = gl.zeros([4, 8], gl.float32, layout=LY)
-        if NBL > 0:  # block j + 0
-            a, b = gl.split(gl.reshape(cs0, [4, 8, 2, 2]))
+        wr4 = row4.to(gl.int64) * RW4
+        if NBW > 0:  # chunk w NBW + 0; masked past NBL where the warps' chunks overhang
+            oki = ok & (bw + 0 < NB)
+            ns0 = gl.load(w32_ptr + (wr4 + (bw4 + 0) * 4 + c4), mask=ok4 & (bw4 + 0 < NB), other=0)
+            nh0 = gl.load(w32_ptr + (wr + 4 * NB + bw + 0), mask=oki, other=0)
+            nd0 = gl.load(w16_ptr + (wr * 2 + 10 * NB + bw + 0), mask=oki, other=0)
+        if NBW > 1:  # chunk w NBW + 1; masked past NBL where the warps' chunks overhang
+            oki = ok & (bw + 8 < NB)
+            ns1 = gl.load(w32_ptr + (wr4 + (bw4 + 8) * 4 + c4), mask=ok4 & (bw4 + 8 < NB), other=0)
+            nh1 = gl.load(w32_ptr + (wr + 4 * NB + bw + 8), mask=oki, other=0)
+            nd1 = gl.load(w16_ptr + (wr * 2 + 10 * NB + bw + 8), mask=oki, other=0)
+        if NBW > 2:  # chunk w NBW + 2; masked past NBL where the warps' chunks overhang
+            oki = ok & (bw + 16 < NB)
+            ns2 = gl.load(w32_ptr + (wr4 + (bw4 + 16) * 4 + c4), mask=ok4 & (bw4 + 16 < NB), other=0)
+            nh2 = gl.load(w32_ptr + (wr + 4 * NB + bw + 16), mask=oki, other=0)
+            nd2 = gl.load(w16_ptr + (wr * 2 + 10 * NB + bw + 16), mask=oki, other=0)
+        if NBW > 3:  # chunk w NBW + 3; masked past NBL where the warps' chunks overhang
+            oki = ok & (bw + 24 < NB)
+            ns3 = gl.load(w32_ptr + (wr4 + (bw4 + 24) * 4 + c4), mask=ok4 & (bw4 + 24 < NB), other=0)
+            nh3 = gl.load(w32_ptr + (wr + 4 * NB + bw + 24), mask=oki, other=0)
+            nd3 = gl.load(w16_ptr + (wr * 2 + 10 * NB + bw + 24), mask=oki, other=0)
+        if NBW > 4:  # chunk w NBW + 4; masked past NBL where the warps' chunks overhang
+            oki = ok & (bw + 32 < NB)
+            ns4 = gl.load(w32_ptr + (wr4 + (bw4 + 32) * 4 + c4), mask=ok4 & (bw4 + 32 < NB), other=0)
+            nh4 = gl.load(w32_ptr + (wr + 4 * NB + bw + 32), mask=oki, other=0)
+            nd4 = gl.load(w16_ptr + (wr * 2 + 10 * NB + bw + 32), mask=oki, other=0)
+        acc = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+        if NBW > 0:  # chunk w NBW + 0
+            a, b = gl.split(gl.reshape(cs0, [WK, 4, 8, 2, 2]))
             q0, q2 = gl.split(a)
             q1, q3 = gl.split(b)
             d = cd0.to(gl.float16, bitcast=True).to(gl.float32)
             qh = ch0
-            s0 = gl.zeros([4, 8], gl.float32, layout=LY)
-            s1 = gl.zeros([4, 8], gl.float32, layout=LY)
+            s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+            s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
             q = gl.convert_layout(q0, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 0) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 16) & 0xF)
-            xv = xa.slice(0, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(0, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(16, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(16, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -189,26 +245,26 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q1, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 4) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 20) & 0xF)
-            xv = xa.slice(4, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(4, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(20, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(20, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -216,26 +272,26 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q2, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 8) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 24) & 0xF)
-            xv = xa.slice(8, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(8, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(24, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(24, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -243,62 +299,62 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q3, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 12) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 28) & 0xF)
-            xv = xa.slice(12, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(12, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(28, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(28, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
             s1 += _byte_f(qq, '0x7653', 16) * qqx3
             acc += (s0 + s1) * d
-        if NBL > 1:  # block j + 8
-            a, b = gl.split(gl.reshape(cs1, [4, 8, 2, 2]))
+        if NBW > 1:  # chunk w NBW + 1
+            a, b = gl.split(gl.reshape(cs1, [WK, 4, 8, 2, 2]))
             q0, q2 = gl.split(a)
             q1, q3 = gl.split(b)
             d = cd1.to(gl.float16, bitcast=True).to(gl.float32)
             qh = ch1
-            s0 = gl.zeros([4, 8], gl.float32, layout=LY)
-            s1 = gl.zeros([4, 8], gl.float32, layout=LY)
+            s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+            s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
             q = gl.convert_layout(q0, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 0) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 16) & 0xF)
-            xv = xa.slice(32, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(0, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(48, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(16, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -306,26 +362,26 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q1, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 4) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 20) & 0xF)
-            xv = xa.slice(36, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(4, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(52, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(20, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -333,26 +389,26 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q2, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 8) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 24) & 0xF)
-            xv = xa.slice(40, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(8, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(56, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(24, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -360,62 +416,62 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q3, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 12) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 28) & 0xF)
-            xv = xa.slice(44, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(12, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(60, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(28, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
             s1 += _byte_f(qq, '0x7653', 16) * qqx3
             acc += (s0 + s1) * d
-        if NBL > 2:  # block j + 16
-            a, b = gl.split(gl.reshape(cs2, [4, 8, 2, 2]))
+        if NBW > 2:  # chunk w NBW + 2
+            a, b = gl.split(gl.reshape(cs2, [WK, 4, 8, 2, 2]))
             q0, q2 = gl.split(a)
             q1, q3 = gl.split(b)
             d = cd2.to(gl.float16, bitcast=True).to(gl.float32)
             qh = ch2
-            s0 = gl.zeros([4, 8], gl.float32, layout=LY)
-            s1 = gl.zeros([4, 8], gl.float32, layout=LY)
+            s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+            s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
             q = gl.convert_layout(q0, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 0) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 16) & 0xF)
-            xv = xa.slice(64, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(0, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(80, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(16, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -423,26 +479,26 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q1, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 4) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 20) & 0xF)
-            xv = xa.slice(68, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(4, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(84, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(20, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -450,26 +506,26 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q2, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 8) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 24) & 0xF)
-            xv = xa.slice(72, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(8, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(88, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(24, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -477,62 +533,62 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q3, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 12) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 28) & 0xF)
-            xv = xa.slice(76, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(12, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(92, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(28, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
             s1 += _byte_f(qq, '0x7653', 16) * qqx3
             acc += (s0 + s1) * d
-        if NBL > 3:  # block j + 24
-            a, b = gl.split(gl.reshape(cs3, [4, 8, 2, 2]))
+        if NBW > 3:  # chunk w NBW + 3
+            a, b = gl.split(gl.reshape(cs3, [WK, 4, 8, 2, 2]))
             q0, q2 = gl.split(a)
             q1, q3 = gl.split(b)
             d = cd3.to(gl.float16, bitcast=True).to(gl.float32)
             qh = ch3
-            s0 = gl.zeros([4, 8], gl.float32, layout=LY)
-            s1 = gl.zeros([4, 8], gl.float32, layout=LY)
+            s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+            s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
             q = gl.convert_layout(q0, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 0) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 16) & 0xF)
-            xv = xa.slice(96, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(0, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(112, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(16, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -540,26 +596,26 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q1, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 4) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 20) & 0xF)
-            xv = xa.slice(100, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(4, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(116, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(20, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -567,26 +623,26 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q2, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 8) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 24) & 0xF)
-            xv = xa.slice(104, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(8, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(120, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(24, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -594,62 +650,62 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q3, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 12) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 28) & 0xF)
-            xv = xa.slice(108, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(12, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xa.slice(124, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(28, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
             s1 += _byte_f(qq, '0x7653', 16) * qqx3
             acc += (s0 + s1) * d
-        if NBL > 4:  # block j + 32
-            a, b = gl.split(gl.reshape(cs4, [4, 8, 2, 2]))
+        if NBW > 4:  # chunk w NBW + 4
+            a, b = gl.split(gl.reshape(cs4, [WK, 4, 8, 2, 2]))
             q0, q2 = gl.split(a)
             q1, q3 = gl.split(b)
             d = cd4.to(gl.float16, bitcast=True).to(gl.float32)
             qh = ch4
-            s0 = gl.zeros([4, 8], gl.float32, layout=LY)
-            s1 = gl.zeros([4, 8], gl.float32, layout=LY)
+            s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+            s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
             q = gl.convert_layout(q0, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 0) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 16) & 0xF)
-            xv = xb.slice(0, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(0, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xb.slice(16, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(16, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -657,26 +713,26 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q1, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 4) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 20) & 0xF)
-            xv = xb.slice(4, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(4, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xb.slice(20, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(20, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -684,26 +740,26 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q2, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 8) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 24) & 0xF)
-            xv = xb.slice(8, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(8, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xb.slice(24, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(24, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
@@ -711,33 +767,33 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q3, LY)
             ql = (q & 0x0F0F0F0F) | _spread((qh >> 12) & 0xF)
             qq = ((q >> 4) & 0x0F0F0F0F) | _spread((qh >> 28) & 0xF)
-            xv = xb.slice(12, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(12, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 16) * qlx0
             s1 += _byte_f(ql, '0x7651', 16) * qlx1
             s0 += _byte_f(ql, '0x7652', 16) * qlx2
             s1 += _byte_f(ql, '0x7653', 16) * qlx3
-            xv = xb.slice(28, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(28, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 16) * qqx0
             s1 += _byte_f(qq, '0x7651', 16) * qqx1
             s0 += _byte_f(qq, '0x7652', 16) * qqx2
             s1 += _byte_f(qq, '0x7653', 16) * qqx3
             acc += (s0 + s1) * d
-        y = gl.sum(acc, axis=1)
-        rows = (pid + t * G) * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))
+        y = gl.sum(gl.sum(acc, axis=2), axis=0)  # [4]: the lanes' sums, then the warps'
+        rows = (pid + t * G) * 4 + gl.arange(0, 4, layout=LR)
         live = rows < N
         if LN:
             y = rstd * (y - mean * gl.load(ww_ptr + rows, mask=live, other=0.0)) + gl.load(wb_ptr + rows, mask=live, other=0.0)
@@ -747,152 +803,215 @@ def gemv_q5_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             y += cres
         if EPI == 2:  # exact GELU, as nn.GELU()
             y = 0.5 * y * (1.0 + gl.erf(y * 0.7071067811865476))
-        gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)
+        if EPI == 3:  # q | k | v: the segment's row of q, or of the caches at row pos
+            seg = rows // C
+            col = rows - seg * C
+            gl.store(y_ptr + col, y.to(y_ptr.dtype.element_ty), mask=live & (seg == 0))
+            gl.store(kc_ptr + pos * stride_cs + col, y.to(kc_ptr.dtype.element_ty), mask=live & (seg == 1))
+            gl.store(vc_ptr + pos * stride_cs + col, y.to(vc_ptr.dtype.element_ty), mask=live & (seg == 2))
+        else:
+            gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)
 
 @gluon.jit
 def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, lnb_ptr, ww_ptr, wb_ptr, eps,
-                            N, NP, G, NBL: gl.constexpr, HAS_BIAS: gl.constexpr, LN: gl.constexpr,
-                            PDL: gl.constexpr, EPI: gl.constexpr):
-    # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias)
+                            kc_ptr, vc_ptr, pos_ptr, C, stride_cs,
+                            N, NP, G, NBL: gl.constexpr, NBW: gl.constexpr, WK: gl.constexpr,
+                            HAS_BIAS: gl.constexpr, LN: gl.constexpr, PDL: gl.constexpr, EPI: gl.constexpr):
+    # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias);
+    # 3: q|k|v: rows [0, C) to y, [C, 2C) to kc_ptr + pos * stride_cs, [2C, 3C) to vc_ptr + pos * stride_cs
     pid = gl.program_id(0)
     NB: gl.constexpr = 8 * NBL  # blocks a row
     RW4: gl.constexpr = 18 * NB // 4  # a planes row in 32-bit words
     K: gl.constexpr = 32 * NB
-    LY: gl.constexpr = gl.BlockedLayout([1, 1], [4, 8], [1, 1], [1, 0])
-    L3: gl.constexpr = gl.BlockedLayout([1, 1, 4], [4, 8, 1], [1, 1, 1], [2, 1, 0])
-    rr = gl.arange(0, 4, layout=gl.SliceLayout(1, LY))[:, None]
-    jj = gl.arange(0, 8, layout=gl.SliceLayout(0, LY))[None, :]
-    r3 = gl.arange(0, 4, layout=gl.SliceLayout(1, gl.SliceLayout(2, L3)))[:, None, None]
-    j3 = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, L3)))[None, :, None]
-    c3 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3)))[None, None, :]
+    LY: gl.constexpr = gl.BlockedLayout([1, 1, 1], [1, 4, 8], [WK, 1, 1], [2, 1, 0])  # [warp, row, lane j]
+    L4: gl.constexpr = gl.BlockedLayout([1, 1, 1, 4], [1, 4, 8, 1], [WK, 1, 1, 1], [3, 2, 1, 0])
+    LR: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, LY))  # [4] rows of a pass
+    ww = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, LY)))[:, None, None]
+    rr = gl.arange(0, 4, layout=LR)[None, :, None]
+    jj = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, LY)))[None, None, :]
+    w4 = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, gl.SliceLayout(3, L4))))[:, None, None, None]
+    r4 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(2, gl.SliceLayout(3, L4))))[None, :, None, None]
+    j4 = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L4))))[None, None, :, None]
+    c4 = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, L4))))[None, None, None, :]
+    bw = jj + 8 * NBW * ww  # block of lane j in warp w's first chunk
+    bw4 = j4 + 8 * NBW * w4
     n_mine = (NP - pid + G - 1) // G  # passes of 4 rows: pid, pid + G, ...
     if PDL:
         pid = _gdc(pid, "launch_dependents")
     # pass 0's blocks: nothing writes the weight, so they load before the wait for x
     row = (pid + 0 * G) * 4 + rr
-    row3 = (pid + 0 * G) * 4 + r3
+    row4 = (pid + 0 * G) * 4 + r4
     ok = (row < N) & (0 < n_mine)
-    ok3 = (row3 < N) & (0 < n_mine) & (c3 >= 0)
+    ok4 = (row4 < N) & (0 < n_mine) & (c4 >= 0)
     wr = row.to(gl.int64) * RW4
-    wr3 = row3.to(gl.int64) * RW4
-    if NBL > 0:
-        ns0 = gl.load(w32_ptr + (wr3 + (j3 + 0) * 4 + c3), mask=ok3, other=0)
-        nd0 = gl.load(w16_ptr + (wr * 2 + 8 * NB + jj + 0), mask=ok, other=0)
-    if NBL > 1:
-        ns1 = gl.load(w32_ptr + (wr3 + (j3 + 8) * 4 + c3), mask=ok3, other=0)
-        nd1 = gl.load(w16_ptr + (wr * 2 + 8 * NB + jj + 8), mask=ok, other=0)
-    if NBL > 2:
-        ns2 = gl.load(w32_ptr + (wr3 + (j3 + 16) * 4 + c3), mask=ok3, other=0)
-        nd2 = gl.load(w16_ptr + (wr * 2 + 8 * NB + jj + 16), mask=ok, other=0)
-    if NBL > 3:
-        ns3 = gl.load(w32_ptr + (wr3 + (j3 + 24) * 4 + c3), mask=ok3, other=0)
-        nd3 = gl.load(w16_ptr + (wr * 2 + 8 * NB + jj + 24), mask=ok, other=0)
-    if NBL > 4:
-        ns4 = gl.load(w32_ptr + (wr3 + (j3 + 32) * 4 + c3), mask=ok3, other=0)
-        nd4 = gl.load(w16_ptr + (wr * 2 + 8 * NB + jj + 32), mask=ok, other=0)
+    wr4 = row4.to(gl.int64) * RW4
+    if NBW > 0:  # chunk w NBW + 0; masked past NBL where the warps' chunks overhang
+        oki = ok & (bw + 0 < NB)
+        ns0 = gl.load(w32_ptr + (wr4 + (bw4 + 0) * 4 + c4), mask=ok4 & (bw4 + 0 < NB), other=0)
+        nd0 = gl.load(w16_ptr + (wr * 2 + 8 * NB + bw + 0), mask=oki, other=0)
+    if NBW > 1:  # chunk w NBW + 1; masked past NBL where the warps' chunks overhang
+        oki = ok & (bw + 8 < NB)
+        ns1 = gl.load(w32_ptr + (wr4 + (bw4 + 8) * 4 + c4), mask=ok4 & (bw4 + 8 < NB), other=0)
+        nd1 = gl.load(w16_ptr + (wr * 2 + 8 * NB + bw + 8), mask=oki, other=0)
+    if NBW > 2:  # chunk w NBW + 2; masked past NBL where the warps' chunks overhang
+        oki = ok & (bw + 16 < NB)
+        ns2 = gl.load(w32_ptr + (wr4 + (bw4 + 16) * 4 + c4), mask=ok4 & (bw4 + 16 < NB), other=0)
+        nd2 = gl.load(w16_ptr + (wr * 2 + 8 * NB + bw + 16), mask=oki, other=0)
+    if NBW > 3:  # chunk w NBW + 3; masked past NBL where the warps' chunks overhang
+        oki = ok & (bw + 24 < NB)
+        ns3 = gl.load(w32_ptr + (wr4 + (bw4 + 24) * 4 + c4), mask=ok4 & (bw4 + 24 < NB), other=0)
+        nd3 = gl.load(w16_ptr + (wr * 2 + 8 * NB + bw + 24), mask=oki, other=0)
+    if NBW > 4:  # chunk w NBW + 4; masked past NBL where the warps' chunks overhang
+        oki = ok & (bw + 32 < NB)
+        ns4 = gl.load(w32_ptr + (wr4 + (bw4 + 32) * 4 + c4), mask=ok4 & (bw4 + 32 < NB), other=0)
+        nd4 = gl.load(w16_ptr + (wr * 2 + 8 * NB + bw + 32), mask=oki, other=0)
+    pos = 0
+    if EPI == 3:  # the position: copied in before the step's first kernel
+        pos = gl.load(pos_ptr).to(gl.int64)
     if PDL:
         pid = _gdc(pid, "wait")
-    # x into shared memory: row j, column 32 i + k = x[(j + 8 i) * 32 + k], the values lane j multiplies
-    LXS: gl.constexpr = gl.BlockedLayout([1, 4], [1, 32], [1, 1], [1, 0])
-    xj = gl.arange(0, 8, layout=gl.SliceLayout(1, LXS))[:, None]
-    xk = gl.arange(0, 128, layout=gl.SliceLayout(0, LXS))[None, :]
-    xk2 = gl.arange(0, 32, layout=gl.SliceLayout(0, LXS))[None, :] + 128
-    ia = (xj + 8 * (xk // 32)) * 32 + xk % 32
-    ib = (xj + 8 * (xk2 // 32)) * 32 + xk2 % 32
-    va = gl.load(x_ptr + ia, mask=ia < K, other=0.0).to(gl.float32)
-    vb = gl.load(x_ptr + ib, mask=ib < K, other=0.0).to(gl.float32)
+    # x into shared memory: [i, w, j, k] = x[(j + 8 (w NBW + i)) 32 + k], the values lane j of warp w multiplies
+    LXS: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 4, 8], [WK, 1, 1], [2, 1, 0])
+    xw = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, LXS)))[:, None, None]
+    xj = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(2, LXS)))[None, :, None]
+    xk = gl.arange(0, 32, layout=gl.SliceLayout(0, gl.SliceLayout(1, LXS)))[None, None, :]
+    xi = (xj + 8 * NBW * xw) * 32 + xk
+    xs = gl.allocate_shared_memory(gl.float32, [NBW, WK, 8, 32], gl.SwizzledSharedLayout(4, 1, 8, [2, 1, 0]))
+    tot = 0.0
+    if NBW > 0:
+        v0 = gl.load(x_ptr + xi + 0, mask=xi + 0 < K, other=0.0).to(gl.float32)
+        tot += gl.sum(gl.sum(gl.sum(v0, axis=2), axis=1), axis=0)
+    if NBW > 1:
+        v1 = gl.load(x_ptr + xi + 256, mask=xi + 256 < K, other=0.0).to(gl.float32)
+        tot += gl.sum(gl.sum(gl.sum(v1, axis=2), axis=1), axis=0)
+    if NBW > 2:
+        v2 = gl.load(x_ptr + xi + 512, mask=xi + 512 < K, other=0.0).to(gl.float32)
+        tot += gl.sum(gl.sum(gl.sum(v2, axis=2), axis=1), axis=0)
+    if NBW > 3:
+        v3 = gl.load(x_ptr + xi + 768, mask=xi + 768 < K, other=0.0).to(gl.float32)
+        tot += gl.sum(gl.sum(gl.sum(v3, axis=2), axis=1), axis=0)
+    if NBW > 4:
+        v4 = gl.load(x_ptr + xi + 1024, mask=xi + 1024 < K, other=0.0).to(gl.float32)
+        tot += gl.sum(gl.sum(gl.sum(v4, axis=2), axis=1), axis=0)
     mean = 0.0
     rstd = 0.0
-    if LN:  # mean and 1/std of x (two passes over the values in registers; rows first: in-thread), then x * ln_weight
-        mean = (gl.sum(gl.sum(va, axis=0), axis=0) + gl.sum(gl.sum(vb, axis=0), axis=0)) / K
-        da = gl.where(ia < K, va - mean, 0.0)
-        db = gl.where(ib < K, vb - mean, 0.0)
-        var = (gl.sum(gl.sum(da * da, axis=0), axis=0) + gl.sum(gl.sum(db * db, axis=0), axis=0)) / K
-        rstd = 1.0 / gl.sqrt_rn(var + eps)
-        va = va * gl.load(lnw_ptr + ia, mask=ia < K, other=0.0)
-        vb = vb * gl.load(lnw_ptr + ib, mask=ib < K, other=0.0)
-    xa = gl.allocate_shared_memory(gl.float32, [8, 128], gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))
-    xb = gl.allocate_shared_memory(gl.float32, [8, 32], gl.SwizzledSharedLayout(4, 1, 8, [1, 0]))
-    xa.store(va)
-    xb.store(vb)
+    if LN:  # mean and 1/std of x (two passes over the values in registers; in-thread sums first), then x * ln_weight
+        mean = tot / K
+        var = 0.0
+        if NBW > 0:
+            d0 = gl.where(xi + 0 < K, v0 - mean, 0.0)
+            var += gl.sum(gl.sum(gl.sum(d0 * d0, axis=2), axis=1), axis=0)
+            v0 = v0 * gl.load(lnw_ptr + xi + 0, mask=xi + 0 < K, other=0.0)
+        if NBW > 1:
+            d1 = gl.where(xi + 256 < K, v1 - mean, 0.0)
+            var += gl.sum(gl.sum(gl.sum(d1 * d1, axis=2), axis=1), axis=0)
+            v1 = v1 * gl.load(lnw_ptr + xi + 256, mask=xi + 256 < K, other=0.0)
+        if NBW > 2:
+            d2 = gl.where(xi + 512 < K, v2 - mean, 0.0)
+            var += gl.sum(gl.sum(gl.sum(d2 * d2, axis=2), axis=1), axis=0)
+            v2 = v2 * gl.load(lnw_ptr + xi + 512, mask=xi + 512 < K, other=0.0)
+        if NBW > 3:
+            d3 = gl.where(xi + 768 < K, v3 - mean, 0.0)
+            var += gl.sum(gl.sum(gl.sum(d3 * d3, axis=2), axis=1), axis=0)
+            v3 = v3 * gl.load(lnw_ptr + xi + 768, mask=xi + 768 < K, other=0.0)
+        if NBW > 4:
+            d4 = gl.where(xi + 1024 < K, v4 - mean, 0.0)
+            var += gl.sum(gl.sum(gl.sum(d4 * d4, axis=2), axis=1), axis=0)
+            v4 = v4 * gl.load(lnw_ptr + xi + 1024, mask=xi + 1024 < K, other=0.0)
+        rstd = 1.0 / gl.sqrt_rn(var / K + eps)
+    if NBW > 0:
+        xs.index(0).store(v0)
+    if NBW > 1:
+        xs.index(1).store(v1)
+    if NBW > 2:
+        xs.index(2).store(v2)
+    if NBW > 3:
+        xs.index(3).store(v3)
+    if NBW > 4:
+        xs.index(4).store(v4)
     gl.thread_barrier()
-    LX: gl.constexpr = gl.BlockedLayout([1, 4], [8, 4], [1, 1], [0, 1])  # lane l holds x[l % 8, k..k+3]
-    rows0 = pid * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))
-    nres = gl.zeros([4], gl.float32, layout=gl.SliceLayout(1, LY))
+    LX: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 8, 4], [WK, 1, 1], [1, 2, 0])  # lane l: x[w, l % 8, k..k+3]
+    rows0 = pid * 4 + gl.arange(0, 4, layout=LR)
+    nres = gl.zeros([4], gl.float32, layout=LR)
     if EPI == 1:  # the residual of pass 0's rows: written by earlier kernels, so after the wait
         nres = gl.load(y_ptr + rows0, mask=(rows0 < N) & (0 < n_mine), other=0.0).to(gl.float32)
     for t in range(n_mine):
         cres = nres
         if EPI == 1:  # the next pass's residual
-            rowsn = (pid + (t + 1) * G) * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))
+            rowsn = (pid + (t + 1) * G) * 4 + gl.arange(0, 4, layout=LR)
             nres = gl.load(y_ptr + rowsn, mask=(rowsn < N) & (t + 1 < n_mine), other=0.0).to(gl.float32)
-        if NBL > 0:
+        if NBW > 0:
             cs0 = ns0
             cd0 = nd0
-        if NBL > 1:
+        if NBW > 1:
             cs1 = ns1
             cd1 = nd1
-        if NBL > 2:
+        if NBW > 2:
             cs2 = ns2
             cd2 = nd2
-        if NBL > 3:
+        if NBW > 3:
             cs3 = ns3
             cd3 = nd3
-        if NBL > 4:
+        if NBW > 4:
             cs4 = ns4
             cd4 = nd4
         row = (pid + (t + 1) * G) * 4 + rr
-        row3 = (pid + (t + 1) * G) * 4 + r3
+        row4 = (pid + (t + 1) * G) * 4 + r4
         ok = (row < N) & ((t + 1) < n_mine)
-        ok3 = (row3 < N) & ((t + 1) < n_mine) & (c3 >= 0)
+        ok4 = (row4 < N) & ((t + 1) < n_mine) & (c4 >= 0)
         wr = row.to(gl.int64) * RW4
-        wr3 = row3.to(gl.int64) * RW4
-        if NBL > 0:
-            ns0 = gl.load(w32_ptr + (wr3 + (j3 + 0) * 4 + c3), mask=ok3, other=0)
-            nd0 = gl.load(w16_ptr + (wr * 2 + 8 * NB + jj + 0), mask=ok, other=0)
-        if NBL > 1:
-            ns1 = gl.load(w32_ptr + (wr3 + (j3 + 8) * 4 + c3), mask=ok3, other=0)
-            nd1 = gl.load(w16_ptr + (wr * 2 + 8 * NB + jj + 8), mask=ok, other=0)
-        if NBL > 2:
-            ns2 = gl.load(w32_ptr + (wr3 + (j3 + 16) * 4 + c3), mask=ok3, other=0)
-            nd2 = gl.load(w16_ptr + (wr * 2 + 8 * NB + jj + 16), mask=ok, other=0)
-        if NBL > 3:
-            ns3 = gl.load(w32_ptr + (wr3 + (j3 + 24) * 4 + c3), mask=ok3, other=0)
-            nd3 = gl.load(w16_ptr + (wr * 2 + 8 * NB + jj + 24), mask=ok, other=0)
-        if NBL > 4:
-            ns4 = gl.load(w32_ptr + (wr3 + (j3 + 32) * 4 + c3), mask=ok3, other=0)
-            nd4 = gl.load(w16_ptr + (wr * 2 + 8 * NB + jj + 32), mask=ok, other=0)
-        acc = gl.zeros([4, 8], gl.float32, layout=LY)
-        if NBL > 0:  # block j + 0
-            a, b = gl.split(gl.reshape(cs0, [4, 8, 2, 2]))
+        wr4 = row4.to(gl.int64) * RW4
+        if NBW > 0:  # chunk w NBW + 0; masked past NBL where the warps' chunks overhang
+            oki = ok & (bw + 0 < NB)
+            ns0 = gl.load(w32_ptr + (wr4 + (bw4 + 0) * 4 + c4), mask=ok4 & (bw4 + 0 < NB), other=0)
+            nd0 = gl.load(w16_ptr + (wr * 2 + 8 * NB + bw + 0), mask=oki, other=0)
+        if NBW > 1:  # chunk w NBW + 1; masked past NBL where the warps' chunks overhang
+            oki = ok & (bw + 8 < NB)
+            ns1 = gl.load(w32_ptr + (wr4 + (bw4 + 8) * 4 + c4), mask=ok4 & (bw4 + 8 < NB), other=0)
+            nd1 = gl.load(w16_ptr + (wr * 2 + 8 * NB + bw + 8), mask=oki, other=0)
+        if NBW > 2:  # chunk w NBW + 2; masked past NBL where the warps' chunks overhang
+            oki = ok & (bw + 16 < NB)
+            ns2 = gl.load(w32_ptr + (wr4 + (bw4 + 16) * 4 + c4), mask=ok4 & (bw4 + 16 < NB), other=0)
+            nd2 = gl.load(w16_ptr + (wr * 2 + 8 * NB + bw + 16), mask=oki, other=0)
+        if NBW > 3:  # chunk w NBW + 3; masked past NBL where the warps' chunks overhang
+            oki = ok & (bw + 24 < NB)
+            ns3 = gl.load(w32_ptr + (wr4 + (bw4 + 24) * 4 + c4), mask=ok4 & (bw4 + 24 < NB), other=0)
+            nd3 = gl.load(w16_ptr + (wr * 2 + 8 * NB + bw + 24), mask=oki, other=0)
+        if NBW > 4:  # chunk w NBW + 4; masked past NBL where the warps' chunks overhang
+            oki = ok & (bw + 32 < NB)
+            ns4 = gl.load(w32_ptr + (wr4 + (bw4 + 32) * 4 + c4), mask=ok4 & (bw4 + 32 < NB), other=0)
+            nd4 = gl.load(w16_ptr + (wr * 2 + 8 * NB + bw + 32), mask=oki, other=0)
+        acc = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+        if NBW > 0:  # chunk w NBW + 0
+            a, b = gl.split(gl.reshape(cs0, [WK, 4, 8, 2, 2]))
             q0, q2 = gl.split(a)
             q1, q3 = gl.split(b)
             d = cd0.to(gl.float16, bitcast=True).to(gl.float32)
-            s0 = gl.zeros([4, 8], gl.float32, layout=LY)
-            s1 = gl.zeros([4, 8], gl.float32, layout=LY)
+            s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+            s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
             q = gl.convert_layout(q0, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(0, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(0, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(16, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(16, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -900,26 +1019,26 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q1, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(4, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(4, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(20, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(20, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -927,26 +1046,26 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q2, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(8, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(8, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(24, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(24, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -954,61 +1073,61 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q3, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(12, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(12, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(28, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(0).slice(28, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
             s1 += _byte_f(qq, '0x7653', 8) * qqx3
             acc += (s0 + s1) * d
-        if NBL > 1:  # block j + 8
-            a, b = gl.split(gl.reshape(cs1, [4, 8, 2, 2]))
+        if NBW > 1:  # chunk w NBW + 1
+            a, b = gl.split(gl.reshape(cs1, [WK, 4, 8, 2, 2]))
             q0, q2 = gl.split(a)
             q1, q3 = gl.split(b)
             d = cd1.to(gl.float16, bitcast=True).to(gl.float32)
-            s0 = gl.zeros([4, 8], gl.float32, layout=LY)
-            s1 = gl.zeros([4, 8], gl.float32, layout=LY)
+            s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+            s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
             q = gl.convert_layout(q0, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(32, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(0, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(48, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(16, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1016,26 +1135,26 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q1, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(36, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(4, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(52, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(20, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1043,26 +1162,26 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q2, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(40, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(8, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(56, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(24, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1070,61 +1189,61 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q3, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(44, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(12, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(60, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(1).slice(28, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
             s1 += _byte_f(qq, '0x7653', 8) * qqx3
             acc += (s0 + s1) * d
-        if NBL > 2:  # block j + 16
-            a, b = gl.split(gl.reshape(cs2, [4, 8, 2, 2]))
+        if NBW > 2:  # chunk w NBW + 2
+            a, b = gl.split(gl.reshape(cs2, [WK, 4, 8, 2, 2]))
             q0, q2 = gl.split(a)
             q1, q3 = gl.split(b)
             d = cd2.to(gl.float16, bitcast=True).to(gl.float32)
-            s0 = gl.zeros([4, 8], gl.float32, layout=LY)
-            s1 = gl.zeros([4, 8], gl.float32, layout=LY)
+            s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+            s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
             q = gl.convert_layout(q0, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(64, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(0, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(80, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(16, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1132,26 +1251,26 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q1, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(68, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(4, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(84, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(20, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1159,26 +1278,26 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q2, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(72, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(8, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(88, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(24, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1186,61 +1305,61 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q3, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(76, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(12, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(92, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(2).slice(28, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
             s1 += _byte_f(qq, '0x7653', 8) * qqx3
             acc += (s0 + s1) * d
-        if NBL > 3:  # block j + 24
-            a, b = gl.split(gl.reshape(cs3, [4, 8, 2, 2]))
+        if NBW > 3:  # chunk w NBW + 3
+            a, b = gl.split(gl.reshape(cs3, [WK, 4, 8, 2, 2]))
             q0, q2 = gl.split(a)
             q1, q3 = gl.split(b)
             d = cd3.to(gl.float16, bitcast=True).to(gl.float32)
-            s0 = gl.zeros([4, 8], gl.float32, layout=LY)
-            s1 = gl.zeros([4, 8], gl.float32, layout=LY)
+            s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+            s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
             q = gl.convert_layout(q0, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(96, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(0, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(112, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(16, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1248,26 +1367,26 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q1, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(100, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(4, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(116, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(20, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1275,26 +1394,26 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q2, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(104, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(8, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(120, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(24, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1302,61 +1421,61 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q3, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xa.slice(108, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(12, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xa.slice(124, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(3).slice(28, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
             s1 += _byte_f(qq, '0x7653', 8) * qqx3
             acc += (s0 + s1) * d
-        if NBL > 4:  # block j + 32
-            a, b = gl.split(gl.reshape(cs4, [4, 8, 2, 2]))
+        if NBW > 4:  # chunk w NBW + 4
+            a, b = gl.split(gl.reshape(cs4, [WK, 4, 8, 2, 2]))
             q0, q2 = gl.split(a)
             q1, q3 = gl.split(b)
             d = cd4.to(gl.float16, bitcast=True).to(gl.float32)
-            s0 = gl.zeros([4, 8], gl.float32, layout=LY)
-            s1 = gl.zeros([4, 8], gl.float32, layout=LY)
+            s0 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
+            s1 = gl.zeros([WK, 4, 8], gl.float32, layout=LY)
             q = gl.convert_layout(q0, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xb.slice(0, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(0, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xb.slice(16, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(16, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1364,26 +1483,26 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q1, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xb.slice(4, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(4, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xb.slice(20, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(20, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1391,26 +1510,26 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q2, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xb.slice(8, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(8, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xb.slice(24, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(24, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
@@ -1418,33 +1537,33 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             q = gl.convert_layout(q3, LY)
             ql = q & 0x0F0F0F0F
             qq = (q >> 4) & 0x0F0F0F0F
-            xv = xb.slice(12, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(12, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qlx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qlx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qlx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qlx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(ql, '0x7650', 8) * qlx0
             s1 += _byte_f(ql, '0x7651', 8) * qlx1
             s0 += _byte_f(ql, '0x7652', 8) * qlx2
             s1 += _byte_f(ql, '0x7653', 8) * qlx3
-            xv = xb.slice(28, 4, dim=1).load(LX)
-            xv0, xv1 = gl.split(gl.reshape(xv, [8, 2, 2]))
+            xv = xs.index(4).slice(28, 4, dim=2).load(LX)
+            xv0, xv1 = gl.split(gl.reshape(xv, [WK, 8, 2, 2]))
             xv00, xv01 = gl.split(xv0)
             xv10, xv11 = gl.split(xv1)
-            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(0, LY))[None, :]
-            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(0, LY))[None, :]
-            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(0, LY))[None, :]
-            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(0, LY))[None, :]
+            qqx0 = gl.convert_layout(xv00, gl.SliceLayout(1, LY))[:, None, :]
+            qqx2 = gl.convert_layout(xv01, gl.SliceLayout(1, LY))[:, None, :]
+            qqx1 = gl.convert_layout(xv10, gl.SliceLayout(1, LY))[:, None, :]
+            qqx3 = gl.convert_layout(xv11, gl.SliceLayout(1, LY))[:, None, :]
             s0 += _byte_f(qq, '0x7650', 8) * qqx0
             s1 += _byte_f(qq, '0x7651', 8) * qqx1
             s0 += _byte_f(qq, '0x7652', 8) * qqx2
             s1 += _byte_f(qq, '0x7653', 8) * qqx3
             acc += (s0 + s1) * d
-        y = gl.sum(acc, axis=1)
-        rows = (pid + t * G) * 4 + gl.arange(0, 4, layout=gl.SliceLayout(1, LY))
+        y = gl.sum(gl.sum(acc, axis=2), axis=0)  # [4]: the lanes' sums, then the warps'
+        rows = (pid + t * G) * 4 + gl.arange(0, 4, layout=LR)
         live = rows < N
         if LN:
             y = rstd * (y - mean * gl.load(ww_ptr + rows, mask=live, other=0.0)) + gl.load(wb_ptr + rows, mask=live, other=0.0)
@@ -1454,4 +1573,11 @@ def gemv_q4_0_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, l
             y += cres
         if EPI == 2:  # exact GELU, as nn.GELU()
             y = 0.5 * y * (1.0 + gl.erf(y * 0.7071067811865476))
-        gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)
+        if EPI == 3:  # q | k | v: the segment's row of q, or of the caches at row pos
+            seg = rows // C
+            col = rows - seg * C
+            gl.store(y_ptr + col, y.to(y_ptr.dtype.element_ty), mask=live & (seg == 0))
+            gl.store(kc_ptr + pos * stride_cs + col, y.to(kc_ptr.dtype.element_ty), mask=live & (seg == 1))
+            gl.store(vc_ptr + pos * stride_cs + col, y.to(vc_ptr.dtype.element_ty), mask=live & (seg == 2))
+        else:
+            gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)

@@ -25,9 +25,26 @@ import torch
 
 from . import BLOCK_SIZES, QK, GGMLType
 
-MAX_K = 1280  # 8 lanes x 5 blocks: the generated kernel's NBL <= 5
-PROGRAMS_PER_SM = 16  # one-warp programs (96 registers): the H100 sweep's best (2112 = 16 x 132)
+MAX_CHUNKS = 5  # 256-value chunks of K a warp takes (the generated kernel's NBW <= 5)
+MAX_K = 5120  # Whisper's largest (fc2 of large-v3: 20 chunks, 4+ warps a program)
+PROGRAMS_PER_SM = 16  # one-warp programs (96 registers) at the H100 sweep's best (2112 = 16 x 132)
 TYPES = (GGMLType.Q5_0, GGMLType.Q4_0)
+
+
+def min_warps(k: int) -> int:
+    """The fewest warps a program (1, 2, 4, ...) that take K in chunks of <= MAX_CHUNKS a warp."""
+    w = 1
+    while -(-k // (8 * QK * w)) > MAX_CHUNKS:
+        w *= 2
+    return w
+
+
+def step_warps(n: int, k: int) -> int:
+    """Warps a program for an (n, k) weight: one where rows are many (n >= 2 K: q|k|v, fc1, the
+    vocabulary: ~1000+ one-warp programs already), else a warp a chunk of K, up to 8 (out,
+    cross-q, cross-out, fc2: 1280 rows are only 320 passes). H100, large-v3: performance.md 22.1."""
+    nbl = -(-k // (8 * QK))
+    return min_warps(k) if n >= 2 * k else max(min_warps(k), min(8, 1 << (nbl - 1).bit_length()))
 
 
 def supports(ggml_type: GGMLType, n: int, k: int) -> bool:
@@ -47,21 +64,28 @@ def _sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-_EPILOGUES = {"store": 0, "residual": 1, "gelu": 2}
+_EPILOGUES = {"store": 0, "residual": 1, "gelu": 2, "qkv": 3}
 
 
 def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: int,
          bias: torch.Tensor | None = None, ln: tuple | None = None, out: torch.Tensor | None = None,
-         pdl: bool = False, epilogue: str = "store") -> torch.Tensor:
+         pdl: bool = False, epilogue: str = "store", warps: int | None = None, qkv: tuple | None = None) -> torch.Tensor:
     """y (n,) = W @ x (+ bias), or with ln = (weight, bias, eps, W@weight, W@bias) the LayerNorm of
     x folded in: W @ LN(x). x (k,) float32/float16/bfloat16 on the GPU, read as float32; planes:
     the weight's planes rows; out: (n,) of any float dtype (default float32), float32 inside.
     pdl: launched with programmatic dependent launch (sm_90+): the first pass's weights load
     before the wait for the kernel that wrote x. epilogue (the fused step's): "store", "residual"
-    (out += W x + bias: out holds the residual) or "gelu" (exact GELU of W x + bias)."""
+    (out += W x + bias: out holds the residual), "gelu" (exact GELU of W x + bias) or "qkv"
+    (qkv = (k_cache, v_cache, position): rows [0, n/3) of W x + bias go to out (n/3,), the next
+    n/3 to k_cache[position] and the last n/3 to v_cache[position]; caches (n_ctx, n/3)).
+    warps: a program's warps (1, 2, 4, 8, 16), which split each row's K between them (default:
+    step_warps(n, k))."""
     if not supports(ggml_type, n, k):
         raise ValueError(f"the Gluon GEMV takes {[t.name for t in TYPES]} with K a multiple of 256 up to "
                          f"{MAX_K}, got {GGMLType(ggml_type).name} ({n}, {k})")
+    warps = warps or step_warps(n, k)
+    if warps not in (1, 2, 4, 8, 16) or -(-k // (8 * QK * warps)) > MAX_CHUNKS:
+        raise ValueError(f"warps must be 1, 2, 4, 8 or 16 with K / (256 warps) <= {MAX_CHUNKS}, got {warps} (K {k})")
     nbytes = n * k // QK * BLOCK_SIZES[GGMLType(ggml_type)][1]
     if planes.dtype != torch.uint8 or planes.numel() != nbytes or not planes.is_contiguous():
         raise ValueError(f"planes of a {GGMLType(ggml_type).name} ({n}, {k}) weight are {nbytes} contiguous uint8 "
@@ -72,14 +96,26 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     if x.numel() != k:
         raise ValueError(f"x needs {k} values, got {x.numel()}")
     x = x.contiguous()
-    if epilogue not in _EPILOGUES or (epilogue == "residual" and out is None):
-        raise ValueError(f"epilogue must be one of {list(_EPILOGUES)} (residual: with out), got {epilogue!r}")
+    if epilogue not in _EPILOGUES or (epilogue in ("residual", "qkv") and out is None) or \
+            ((epilogue == "qkv") != (qkv is not None)):
+        raise ValueError(f"epilogue must be one of {list(_EPILOGUES)} (residual, qkv: with out; qkv with the caches), "
+                         f"got {epilogue!r}")
+    rows = n // 3 if epilogue == "qkv" else n
     if out is None:
         out = torch.empty(n, dtype=torch.float32, device=x.device)
-    elif out.numel() != n or not out.is_contiguous():
-        raise ValueError(f"out must be {n} contiguous values, got {tuple(out.shape)}")
+    elif out.numel() != rows or not out.is_contiguous():
+        raise ValueError(f"out must be {rows} contiguous values, got {tuple(out.shape)}")
+    kc = vc = pos = out
+    stride_cs = 0
+    if qkv is not None:
+        kc, vc, pos = qkv
+        if n % 3 or kc.shape[-1] != rows or vc.shape != kc.shape or kc.stride(-1) != 1 or vc.stride() != kc.stride():
+            raise ValueError(f"qkv: the caches must be (n_ctx, {rows}) alike with contiguous rows, got "
+                             f"{tuple(kc.shape)} and {tuple(vc.shape)}")
+        stride_cs = kc.stride(-2)
     passes = -(-n // 4)
-    g = min(PROGRAMS_PER_SM * _sms(x.device), passes)
+    # one-warp programs: 16 an SM, each taking passes pid, pid + g, ...; wider ones: a pass each
+    g = min(PROGRAMS_PER_SM * _sms(x.device), passes) if warps == 1 else passes
     w32 = planes.view(torch.int32).view(torch.uint32)
     w16 = planes.view(torch.int16).view(torch.uint16)
     lnw = lnb = ww = wb = x
@@ -87,9 +123,11 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     if ln is not None:
         lnw, lnb, eps, ww, wb = ln[0], ln[1], float(ln[2]), ln[3], ln[4]
     kw = {"launch_pdl": True} if pdl else {}
+    nbl = k // (8 * QK)
     _kernel(ggml_type)[(g,)](w32, w16, x, out, bias if bias is not None else x, lnw, lnb, ww, wb, eps,
-                    n, passes, g, NBL=k // (8 * QK), HAS_BIAS=bias is not None, LN=ln is not None, PDL=pdl,
-                    EPI=_EPILOGUES[epilogue], num_warps=1, **kw)
+                             kc, vc, pos, rows, stride_cs, n, passes, g, NBL=nbl, NBW=-(-nbl // warps), WK=warps,
+                             HAS_BIAS=bias is not None, LN=ln is not None, PDL=pdl, EPI=_EPILOGUES[epilogue],
+                             num_warps=warps, **kw)
     return out
 
 
@@ -124,4 +162,4 @@ def usable(device: torch.device, ggml_type: GGMLType = GGMLType.Q5_0) -> bool:
         return False
 
 
-__all__ = ["MAX_K", "TYPES", "gemv", "supports", "usable"]
+__all__ = ["MAX_K", "TYPES", "gemv", "min_warps", "step_warps", "supports", "usable"]

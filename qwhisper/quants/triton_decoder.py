@@ -1182,6 +1182,7 @@ class _Layer:
     qkv: torch.Tensor  # raw (3C, C) rows: query | key | value
     qkv_bias: torch.Tensor  # (3C,) float32, zeros for the key
     qkv_type: GGMLType
+    qkv_planes: bool  # qkv holds planes rows: the Gluon GEMV
     qkv_ln: tuple  # the LN GEMVs' ln arguments with their fold_ln vectors: attn_ln -> q|k|v,
     cross_q_ln: tuple  # cross_attn_ln -> cross_attn.query,
     fc1_ln: tuple  # mlp_ln -> mlp.0
@@ -1204,10 +1205,10 @@ class DecoderStep:
         self.layers: list[_Layer] = []
         for block in blocks:
             qkv = block.attn.qkv_projection()  # the q|k|v rows, shared with the unfused step
-            self.layers.append(_Layer(qkv.weight.reshape(-1), qkv.bias.float(), qkv.ggml_type,
+            self.layers.append(_Layer(qkv.weight.reshape(-1), qkv.bias.float(), qkv.ggml_type, qkv.planes,
                                       _folded(block.attn_ln, qkv), _folded(block.cross_attn_ln, block.cross_attn.query),
-                                      _folded(block.mlp_ln, block.mlp[0], always=block.mlp[0].planes)))
-        self.head_ln = _folded(decoder.ln, decoder.token_embedding, always=decoder.token_embedding.planes)
+                                      _folded(block.mlp_ln, block.mlp[0])))
+        self.head_ln = _folded(decoder.ln, decoder.token_embedding)
         self.counters = torch.zeros(MAX_ROWS * self.n_head, dtype=torch.int32, device=self.device)
         self.signature = _signature(decoder)
 
@@ -1227,8 +1228,15 @@ class DecoderStep:
         hid = torch.empty((m, 4 * c), dtype=torch.float32, device=dev)
         for i, (block, lay) in enumerate(zip(decoder.blocks, self.layers)):
             att, xatt = block.attn, block.cross_attn
-            gemv_qkv(x, lay.qkv, lay.qkv_type, lay.qkv_bias, lay.qkv_ln, q,
-                     cache.self_k[i], cache.self_v[i], position)
+            if lay.qkv_planes:
+                from . import gluon_gemv
+
+                for r in range(m):
+                    gluon_gemv.gemv(x[r], lay.qkv, lay.qkv_type, 3 * c, c, lay.qkv_bias, lay.qkv_ln, q[r], _pdl(dev),
+                                    "qkv", qkv=(cache.self_k[i][r], cache.self_v[i][r], position))
+            else:
+                gemv_qkv(x, lay.qkv, lay.qkv_type, lay.qkv_bias, lay.qkv_ln, q,
+                         cache.self_k[i], cache.self_v[i], position)
             attention(q, cache.self_k[i], cache.self_v[i], h, a, self.counters, position,
                       split_s=ONE_ROW_SELF_SPLIT_S if m == 1 else SELF_SPLIT_S)
             _linear(a, att.out, out=x, epilogue="residual")
@@ -1242,12 +1250,12 @@ class DecoderStep:
         return logits.view(m, 1, te.out_features)
 
 
-def _folded(ln, lin, always: bool = False) -> tuple:
+def _folded(ln, lin) -> tuple:
     """gemv's ln argument for LayerNorm ln before QLinear lin: (weight, bias, eps), with W @ weight
     and W @ bias appended where the step's GEMV folds the LayerNorm (folds, for the tile of any
-    row count the step takes, or `always`: the Gluon GEMV), so that no step computes them."""
+    row count the step takes, or always on planes: the Gluon GEMV), so that no step computes them."""
     n, k = lin.out_features, lin.in_features
-    if not always and not any(_plan(m, n, k, _as_type(lin.ggml_type), True)[5] for m in range(1, MAX_ROWS + 1)):
+    if not lin.planes and not any(_plan(m, n, k, _as_type(lin.ggml_type), True)[5] for m in range(1, MAX_ROWS + 1)):
         return ln.weight, ln.bias, ln.eps
     return ln.weight, ln.bias, ln.eps, *fold_ln(lin.weight, lin.ggml_type, n, k, ln.weight, ln.bias, lin.planes)
 
