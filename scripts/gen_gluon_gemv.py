@@ -22,6 +22,8 @@ Design (performance.md 21.1, prototype gemv_gl10 of session 20; 22 for WK > 1 an
   rstd * (W.(w*x) - mean * W.w) + W.b with W.w, W.b precomputed (triton_decoder.fold_ln);
 - PDL (programmatic dependent launch): the first pass's weights (and the position) are loaded
   before griddepcontrol.wait, x after it;
+- TRACE: benchmarks/trace_step.py's records (triton_decoder.StepTrace): %globaltimer at the
+  program's start, after its wait and at its end, and its SM;
 - EPI: the fused step's epilogues (triton_decoder): 0 store, 1 the residual added in place, 2 the
   exact GELU (fc1), 3 q|k|v (rows 0..C-1 to y, C..2C-1 and 2C..3C-1 into the key and value caches
   at row `pos`).
@@ -50,6 +52,15 @@ e("\n@gluon.jit")
 e("def _gdc(x, OP: gl.constexpr):")
 e("    return gl.inline_asm_elementwise(\"griddepcontrol.\" + OP + \"; mov.b32 $0, $1;\", \"=r,r\", [x], dtype=gl.int32,")
 e("                                     is_pure=False, pack=1)\n")
+e("\n@gluon.jit")
+e("def _mark(trace_ptr, trace_slot, program, TMAX: gl.constexpr, FIELD: gl.constexpr):")
+e("    # trace_ptr[trace_slot, program, FIELD] = %globaltimer (0 start, 1 after the wait, 2 end); at 0 also [3] = %smid")
+e("    at = trace_ptr + (trace_slot * TMAX + program) * 4")
+e("    gl.store(at + FIELD, gl.inline_asm_elementwise(\"mov.u64 $0, %globaltimer; // $1\", \"=l,r\", [program],")
+e("                                                   dtype=gl.int64, is_pure=False, pack=1))")
+e("    if FIELD == 0:")
+e("        gl.store(at + 3, gl.inline_asm_elementwise(\"mov.u32 $0, %smid; // $1\", \"=r,r\", [program], dtype=gl.int32,")
+e("                                                   is_pure=False, pack=1).to(gl.int64))\n")
 
 
 def emit_kernel(name: str, bits: int, ts: int, zero: int) -> None:
@@ -58,10 +69,13 @@ def emit_kernel(name: str, bits: int, ts: int, zero: int) -> None:
     e(f"def gemv_{name}_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, lnb_ptr, ww_ptr, wb_ptr, eps,")
     e("                            kc_ptr, vc_ptr, pos_ptr, C, stride_cs,")
     e("                            N, NP, G, NBL: gl.constexpr, NBW: gl.constexpr, WK: gl.constexpr,")
-    e("                            HAS_BIAS: gl.constexpr, LN: gl.constexpr, PDL: gl.constexpr, EPI: gl.constexpr):")
+    e("                            HAS_BIAS: gl.constexpr, LN: gl.constexpr, PDL: gl.constexpr, EPI: gl.constexpr,")
+    e("                            trace_ptr, trace_slot, TRACE: gl.constexpr, TMAX: gl.constexpr):")
     e("    # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias);")
     e("    # 3: q|k|v: rows [0, C) to y, [C, 2C) to kc_ptr + pos * stride_cs, [2C, 3C) to vc_ptr + pos * stride_cs")
     e("    pid = gl.program_id(0)")
+    e("    if TRACE:")
+    e("        _mark(trace_ptr, trace_slot, pid, TMAX, 0)")
     e("    NB: gl.constexpr = 8 * NBL  # blocks a row")
     e(f"    RW4: gl.constexpr = {ts} * NB // 4  # a planes row in 32-bit words")
     e("    K: gl.constexpr = 32 * NB")
@@ -104,6 +118,8 @@ def emit_kernel(name: str, bits: int, ts: int, zero: int) -> None:
     e("        pos = gl.load(pos_ptr).to(gl.int64)")
     e("    if PDL:")
     e("        pid = _gdc(pid, \"wait\")")
+    e("    if TRACE:")
+    e("        _mark(trace_ptr, trace_slot, pid, TMAX, 1)")
     e("    # x into shared memory: [i, w, j, k] = x[(j + 8 (w NBW + i)) 32 + k], the values lane j of warp w multiplies")
     e("    LXS: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 4, 8], [WK, 1, 1], [2, 1, 0])")
     e("    xw = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, LXS)))[:, None, None]")
@@ -196,6 +212,8 @@ def emit_kernel(name: str, bits: int, ts: int, zero: int) -> None:
     e("            gl.store(vc_ptr + pos * stride_cs + col, y.to(vc_ptr.dtype.element_ty), mask=live & (seg == 2))")
     e("        else:")
     e("            gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)")
+    e("    if TRACE:")
+    e("        _mark(trace_ptr, trace_slot, pid, TMAX, 2)")
 
 
 emit_kernel("q5_0", 5, 22, 16)

@@ -39,10 +39,15 @@ def min_warps(k: int) -> int:
     return w
 
 
+WARPS: dict[tuple[int, int], int] = {}  # (n, k) -> warps, before step_warps' rule (benchmarks' A/B)
+
+
 def step_warps(n: int, k: int) -> int:
     """Warps a program for an (n, k) weight: one where rows are many (n >= 2 K: q|k|v, fc1, the
     vocabulary: ~1000+ one-warp programs already), else a warp a chunk of K, up to 8 (out,
     cross-q, cross-out, fc2: 1280 rows are only 320 passes). H100, large-v3: performance.md 22.1."""
+    if (n, k) in WARPS:
+        return WARPS[(n, k)]
     nbl = -(-k // (8 * QK))
     return min_warps(k) if n >= 2 * k else max(min_warps(k), min(8, 1 << (nbl - 1).bit_length()))
 
@@ -123,11 +128,15 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     if ln is not None:
         lnw, lnb, eps, ww, wb = ln[0], ln[1], float(ln[2]), ln[3], ln[4]
     kw = {"launch_pdl": True} if pdl else {}
+    from .triton_decoder import TRACE_MAX_PROGRAMS, _trace_kw  # benchmarks/trace_step.py's records, when on
+
+    kw.update(_trace_kw(g, "gluon", f"{n}x{k}", "LN" if ln is not None else "", epilogue, f"{warps}w")
+              or {"trace_ptr": x, "trace_slot": 0, "TRACE": False})
     nbl = k // (8 * QK)
     _kernel(ggml_type)[(g,)](w32, w16, x, out, bias if bias is not None else x, lnw, lnb, ww, wb, eps,
                              kc, vc, pos, rows, stride_cs, n, passes, g, NBL=nbl, NBW=-(-nbl // warps), WK=warps,
                              HAS_BIAS=bias is not None, LN=ln is not None, PDL=pdl, EPI=_EPILOGUES[epilogue],
-                             num_warps=warps, **kw)
+                             TMAX=TRACE_MAX_PROGRAMS, num_warps=warps, **kw)
     return out
 
 

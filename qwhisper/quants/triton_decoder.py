@@ -775,12 +775,13 @@ def gemv(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, n: int, bias: 
 
 def gemv_qkv(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, bias: torch.Tensor | None,
              ln: tuple | None, q_out: torch.Tensor,
-             k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+             k_cache: torch.Tensor, v_cache: torch.Tensor, position: torch.Tensor, planes: bool = False) -> torch.Tensor:
     """The self-attention projections of one token per row, written where they are used.
 
     raw: the (3C, C) rows of query | key | value; bias (3C,) (zeros for the key).
     q_out (M, C) <- q; k_cache[m, pos], v_cache[m, pos] (each (>= M, n_ctx, C)) <- k, v, with
     pos = position[0] read on the device (a one-element long tensor). Returns q_out.
+    planes: raw holds planes rows: the Gluon GEMV (its q|k|v epilogue), a row at a time, ln folded.
     """
     m, c = x.shape
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
@@ -790,6 +791,13 @@ def gemv_qkv(x: torch.Tensor, raw: torch.Tensor, ggml_type: GGMLType, bias: torc
         raise ValueError("k_cache and v_cache must have the same strides")
     if tuple(q_out.shape) != (m, c) or q_out.stride(1) != 1:
         raise ValueError(f"q_out must be ({m}, {c}), got {tuple(q_out.shape)}")
+    if planes:
+        from . import gluon_gemv
+
+        for r in range(m):
+            gluon_gemv.gemv(x[r], raw, ggml_type, 3 * c, c, bias, ln, q_out[r], _pdl(x.device), "qkv",
+                            qkv=(k_cache[r], v_cache[r], position))
+        return q_out
     return _launch_gemv(x, raw, ggml_type, 3 * c, bias, ln, q_out, EPI_QKV,
                         (k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), position, c))
 
@@ -1228,15 +1236,8 @@ class DecoderStep:
         hid = torch.empty((m, 4 * c), dtype=torch.float32, device=dev)
         for i, (block, lay) in enumerate(zip(decoder.blocks, self.layers)):
             att, xatt = block.attn, block.cross_attn
-            if lay.qkv_planes:
-                from . import gluon_gemv
-
-                for r in range(m):
-                    gluon_gemv.gemv(x[r], lay.qkv, lay.qkv_type, 3 * c, c, lay.qkv_bias, lay.qkv_ln, q[r], _pdl(dev),
-                                    "qkv", qkv=(cache.self_k[i][r], cache.self_v[i][r], position))
-            else:
-                gemv_qkv(x, lay.qkv, lay.qkv_type, lay.qkv_bias, lay.qkv_ln, q,
-                         cache.self_k[i], cache.self_v[i], position)
+            gemv_qkv(x, lay.qkv, lay.qkv_type, lay.qkv_bias, lay.qkv_ln, q,
+                     cache.self_k[i], cache.self_v[i], position, lay.qkv_planes)
             attention(q, cache.self_k[i], cache.self_v[i], h, a, self.counters, position,
                       split_s=ONE_ROW_SELF_SPLIT_S if m == 1 else SELF_SPLIT_S)
             _linear(a, att.out, out=x, epilogue="residual")
