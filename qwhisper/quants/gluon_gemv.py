@@ -40,6 +40,7 @@ def min_warps(k: int) -> int:
 
 
 WARPS: dict[tuple[int, int], int] = {}  # (n, k) -> warps, before step_warps' rule (benchmarks' A/B)
+PROGRAMS: dict[tuple[int, int], int] = {}  # (n, k) -> one-warp programs an SM, instead of PROGRAMS_PER_SM (A/B)
 
 
 def step_warps(n: int, k: int) -> int:
@@ -120,7 +121,7 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
         stride_cs = kc.stride(-2)
     passes = -(-n // 4)
     # one-warp programs: 16 an SM, each taking passes pid, pid + g, ...; wider ones: a pass each
-    g = min(PROGRAMS_PER_SM * _sms(x.device), passes) if warps == 1 else passes
+    g = min(PROGRAMS.get((n, k), PROGRAMS_PER_SM) * _sms(x.device), passes) if warps == 1 else passes
     w32 = planes.view(torch.int32).view(torch.uint32)
     w16 = planes.view(torch.int16).view(torch.uint16)
     lnw = lnb = ww = wb = x
