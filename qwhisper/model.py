@@ -107,27 +107,47 @@ class QLinear(nn.Module):
         read planes, the torch paths convert back (ggml_bytes)."""
         if self.planes or not self.weight.is_cuda or self.cache_dequantized:
             return self.planes
-        from .quants import gluon_gemv, planes
+        from .quants import gluon_gemv
 
         if not gluon_gemv.supports(self.ggml_type, self.out_features, self.in_features) \
                 or not gluon_gemv.usable(self.weight.device, self.ggml_type):
             return False
-        for r0 in range(0, self.out_features, 4096):  # rows are independent: in place, 4096 at a time (no peak)
-            rows = self.weight[r0:r0 + 4096]
-            rows.copy_(planes.to_planes(rows, self.ggml_type, rows.shape[0], self.in_features))
-        self.planes = True
+        self._regroup(True)
         return True
 
     def from_planes(self) -> None:
         """Undo to_planes: the weight holds the file's ggml blocks again (in place)."""
-        if not self.planes:
+        self._regroup(False)
+
+    def _regroup(self, to: bool) -> None:
+        """Regroup the weight in place, 4096 rows at a time (rows are independent: no peak), into
+        planes rows (to) or back into ggml blocks."""
+        if self.planes == to:
             return
         from .quants import planes
 
+        convert = planes.to_planes if to else planes.from_planes
         for r0 in range(0, self.out_features, 4096):
             rows = self.weight[r0:r0 + 4096]
-            rows.copy_(planes.from_planes(rows, self.ggml_type, rows.shape[0], self.in_features))
-        self.planes = False
+            rows.copy_(convert(rows, self.ggml_type, rows.shape[0], self.in_features))
+        self.planes = to
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        """A state_dict holds the file's ggml blocks whatever the layout in memory (planes)."""
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.planes:
+            destination[prefix + "weight"] = self.ggml_bytes()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Loads ggml blocks (what state_dict gives); a planes weight is regrouped again after
+        (unless the weight was not copied: missing, or a shape error)."""
+        errors = len(error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if self.planes and prefix + "weight" in state_dict and len(error_msgs) == errors:
+            self.planes = False  # the buffer now holds the ggml blocks just copied
+            self._regroup(True)
 
     def ggml_bytes(self, rows: Tensor | None = None) -> Tensor:
         """The weight's rows (all, or `rows`) as the file's ggml blocks: the weight itself, or a

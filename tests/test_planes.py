@@ -125,6 +125,16 @@ def test_qlinear_with_planes_reads_as_ggml():
         assert torch.equal(got, want)
     assert pl.to_planes() is True  # already planes: stays
     assert lin.to_planes() is False and not lin.planes  # a CPU weight is never regrouped
+    # state_dict holds the file's blocks whatever the layout; loading them regroups a planes weight
+    assert torch.equal(pl.state_dict()["weight"], lin.weight) and pl.planes
+    other, _ = _raw(GGMLType.Q5_0, n, k, seed=9)
+    pl.load_state_dict({"weight": other.view(n, -1)}, strict=False)
+    assert pl.planes and torch.equal(pl.weight, to_planes(other, GGMLType.Q5_0, n, k))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # not copied: the planes stay as they were
+        pl.load_state_dict({"weight": other.view(n, -1)[:3]}, strict=False)
+    assert torch.equal(pl.weight, to_planes(other, GGMLType.Q5_0, n, k))
+    pl.from_planes()
+    assert not pl.planes and torch.equal(pl.weight, other.view(n, -1))
 
 
 def test_gluon_gemv_rejects_what_it_cannot_run():
