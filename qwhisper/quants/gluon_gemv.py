@@ -1,7 +1,8 @@
 """The one-row GEMV on planes (quants/planes.py) in Gluon: y = W x for a Q5_0 or Q4_0 weight with
 K a multiple of 256, optionally with the LayerNorm before it folded in, a bias, the residual or
-GELU epilogue and under programmatic dependent launch: the fused decoder step's vocabulary
-projection and fc1 (the weights the loader puts in planes).
+GELU epilogue, q|k|v written into the caches, and under programmatic dependent launch: the fused
+decoder step's vocabulary projection and the decoder blocks' weights the loader puts in planes
+(loader.BLOCK_PLANES).
 
 Why Gluon: the ggml blocks' 2-byte-aligned fields cap a GEMV at ~55 % of copy bandwidth (session
 19's eight designs); on planes, with x in shared memory and one-warp programs at 16 an SM, the
@@ -11,7 +12,7 @@ against 37.5 us for the Triton GEMV on ggml blocks (docs/reports/performance.md 
 would shuffle it. The kernel source is generated (scripts/gen_gluon_gemv.py, _gluon_gemv.py).
 
 Gluon runs on the GPU only (no interpreter), so CI checks the planes layout, the Triton kernels
-on planes and the decode arithmetic (tests/test_gluon_gemv.py emulates it in numpy); the CUDA
+on planes and the decode arithmetic (tests/test_planes.py emulates it in numpy); the CUDA
 tests check this kernel against float64 products of the golden dequantization. `usable` decides
 at load whether a weight goes to planes at all (loader: QLinear.to_planes).
 """
@@ -58,11 +59,11 @@ def supports(ggml_type: GGMLType, n: int, k: int) -> bool:
     return GGMLType(ggml_type) in TYPES and k % (8 * QK) == 0 and 0 < k <= MAX_K and n > 0
 
 
-@functools.cache
-def _kernel(ggml_type: GGMLType):
+def _kernel():
+    """The generated kernel, imported on first use (it needs Gluon: Triton >= 3.5)."""
     from . import _gluon_gemv
 
-    return getattr(_gluon_gemv, f"gemv_{GGMLType(ggml_type).name.lower()}_planes_kernel")
+    return _gluon_gemv.gemv_planes_kernel
 
 
 @functools.cache
@@ -134,10 +135,11 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     kw.update(_trace_kw(g, "gluon", f"{n}x{k}", "LN" if ln is not None else "", epilogue, f"{warps}w")
               or {"trace_ptr": x, "trace_slot": 0, "TRACE": False})
     nbl = k // (8 * QK)
-    _kernel(ggml_type)[(g,)](w32, w16, x, out, bias if bias is not None else x, lnw, lnb, ww, wb, eps,
-                             kc, vc, pos, rows, stride_cs, n, passes, g, NBL=nbl, NBW=-(-nbl // warps), WK=warps,
-                             HAS_BIAS=bias is not None, LN=ln is not None, PDL=pdl, EPI=_EPILOGUES[epilogue],
-                             TMAX=TRACE_MAX_PROGRAMS, num_warps=warps, **kw)
+    bits = 5 if GGMLType(ggml_type) == GGMLType.Q5_0 else 4
+    _kernel()[(g,)](w32, w16, x, out, bias if bias is not None else x, lnw, lnb, ww, wb, eps,
+                    kc, vc, pos, rows, stride_cs, n, passes, g, BITS=bits, NBL=nbl, NBW=-(-nbl // warps), WK=warps,
+                    HAS_BIAS=bias is not None, LN=ln is not None, PDL=pdl, EPI=_EPILOGUES[epilogue],
+                    TMAX=TRACE_MAX_PROGRAMS, num_warps=warps, **kw)
     return out
 
 

@@ -1262,7 +1262,7 @@ def _folded(ln, lin) -> tuple:
 
 
 def _linear(x, lin, out=None, ln=None, epilogue="store"):
-    if lin.planes:  # planes rows (the vocabulary, fc1: loader): the Gluon GEMV, one row at a time
+    if lin.planes:  # planes rows (loader: VOCAB_PLANES, BLOCK_PLANES): the Gluon GEMV, one row at a time
         from . import gluon_gemv
 
         if out is None:
