@@ -3,6 +3,8 @@
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from .triton_decoder import _trace_mark  # the Triton step kernels' StepTrace records, called from Gluon as is
+
 
 @gluon.jit
 def _spread(n):
@@ -23,27 +25,16 @@ def _gdc(x, OP: gl.constexpr):
 
 
 @gluon.jit
-def _mark(trace_ptr, trace_slot, program, TMAX: gl.constexpr, FIELD: gl.constexpr):
-    # trace_ptr[trace_slot, program, FIELD] = %globaltimer (0 start, 1 after the wait, 2 end); at 0 also [3] = %smid
-    at = trace_ptr + (trace_slot * TMAX + program) * 4
-    gl.store(at + FIELD, gl.inline_asm_elementwise("mov.u64 $0, %globaltimer; // $1", "=l,r", [program],
-                                                   dtype=gl.int64, is_pure=False, pack=1))
-    if FIELD == 0:
-        gl.store(at + 3, gl.inline_asm_elementwise("mov.u32 $0, %smid; // $1", "=r,r", [program], dtype=gl.int32,
-                                                   is_pure=False, pack=1).to(gl.int64))
-
-
-@gluon.jit
 def gemv_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, lnb_ptr, ww_ptr, wb_ptr, eps,
                        kc_ptr, vc_ptr, pos_ptr, C, stride_cs,
                        N, NP, G, BITS: gl.constexpr, NBL: gl.constexpr, NBW: gl.constexpr, WK: gl.constexpr,
                        HAS_BIAS: gl.constexpr, LN: gl.constexpr, PDL: gl.constexpr, EPI: gl.constexpr,
-                       trace_ptr, trace_slot, TRACE: gl.constexpr, TMAX: gl.constexpr):
+                       trace_ptr, trace_slot, TRACE: gl.constexpr):
     # EPI 0: y = W x (+ bias); 1: y += W x + bias (y is the residual, updated in place); 2: GELU(W x + bias);
     # 3: q|k|v: rows [0, C) to y, [C, 2C) to kc_ptr + pos * stride_cs, [2C, 3C) to vc_ptr + pos * stride_cs
     pid = gl.program_id(0)
     if TRACE:
-        _mark(trace_ptr, trace_slot, pid, TMAX, 0)
+        _trace_mark(trace_ptr, trace_slot, pid, 0)
     NB: gl.constexpr = 8 * NBL  # blocks a row
     TS: gl.constexpr = 18 + 4 * (BITS - 4)  # bytes a block: Q4_0 18, Q5_0 22 (qh: 4 more)
     ZERO: gl.constexpr = 8 * (BITS - 3)  # q - ZERO: Q4_0 8, Q5_0 16
@@ -107,7 +98,7 @@ def gemv_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, lnb_pt
     if PDL:
         pid = _gdc(pid, "wait")
     if TRACE:
-        _mark(trace_ptr, trace_slot, pid, TMAX, 1)
+        _trace_mark(trace_ptr, trace_slot, pid, 1)
     # x into shared memory: [i, w, j, k] = x[(j + 8 (w NBW + i)) 32 + k], the values lane j of warp w multiplies
     LXS: gl.constexpr = gl.BlockedLayout([1, 1, 4], [1, 4, 8], [WK, 1, 1], [2, 1, 0])
     xw = gl.arange(0, WK, layout=gl.SliceLayout(1, gl.SliceLayout(2, LXS)))[:, None, None]
@@ -930,4 +921,4 @@ def gemv_planes_kernel(w32_ptr, w16_ptr, x_ptr, y_ptr, bias_ptr, lnw_ptr, lnb_pt
         else:
             gl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=live)
     if TRACE:
-        _mark(trace_ptr, trace_slot, pid, TMAX, 2)
+        _trace_mark(trace_ptr, trace_slot, pid, 2)

@@ -130,7 +130,7 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     if ln is not None:
         lnw, lnb, eps, ww, wb = ln[0], ln[1], float(ln[2]), ln[3], ln[4]
     kw = {"launch_pdl": True} if pdl else {}
-    from .triton_decoder import TRACE_MAX_PROGRAMS, _trace_kw  # benchmarks/trace_step.py's records, when on
+    from .triton_decoder import _trace_kw  # benchmarks/trace_step.py's records, when on
 
     kw.update(_trace_kw(g, "gluon", f"{n}x{k}", "LN" if ln is not None else "", epilogue, f"{warps}w")
               or {"trace_ptr": x, "trace_slot": 0, "TRACE": False})
@@ -139,7 +139,7 @@ def gemv(x: torch.Tensor, planes: torch.Tensor, ggml_type: GGMLType, n: int, k: 
     _kernel()[(g,)](w32, w16, x, out, bias if bias is not None else x, lnw, lnb, ww, wb, eps,
                     kc, vc, pos, rows, stride_cs, n, passes, g, BITS=bits, NBL=nbl, NBW=-(-nbl // warps), WK=warps,
                     HAS_BIAS=bias is not None, LN=ln is not None, PDL=pdl, EPI=_EPILOGUES[epilogue],
-                    TMAX=TRACE_MAX_PROGRAMS, num_warps=warps, **kw)
+                    num_warps=warps, **kw)
     return out
 
 
